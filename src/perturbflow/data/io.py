@@ -1,0 +1,412 @@
+"""Read and validate Perturb-seq data into a :class:`PerturbationDataset`.
+
+Validation happens here, once; everything downstream trusts the dataset object. Errors name the
+file, the column, the offending value and what to do about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from perturbflow.data.conditions import (
+    CONTROL_NAME,
+    DEFAULT_CONTROL_LABELS,
+    ConditionError,
+    ConditionParser,
+    format_condition,
+    genes_of,
+)
+
+logger = logging.getLogger(__name__)
+
+CONDITION_COLUMN = "perturbflow_condition"
+UNS_KEY = "perturbflow"
+# log1p(CP10k) never exceeds log1p(1e4) ≈ 9.21; integer-valued data above this is surely counts.
+_LOG_MAX = float(np.log1p(1e4)) + 1e-6
+_CHUNK_ROWS = 5000
+
+
+class DataValidationError(ValueError):
+    """User data does not meet perturbflow's expectations; the message says what to fix."""
+
+
+class DataFileNotFoundError(DataValidationError, FileNotFoundError):
+    """The given data file does not exist."""
+
+
+class SmallConditionWarning(UserWarning):
+    """A condition has fewer cells than the requested minimum."""
+
+
+@dataclass
+class PerturbationDataset:
+    """A validated Perturb-seq dataset: log-normalised AnnData plus parsed conditions.
+
+    ``adata.obs[CONDITION_COLUMN]`` holds each cell's canonical condition name (``ctrl``, ``A``,
+    ``A+B``); ``adata.var_names`` are gene symbols. Build it with :func:`read`.
+    """
+
+    adata: ad.AnnData
+    source: str
+    condition_key: str
+    unmeasured_genes: frozenset[str] = field(default_factory=frozenset)
+    cell_type_key: str | None = None
+
+    @property
+    def genes(self) -> pd.Index:
+        return self.adata.var_names
+
+    @property
+    def n_genes(self) -> int:
+        return self.adata.n_vars
+
+    @property
+    def condition_labels(self) -> pd.Series:
+        """Canonical condition name of every cell (index: obs_names)."""
+        return self.adata.obs[CONDITION_COLUMN].astype(str)
+
+    @property
+    def conditions(self) -> list[str]:
+        """Sorted canonical names of all conditions, control included."""
+        return sorted(self.condition_labels.unique())
+
+    @property
+    def perturbations(self) -> list[str]:
+        """All conditions except control."""
+        return [name for name in self.conditions if name != CONTROL_NAME]
+
+    @property
+    def perturbed_genes(self) -> frozenset[str]:
+        return frozenset(genes_of(self.perturbations))
+
+    @property
+    def cells_per_condition(self) -> pd.Series:
+        return self.condition_labels.value_counts().sort_index()
+
+    @property
+    def normalization(self) -> str:
+        return str(self.adata.uns.get(UNS_KEY, {}).get("normalization", "unknown"))
+
+    def cell_mask(self, name: str | Sequence[str]) -> np.ndarray:
+        names = [name] if isinstance(name, str) else list(name)
+        unknown = sorted(set(names) - set(self.conditions))
+        if unknown:
+            raise KeyError(
+                f"condition(s) {unknown} not in dataset {self.source!r}; "
+                f"known conditions: {_preview(self.conditions)}"
+            )
+        return self.condition_labels.isin(names).to_numpy()
+
+    def expression(self, name: str | Sequence[str]) -> np.ndarray:
+        """Dense ``(cells, genes)`` float32 expression of the cells of one or more conditions."""
+        return _dense(self.adata[self.cell_mask(name)].X)
+
+    def control_expression(self) -> np.ndarray:
+        return self.expression(CONTROL_NAME)
+
+    def mean_expression(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Mean expression per condition: DataFrame ``(conditions, genes)``."""
+        names = self.conditions if names is None else list(names)
+        rows = [self.expression(name).mean(axis=0) for name in names]
+        return pd.DataFrame(np.vstack(rows), index=names, columns=self.genes)
+
+    def subset(self, names: Sequence[str]) -> PerturbationDataset:
+        """A dataset holding only the cells of ``names`` (loaded into memory)."""
+        view = self.adata[self.cell_mask(names)]
+        adata = view.to_memory() if self.adata.isbacked else view.copy()
+        adata.obs[CONDITION_COLUMN] = adata.obs[CONDITION_COLUMN].astype(str).astype("category")
+        return PerturbationDataset(
+            adata=adata,
+            source=self.source,
+            condition_key=self.condition_key,
+            unmeasured_genes=self.unmeasured_genes,
+            cell_type_key=self.cell_type_key,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PerturbationDataset({self.adata.n_obs} cells × {self.n_genes} genes, "
+            f"{len(self.perturbations)} perturbations, source={self.source!r}, "
+            f"normalization={self.normalization!r})"
+        )
+
+
+def read(
+    source: str | Path | ad.AnnData,
+    *,
+    condition_key: str = "condition",
+    control: str | Sequence[str] | None = None,
+    gene_key: str | None = None,
+    separator: str = "+",
+    cell_type_key: str | None = None,
+    min_cells: int = 10,
+    backed: bool = False,
+) -> PerturbationDataset:
+    """Read a Perturb-seq dataset from an ``.h5ad`` file or an in-memory AnnData.
+
+    Parameters
+    ----------
+    source
+        Path to an ``.h5ad`` file, or an AnnData (copied: the caller's object is never modified).
+    condition_key
+        ``obs`` column naming each cell's perturbation (``ctrl``, ``A``, ``A+B``, ...).
+    control
+        Label(s) of control cells; default accepts ``ctrl``, ``control`` and ``non-targeting``.
+    gene_key
+        ``var`` column holding gene symbols; default uses ``var_names``.
+    separator
+        Separator of genes in combination labels (``+`` for GEARS, ``_`` for some scPerturb files).
+    cell_type_key
+        Optional ``obs`` column with the cell line / context.
+    min_cells
+        Conditions with fewer cells trigger a :class:`SmallConditionWarning`.
+    backed
+        Open an ``.h5ad`` in backed (read-only, on-disk) mode; raw counts are then loaded into
+        memory for normalisation.
+
+    Raw counts (non-negative integers) are normalised to log1p counts-per-10k, and the step is
+    recorded in ``adata.uns["perturbflow"]["normalization"]``.
+    """
+    adata, where = _load(source, backed)
+    labels = _control_labels(control)
+    parser = ConditionParser(separator=separator, control_labels=labels)
+
+    adata = _set_gene_symbols(adata, gene_key, where)
+    if condition_key not in adata.obs.columns:
+        raise DataValidationError(
+            f"{where}: obs has no column {condition_key!r}{_suggest(condition_key, adata.obs.columns)}"
+            f"; available columns: {_preview(adata.obs.columns)}. Pass condition_key=<column>."
+        )
+    if cell_type_key is not None and cell_type_key not in adata.obs.columns:
+        raise DataValidationError(
+            f"{where}: obs has no cell-type column {cell_type_key!r}"
+            f"{_suggest(cell_type_key, adata.obs.columns)}; available: {_preview(adata.obs.columns)}"
+        )
+    canonical = _parse_conditions(adata.obs[condition_key], parser, where, condition_key)
+    if not (canonical == CONTROL_NAME).any():
+        raise DataValidationError(_no_control_message(adata.obs[condition_key], labels, where))
+
+    adata.obs[CONDITION_COLUMN] = pd.Categorical(canonical)
+    adata = _normalise_if_counts(adata, where)
+
+    unmeasured = frozenset(genes_of(set(canonical)) - set(adata.var_names))
+    if unmeasured:
+        logger.warning(
+            "%s: %d perturbed gene(s) are not measured in var (allowed, e.g. CRISPRa targets): %s",
+            where,
+            len(unmeasured),
+            _preview(sorted(unmeasured)),
+        )
+    counts = pd.Series(canonical).value_counts()
+    small = counts[counts < min_cells].sort_index()
+    if len(small):
+        warnings.warn(
+            f"{where}: {len(small)} condition(s) have fewer than {min_cells} cells: "
+            + ", ".join(f"{name} ({n})" for name, n in small.items()),
+            SmallConditionWarning,
+            stacklevel=2,
+        )
+    return PerturbationDataset(
+        adata=adata,
+        source=where,
+        condition_key=condition_key,
+        unmeasured_genes=unmeasured,
+        cell_type_key=cell_type_key,
+    )
+
+
+def _load(source: str | Path | ad.AnnData, backed: bool) -> tuple[ad.AnnData, str]:
+    if isinstance(source, ad.AnnData):
+        adata = source.to_memory() if source.isbacked else source.copy()
+        return adata, "<AnnData>"
+    path = Path(source)
+    where = str(path)
+    if not path.exists():
+        raise DataFileNotFoundError(f"{where}: file not found; check the path")
+    if path.is_dir():
+        raise DataValidationError(f"{where}: is a folder; give the path to an .h5ad file")
+    if path.suffix != ".h5ad":
+        raise DataValidationError(
+            f"{where}: unsupported file type {path.suffix!r}; perturbflow reads .h5ad files "
+            "(convert with anndata / scanpy first)"
+        )
+    try:
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise DataValidationError(
+            f"{where}: cannot be read as an .h5ad file ({type(error).__name__}: {error}); "
+            "is it complete and written by anndata?"
+        ) from error
+    if backed:
+        # Detach obs/var from the file so that adding columns never writes to the user's file.
+        adata.obs = adata.obs.copy()
+        adata.var = adata.var.copy()
+    return adata, where
+
+
+def _control_labels(control: str | Sequence[str] | None) -> tuple[str, ...]:
+    if control is None:
+        return DEFAULT_CONTROL_LABELS
+    return (control,) if isinstance(control, str) else tuple(control)
+
+
+def _set_gene_symbols(adata: ad.AnnData, gene_key: str | None, where: str) -> ad.AnnData:
+    if gene_key is not None:
+        if gene_key not in adata.var.columns:
+            raise DataValidationError(
+                f"{where}: var has no column {gene_key!r}{_suggest(gene_key, adata.var.columns)}; "
+                f"available columns: {_preview(adata.var.columns)}. Pass gene_key=<column> or "
+                "None to use var_names."
+            )
+        symbols = adata.var[gene_key]
+        if symbols.isna().any():
+            raise DataValidationError(
+                f"{where}: var[{gene_key!r}] has {int(symbols.isna().sum())} missing gene symbol(s)"
+            )
+        adata.var_names = pd.Index(symbols.astype(str), name=None)
+    duplicated = adata.var_names[adata.var_names.duplicated()].unique()
+    if len(duplicated):
+        source = f"var[{gene_key!r}]" if gene_key else "var_names"
+        raise DataValidationError(
+            f"{where}: {len(duplicated)} duplicate gene name(s) in {source}: "
+            f"{_preview(list(duplicated))}. Remove or merge duplicates (e.g. adata.var_names_make_unique()"
+            ") or choose another gene_key."
+        )
+    return adata
+
+
+def _parse_conditions(
+    column: pd.Series, parser: ConditionParser, where: str, condition_key: str
+) -> np.ndarray:
+    values = column.astype(object)
+    missing = values.isna() | values.astype(str).str.strip().eq("")
+    if missing.any():
+        first = list(values.index[missing][:3])
+        raise DataValidationError(
+            f"{where}: obs[{condition_key!r}] is empty for {int(missing.sum())} cell(s) "
+            f"(first: {first}); label every cell, control cells with the control label"
+        )
+    names: dict[object, str] = {}
+    for label in pd.unique(values):
+        try:
+            names[label] = format_condition(parser.parse(str(label)))
+        except ConditionError as error:
+            raise DataValidationError(
+                f"{where}: obs[{condition_key!r}] value {label!r} is not a valid condition: {error}"
+            ) from error
+    return values.map(names).to_numpy(dtype=object).astype(str)
+
+
+def _no_control_message(column: pd.Series, labels: tuple[str, ...], where: str) -> str:
+    counts = column.astype(str).value_counts()
+    candidates = list(counts.index)
+    lowered = {c.lower(): c for c in candidates}
+    close: list[str] = []
+    for label in labels:
+        close += [
+            lowered[m] for m in difflib.get_close_matches(label.lower(), lowered, n=3, cutoff=0.6)
+        ]
+    hints = ("ctrl", "control", "non-target", "nontarget", "ntc", "scrambl", "safe")
+    close += [c for c in candidates if any(h in c.lower() for h in hints)]
+    close = list(dict.fromkeys(close))
+    message = f"{where}: no control cells: no condition label equals {list(labels)}"
+    if close:
+        message += f". Did you mean {close[0]!r}? Pass control={close[0]!r}"
+    return message + f". Most frequent labels: {_preview(candidates)}"
+
+
+def _normalise_if_counts(adata: ad.AnnData, where: str) -> ad.AnnData:
+    stats = _value_stats(adata.X)
+    if stats["n_nan"] or stats["n_inf"]:
+        raise DataValidationError(
+            f"{where}: X has {stats['n_nan']} NaN and {stats['n_inf']} infinite value(s); "
+            "remove or impute them before reading"
+        )
+    if stats["n_negative"]:
+        raise DataValidationError(
+            f"{where}: X has {stats['n_negative']} negative value(s) (minimum {stats['min']:.3g}); "
+            "perturbflow expects raw counts or log1p-normalised expression, not scaled/centred data"
+        )
+    info = dict(adata.uns.get(UNS_KEY, {}))
+    if stats["all_integer"] and stats["max"] > 0:
+        logger.info("%s: X holds raw counts; normalising to log1p counts-per-10k", where)
+        if adata.isbacked:
+            adata = adata.to_memory()
+        counts = sp.csr_matrix(adata.X, dtype=np.float32) if sp.issparse(adata.X) else None
+        adata.layers["counts"] = counts if counts is not None else np.asarray(adata.X).copy()
+        adata.X = _log1p_cp10k(adata.X)
+        info.update(normalization="log1p_cp10k", normalized_from="raw counts", target_sum=1e4)
+    else:
+        if stats["max"] > _LOG_MAX + 5:
+            logger.warning(
+                "%s: X reaches %.3g, large for log1p CP10k data; check it is log-normalised",
+                where,
+                stats["max"],
+            )
+        info.setdefault("normalization", "log1p (as provided)")
+    adata.uns[UNS_KEY] = info
+    return adata
+
+
+def _value_stats(matrix) -> dict[str, float]:
+    """NaN/inf/negative counts, min/max and integrality, read in row chunks (works backed)."""
+    stats = {"n_nan": 0, "n_inf": 0, "n_negative": 0, "min": np.inf, "max": -np.inf}
+    all_integer = True
+    for start in range(0, matrix.shape[0], _CHUNK_ROWS):
+        block = matrix[start : start + _CHUNK_ROWS]
+        values = block.data if sp.issparse(block) else np.asarray(block).ravel()
+        values = np.asarray(values, dtype=np.float64)
+        finite = np.isfinite(values)
+        stats["n_nan"] += int(np.isnan(values).sum())
+        stats["n_inf"] += int(np.isinf(values).sum())
+        values = values[finite]
+        if values.size:
+            stats["n_negative"] += int((values < 0).sum())
+            stats["min"] = min(stats["min"], float(values.min()))
+            stats["max"] = max(stats["max"], float(values.max()))
+            all_integer = all_integer and bool(np.all(values == np.round(values)))
+    stats["all_integer"] = all_integer
+    return stats
+
+
+def _log1p_cp10k(matrix):
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix, dtype=np.float32)
+        totals = np.asarray(matrix.sum(axis=1)).ravel()
+        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+        normalised = sp.diags(scale.astype(np.float32)) @ matrix
+        normalised.data = np.log1p(normalised.data)
+        return normalised.tocsr()
+    dense = np.asarray(matrix, dtype=np.float32)
+    totals = dense.sum(axis=1, keepdims=True)
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(dense * scale)
+
+
+def _dense(matrix) -> np.ndarray:
+    if sp.issparse(matrix):
+        return matrix.toarray().astype(np.float32, copy=False)
+    if hasattr(matrix, "to_memory"):
+        matrix = matrix.to_memory()
+    return np.asarray(matrix, dtype=np.float32)
+
+
+def _suggest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _preview(items, limit: int = 8) -> str:
+    items = [str(item) for item in items]
+    shown = ", ".join(items[:limit])
+    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")

@@ -1,0 +1,169 @@
+"""The one model interface, the model registry and self-describing checkpoints.
+
+Every model — baseline or not — implements ``fit(dataset, split, config) -> self``,
+``predict(conditions, n_cells, seed) -> AnnData``, ``predict_delta(conditions) -> DataFrame``,
+``save(path)`` and ``load(path)``. The benchmark never special-cases a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from perturbflow.data.conditions import canonical
+from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
+from perturbflow.data.splits import Split
+
+CHECKPOINT_FORMAT = "perturbflow-checkpoint-v1"
+
+
+class ModelNotFittedError(RuntimeError):
+    """A model was used before ``fit`` (or ``load``)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read as a perturbflow model."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every perturbflow model provides."""
+
+    name: ClassVar[str]
+
+    def fit(self, dataset: PerturbationDataset, split: Split, config: Any = None) -> Model: ...
+
+    def predict(
+        self, conditions: Iterable[str], n_cells: int = 100, seed: int = 0
+    ) -> ad.AnnData: ...
+
+    def predict_delta(self, conditions: Iterable[str]) -> pd.DataFrame: ...
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path: ...
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model: ...
+
+
+MODELS: dict[str, type] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    """Class decorator adding a model to :data:`MODELS` under ``name``."""
+
+    def decorator(cls: type) -> type:
+        if name in MODELS:
+            raise ValueError(f"a model named {name!r} is already registered")
+        cls.name = name
+        MODELS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_model(name: str, config: Any = None) -> Model:
+    """Instantiate a registered model by name, e.g. ``get_model("additive")``."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](config)
+
+
+def canonical_conditions(conditions: Iterable[str] | str) -> list[str]:
+    """Canonical names of user condition labels, order kept, duplicates dropped."""
+    if isinstance(conditions, str):
+        conditions = [conditions]
+    return list(dict.fromkeys(canonical(label) for label in conditions))
+
+
+def predictions_to_anndata(
+    blocks: dict[str, np.ndarray], genes: Iterable[str], uns: dict[str, Any]
+) -> ad.AnnData:
+    """Stack predicted cells per condition into an AnnData (obs: condition; uns: provenance)."""
+    names = list(blocks)
+    matrix = (
+        np.vstack([blocks[name] for name in names]).astype(np.float32)
+        if names
+        else np.zeros((0, len(list(genes))), dtype=np.float32)
+    )
+    labels = [name for name in names for _ in range(blocks[name].shape[0])]
+    obs = pd.DataFrame(
+        {CONDITION_COLUMN: pd.Categorical(labels, categories=names)},
+        index=[f"pred{i}" for i in range(len(labels))],
+    )
+    adata = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(list(genes))))
+    adata.uns["perturbflow"] = uns
+    return adata
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+def write_checkpoint(
+    path: str | Path,
+    *,
+    model: str,
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    overwrite: bool = False,
+) -> Path:
+    """Write a self-describing checkpoint (``.npz``: arrays + JSON metadata) atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": CHECKPOINT_FORMAT, "model": model, "config": config, "meta": meta}
+    payload = {f"array/{key}": np.asarray(value) for key, value in arrays.items()}
+    payload["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez_compressed(stream, **payload)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a checkpoint: returns ``(header, arrays)``; errors name the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            header = json.loads(bytes(stored["header"]).decode())
+            arrays = {
+                key.split("/", 1)[1]: stored[key]
+                for key in stored.files
+                if key.startswith("array/")
+            }
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: not a perturbflow checkpoint ({error})") from error
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {header.get('format')!r}; expected {CHECKPOINT_FORMAT}"
+        )
+    return header, arrays
+
+
+def load_model(path: str | Path) -> Model:
+    """Load any registered model from its checkpoint."""
+    header, _ = read_checkpoint(path)
+    name = header["model"]
+    if name not in MODELS:
+        raise CheckpointError(f"{path}: model {name!r} is not registered in this perturbflow")
+    return MODELS[name].load(path)

@@ -1,0 +1,54 @@
+"""Control mean and additive baselines (METHOD §3)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from perturbflow.models.base import register_model
+from perturbflow.models.baselines.mean_shift import MeanShiftModel, single_gene
+
+logger = logging.getLogger(__name__)
+
+
+@register_model("control_mean")
+class ControlMean(MeanShiftModel):
+    """Predicts no change: every condition looks like control."""
+
+    def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
+        return np.zeros(len(self.genes_))
+
+
+@register_model("additive")
+class Additive(MeanShiftModel):
+    """``delta(A+B) = delta(A) + delta(B)`` from training singles.
+
+    A gene without a training single contributes the mean delta of all training singles (the
+    GEARS convention); this is logged once per prediction call.
+    """
+
+    def _fit(self, dataset, train) -> None:
+        singles = {single_gene(name): name for name in self.train_deltas_.index}
+        singles.pop(None, None)
+        self.single_deltas_ = {
+            gene: self.train_deltas_.loc[name].to_numpy() for gene, name in singles.items()
+        }
+        if self.single_deltas_:
+            self.mean_single_delta_ = np.mean(list(self.single_deltas_.values()), axis=0)
+        else:
+            self.mean_single_delta_ = np.zeros(len(self.genes_))
+
+    def _set_state(self, arrays) -> None:
+        self._fit(None, None)
+
+    def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
+        unseen = sorted(condition - set(self.single_deltas_))
+        if unseen:
+            logger.info(
+                "additive: %s has no training single for %s; using the mean delta", name, unseen
+            )
+        return np.sum(
+            [self.single_deltas_.get(gene, self.mean_single_delta_) for gene in sorted(condition)],
+            axis=0,
+        )
