@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -144,14 +145,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with stored:
             header = json.loads(bytes(stored["header"]).decode())
             arrays = {
                 key.split("/", 1)[1]: stored[key]
                 for key in stored.files
                 if key.startswith("array/")
             }
-    except (OSError, ValueError, KeyError) as error:
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    # Empty or truncated files raise EOFError / BadZipFile rather than OSError.
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path}: not a perturbflow checkpoint ({error})") from error
     if header.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
@@ -163,7 +170,26 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
 def load_model(path: str | Path) -> Model:
     """Load any registered model from its checkpoint."""
     header, _ = read_checkpoint(path)
-    name = header["model"]
+    name = header.get("model")
     if name not in MODELS:
         raise CheckpointError(f"{path}: model {name!r} is not registered in this perturbflow")
     return MODELS[name].load(path)
+
+
+def make_config(name: str, values: dict[str, Any] | None = None) -> Any:
+    """Build model ``name``'s config dataclass from a dict (e.g. parsed YAML); errors list fields."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    config_class = getattr(MODELS[name], "config_class", None)
+    values = dict(values or {})
+    if config_class is None:
+        if values:
+            raise ValueError(f"model {name!r} takes no configuration, got {sorted(values)}")
+        return None
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(fields)}"
+        )
+    return config_class(**values)

@@ -1,0 +1,335 @@
+"""The ``perturbflow`` command line: thin wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from perturbflow import __version__
+
+app = typer.Typer(
+    name="perturbflow",
+    help="Predict single-cell responses to genetic perturbations and evaluate the predictions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Rich falls back to 80 columns off a terminal (CI logs, pipes): too narrow for the metrics table.
+console = Console(width=None if Console().is_terminal else 150)
+logger = logging.getLogger("perturbflow")
+
+SUMMARY_METRICS = (
+    "pearson_delta",
+    "pearson_delta_de20",
+    "mse_de20",
+    "direction_acc_de20",
+    "discrimination_l1",
+    "energy_distance",
+)
+
+# Options shared by commands that read a user .h5ad file.
+ConditionKey = Annotated[
+    str, typer.Option(help="obs column naming each cell's perturbation (e.g. 'A', 'A+B', 'ctrl').")
+]
+Control = Annotated[
+    str | None,
+    typer.Option(help="Label of control cells (default: any of ctrl, control, non-targeting)."),
+]
+GeneKey = Annotated[
+    str | None, typer.Option(help="var column holding gene symbols (default: var_names).")
+]
+Separator = Annotated[str, typer.Option(help="Separator between genes in combination labels.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"perturbflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """perturbflow: predict how cells respond to CRISPR perturbations, and measure it honestly.
+
+    Start with `perturbflow demo`; then `fit`, `predict` and `evaluate` your own .h5ad files.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+    for noisy in ("numba", "matplotlib", "h5py", "anndata", "fontTools"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(code=1)
+
+
+def _read(
+    path: Path, condition_key: str, control: str | None, gene_key: str | None, separator: str
+):
+    from perturbflow.data import read
+
+    return read(
+        path, condition_key=condition_key, control=control, gene_key=gene_key, separator=separator
+    )
+
+
+def summary_table(results, title: str) -> Table:
+    """Rich table: mean of each metric per subgroup and model."""
+    from perturbflow.eval.metrics import METRICS
+
+    shown = [metric for metric in SUMMARY_METRICS if metric in set(results["metric"])]
+    pivot = results.pivot_table(
+        index=["subgroup", "model"], columns="metric", values="value", aggfunc="mean"
+    )
+    counts = results.groupby(["subgroup", "model"])["condition"].nunique()
+    table = Table(title=title, show_lines=False)
+    table.add_column("subgroup")
+    table.add_column("model")
+    table.add_column("n", justify="right")
+    for metric in shown:
+        arrow = "↑" if METRICS[metric].higher_is_better else "↓"
+        table.add_column(f"{metric} {arrow}", justify="right")
+    previous = None
+    for (subgroup, model), row in pivot.iterrows():
+        label = subgroup if subgroup != previous else ""
+        if previous is not None and subgroup != previous:
+            table.add_section()
+        previous = subgroup
+        cells = [
+            f"{row[metric]:.3f}" if metric in row and row[metric] == row[metric] else "nan"
+            for metric in shown
+        ]
+        style = "dim italic" if model == "noise_ceiling" else None
+        table.add_row(label, model, str(counts[(subgroup, model)]), *cells, style=style)
+    return table
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="New run folder for results.csv, split.json, figure.")
+    ] = Path("runs/demo"),
+    split_kind: Annotated[
+        str, typer.Option("--split", help="Split kind: simulation, combo, unseen_single, random.")
+    ] = "simulation",
+    models: Annotated[str, typer.Option(help="Comma-separated models, or 'all'.")] = "all",
+    seed: Annotated[int, typer.Option(help="Seed of the simulation, split and predictions.")] = 0,
+    n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    overwrite: Overwrite = False,
+) -> None:
+    """Simulate a screen, split it, fit every model, evaluate and write a small report.
+
+    Writes results.csv (long format), summary.csv, split.json, timings.csv and metrics.png
+    into OUT and prints a table of mean metrics per test subgroup and model.
+    """
+    from perturbflow.data import read
+    from perturbflow.data.splits import make_split
+    from perturbflow.data.synthetic import simulate
+    from perturbflow.eval.benchmark import resolve_models, run_models
+    from perturbflow.eval.evaluate import summarize
+    from perturbflow.outputs import prepare_output_dir, write_csv, write_figure
+    from perturbflow.report.figures import metric_bars
+
+    try:
+        names = resolve_models(models)
+        folder = prepare_output_dir(out, overwrite=overwrite)
+    except (KeyError, FileExistsError) as error:
+        _fail(error)
+    with console.status("simulating a screen") as status:
+        dataset = read(simulate(seed=seed))
+        split = make_split(split_kind, dataset.conditions, seed=seed)
+        split.save(folder / "split.json", overwrite=True)
+        result = run_models(
+            dataset,
+            split,
+            names,
+            seed=seed,
+            n_cells=n_cells,
+            progress=lambda text: status.update(text),
+        )
+    write_csv(result.results, folder / "results.csv", overwrite=True)
+    write_csv(summarize(result.results), folder / "summary.csv", overwrite=True)
+    write_csv(result.timings, folder / "timings.csv", overwrite=True)
+    write_figure(metric_bars(result.results), folder / "metrics.png", overwrite=True)
+    console.print(
+        summary_table(result.results, f"perturbflow demo — {split_kind} split, seed {seed}")
+    )
+    console.print(f"results written to [bold]{folder}[/]")
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="Input .h5ad (raw counts or log-normalised).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint file to write (.npz).")],
+    model: Annotated[str, typer.Option(help="Model name (see `perturbflow models`).")] = "additive",
+    split: Annotated[
+        Path | None, typer.Option(help="Split JSON to use (default: make one with --split-kind).")
+    ] = None,
+    split_kind: Annotated[
+        str, typer.Option(help="Split kind when no --split is given.")
+    ] = "simulation",
+    split_out: Annotated[
+        Path | None,
+        typer.Option(help="Where to save the split made here (default: next to --out)."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with model options.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of the model.")] = 0,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    overwrite: Overwrite = False,
+) -> None:
+    """Fit a model on the training conditions of a split and save a self-describing checkpoint."""
+    from perturbflow.data.splits import Split, make_split
+    from perturbflow.models import get_model
+    from perturbflow.models.base import make_config
+
+    try:
+        options = _read_yaml(config) if config else {}
+        model_config = make_config(model, options)
+        for path in (out, split_out or out.with_suffix(".split.json")):
+            if path.exists() and not overwrite and not (split is not None and path != out):
+                raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        dataset = _read(data, condition_key, control, gene_key, separator)
+        if split is not None:
+            chosen = Split.load(split)
+        else:
+            chosen = make_split(split_kind, dataset.conditions, seed=seed)
+            chosen.save(split_out or out.with_suffix(".split.json"), overwrite=overwrite)
+        with console.status(f"fitting {model}"):
+            fitted = get_model(model, model_config).fit(dataset, chosen)
+        fitted.save(out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(f"{model} fitted on {len(chosen.train)} training conditions → [bold]{out}[/]")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `perturbflow fit`.")],
+    out: Annotated[Path, typer.Option(help="Output .h5ad of predicted cells.")],
+    conditions: Annotated[
+        str | None, typer.Option(help="Comma-separated conditions, e.g. 'KLF1,KLF1+MAP2K6'.")
+    ] = None,
+    split: Annotated[
+        Path | None, typer.Option(help="Predict the test conditions of this split JSON.")
+    ] = None,
+    n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled cells.")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Predict cells for conditions (seen, new combinations or unseen genes) from a checkpoint."""
+    from perturbflow.data.splits import Split
+    from perturbflow.models import load_model
+    from perturbflow.outputs import write_h5ad
+
+    try:
+        if (conditions is None) == (split is None):
+            raise ValueError("give exactly one of --conditions or --split")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        names = (
+            [c.strip() for c in conditions.split(",") if c.strip()]
+            if conditions
+            else list(Split.load(split).test)
+        )
+        model = load_model(checkpoint)
+        predictions = model.predict(names, n_cells=n_cells, seed=seed)
+        write_h5ad(predictions, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(
+        f"{predictions.n_obs} cells for {len(names)} condition(s) from {model.name} → [bold]{out}[/]"
+    )
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="The real data (.h5ad).")],
+    predictions: Annotated[Path, typer.Option(help="Predicted cells (.h5ad from `predict`).")],
+    split: Annotated[Path, typer.Option(help="Split JSON: gives test conditions and subgroups.")],
+    out: Annotated[Path, typer.Option(help="Output CSV of per-condition metrics (long format).")],
+    seed: Annotated[
+        int, typer.Option(help="Seed recorded in the table and used for subsampling.")
+    ] = 0,
+    ceiling: Annotated[
+        bool,
+        typer.Option("--noise-ceiling/--no-noise-ceiling", help="Add split-half noise ceiling."),
+    ] = True,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    overwrite: Overwrite = False,
+) -> None:
+    """Score predicted cells against real cells with every metric of METHOD §5."""
+    import anndata as ad
+    import pandas as pd
+
+    from perturbflow.data.splits import Split
+    from perturbflow.eval.de import de_genes
+    from perturbflow.eval.evaluate import evaluate as run_evaluate
+    from perturbflow.eval.evaluate import noise_ceiling
+    from perturbflow.outputs import write_csv
+
+    try:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        dataset = _read(data, condition_key, control, gene_key, separator)
+        chosen = Split.load(split)
+        if not predictions.exists():
+            raise FileNotFoundError(f"{predictions}: predictions file not found")
+        predicted = ad.read_h5ad(predictions)
+        de = de_genes(dataset, list(chosen.test))
+        frames = [run_evaluate(predicted, dataset, chosen, seed=seed, de=de)]
+        if ceiling:
+            frames.append(noise_ceiling(dataset, chosen, seed=seed, de=de))
+        results = pd.concat(frames, ignore_index=True)
+        write_csv(results, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(summary_table(results, f"evaluation of {predictions.name}"))
+    console.print(f"metrics written to [bold]{out}[/]")
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered models."""
+    from perturbflow.models import MODELS
+
+    for name, cls in sorted(MODELS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        console.print(f"[bold]{name}[/]: {doc}")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{path}: expected a mapping of option: value, got {type(values).__name__}"
+        )
+    return values

@@ -1,0 +1,527 @@
+"""Score predicted cells against real cells, per condition, in long format.
+
+:func:`evaluate` validates a model's predictions once (condition column, genes, conditions), turns
+both sides into per-condition pseudobulks and cell samples, and runs every registered metric
+(:data:`perturbflow.eval.metrics.METRICS`). :func:`noise_ceiling` scores one random half of the real
+cells against the other half with the same code, so a model's numbers can be read as a fraction of
+what the data allow. :func:`summarize` aggregates either table.
+
+Result tables have exactly the columns :data:`RESULT_COLUMNS`, one row per condition × metric, and
+record how they were made in ``DataFrame.attrs["perturbflow"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from perturbflow.data.conditions import CONTROL_NAME, ConditionError, canonical, parse_condition
+from perturbflow.data.io import CONDITION_COLUMN
+from perturbflow.eval.de import de_genes
+from perturbflow.eval.metrics import METRICS, MetricSpec, get_metric
+
+if TYPE_CHECKING:
+    from perturbflow.data.io import PerturbationDataset
+    from perturbflow.data.splits import Split
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "EvaluationError",
+    "PredictionValidationError",
+    "evaluate",
+    "noise_ceiling",
+    "summarize",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("condition", "subgroup", "metric", "value", "model", "seed")
+SUMMARY_COLUMNS = (
+    "subgroup",
+    "model",
+    "metric",
+    "mean",
+    "sd",
+    "n_conditions",
+    "n_seeds",
+    "n_missing",
+)
+NOISE_CEILING_MODEL = "noise_ceiling"
+_UNKNOWN_MODEL = "unknown"
+_PREVIEW = 10
+
+
+class EvaluationError(ValueError):
+    """The requested evaluation is not possible (conditions, DE genes, parameters)."""
+
+
+class PredictionValidationError(EvaluationError):
+    """Predictions do not match the dataset or lack what evaluation needs."""
+
+
+def evaluate(
+    predictions: ad.AnnData,
+    dataset: PerturbationDataset,
+    split: Split | None,
+    *,
+    model: str | None = None,
+    seed: int = 0,
+    de: Mapping[str, np.ndarray] | None = None,
+    conditions: Sequence[str] | None = None,
+    max_cells: int = 500,
+    energy_pcs: int | None = 50,
+    metrics: Sequence[str] | None = None,
+    exclude_target_genes: bool = True,
+) -> pd.DataFrame:
+    """Score predicted cells against the real cells of each condition.
+
+    Parameters
+    ----------
+    predictions
+        Predicted log-normalised cells: ``obs[CONDITION_COLUMN]`` names each cell's condition
+        (any spelling that parses, e.g. ``B+A``), ``var_names`` are the dataset's genes in any order
+        (aligned by name), ``X`` dense or sparse. ``uns["perturbflow"]["model"]`` names the model
+        if ``model`` is not given.
+    dataset
+        The real data.
+    split
+        Gives the default conditions (``split.test``) and each condition's subgroup
+        (``split.subgroups``; otherwise ``train``/``val``/``test`` by membership, else
+        ``"unassigned"``). May be ``None`` when ``conditions`` is given.
+    model
+        Name written in the ``model`` column.
+    seed
+        Written in the ``seed`` column, and seeds the cell subsampling for the energy distance.
+        Each condition draws from its own stream ``default_rng([seed, crc32(condition)])``, so a
+        condition's score does not depend on which other conditions are evaluated.
+    de
+        ``{condition: gene indices into dataset.genes}``; computed by :func:`de_genes` (top 20,
+        t-test against control) when ``None``. Pass it to reuse DE genes across models.
+    conditions
+        Canonical names to score; default ``split.test``. Control cannot be scored.
+    max_cells
+        At most this many cells per side enter the energy distance (quadratic cost). Means use all
+        cells.
+    energy_pcs
+        The energy distance is computed on the top ``energy_pcs`` principal components of the
+        real *control* cells (fitted once, fixed ``random_state``): a space that holds no test
+        cell, is the same for every model and seed, and is not dominated by per-gene noise of
+        thousands of lowly expressed genes. ``None`` uses all genes.
+    metrics
+        Registered metric names to compute; default all of :data:`METRICS`.
+    exclude_target_genes
+        Drop each condition's perturbed genes from its discrimination distances (as cell-eval).
+
+    Returns
+    -------
+    Long table with columns :data:`RESULT_COLUMNS`, one row per condition × metric, conditions in
+    the given order and metrics in registry order. ``discrimination_l1`` ranks each condition
+    among the evaluated conditions only.
+    """
+    names = _resolve_conditions(conditions, split, dataset)
+    specs = _resolve_metrics(metrics)
+    labels = _prediction_labels(predictions)
+    gene_columns = _align_genes(predictions, dataset.genes)
+    missing = [name for name in names if not (labels == name).any()]
+    if missing:
+        raise PredictionValidationError(
+            f"predictions have no cells for {len(missing)} evaluated condition(s): "
+            f"{_preview(missing)}; predicted conditions: {_preview(sorted(set(labels)))}"
+        )
+    model_name = model or _model_name(predictions)
+    de_source = "computed" if de is None else "given"
+    de = _resolve_de(de, dataset, names, specs)
+
+    pred_means, true_means, pred_cells, true_cells = [], [], [], []
+    for name in names:
+        rng = _condition_rng(seed, name)
+        pred = _rows(predictions.X, labels == name, gene_columns)  # (n_pred, G)
+        if not np.all(np.isfinite(pred)):
+            raise PredictionValidationError(
+                f"predictions for condition {name!r} contain NaN or infinite values"
+            )
+        true = dataset.expression(name)  # (n_true, G)
+        pred_means.append(pred.mean(axis=0, dtype=np.float64))
+        true_means.append(true.mean(axis=0, dtype=np.float64))
+        pred_cells.append(_subsample(pred, max_cells, rng))
+        true_cells.append(_subsample(true, max_cells, rng))
+
+    results = _score(
+        names,
+        subgroups=[_subgroup(name, split) for name in names],
+        specs=specs,
+        pred_means=np.vstack(pred_means),
+        true_means=np.vstack(true_means),
+        ctrl_mean=dataset.control_expression().mean(axis=0, dtype=np.float64),
+        de=de,
+        exclude=_target_mask(names, dataset.genes, exclude_target_genes),
+        pred_cells=pred_cells,
+        true_cells=true_cells,
+        pca=_control_pca(dataset, energy_pcs, specs),
+        model=model_name,
+        seed=seed,
+    )
+    results.attrs["perturbflow"] = _provenance(
+        "evaluate", seed, max_cells, energy_pcs, exclude_target_genes, de_source
+    )
+    return results
+
+
+def noise_ceiling(
+    dataset: PerturbationDataset,
+    split: Split | None,
+    *,
+    seed: int = 0,
+    conditions: Sequence[str] | None = None,
+    de: Mapping[str, np.ndarray] | None = None,
+    max_cells: int = 500,
+    energy_pcs: int | None = 50,
+    metrics: Sequence[str] | None = None,
+    exclude_target_genes: bool = True,
+) -> pd.DataFrame:
+    """The metrics between two random halves of the real cells: what a perfect model could reach.
+
+    Each condition's real cells are shuffled with ``default_rng([seed, crc32(condition)])``; the
+    first ``n // 2`` play the prediction, the other ``n - n // 2`` the truth. DE genes and the
+    control mean still come from all real cells. Arguments as in :func:`evaluate`; the ``model``
+    column is ``"noise_ceiling"``. Every condition needs at least 2 cells.
+    """
+    names = _resolve_conditions(conditions, split, dataset)
+    specs = _resolve_metrics(metrics)
+    counts = dataset.condition_labels.value_counts()
+    too_small = [f"{name!r} ({int(counts.get(name, 0))})" for name in names if counts[name] < 2]
+    if too_small:
+        raise EvaluationError(
+            "the noise ceiling splits each condition's cells in two halves and needs at least 2 "
+            f"cells; too few in {', '.join(too_small)}"
+        )
+    de_source = "computed" if de is None else "given"
+    de = _resolve_de(de, dataset, names, specs)
+
+    pred_means, true_means, pred_cells, true_cells = [], [], [], []
+    for name in names:
+        rng = _condition_rng(seed, name)
+        cells = dataset.expression(name)  # (n, G)
+        order = rng.permutation(len(cells))
+        half_a, half_b = cells[order[: len(cells) // 2]], cells[order[len(cells) // 2 :]]
+        pred_means.append(half_a.mean(axis=0, dtype=np.float64))
+        true_means.append(half_b.mean(axis=0, dtype=np.float64))
+        pred_cells.append(_subsample(half_a, max_cells, rng))
+        true_cells.append(_subsample(half_b, max_cells, rng))
+
+    results = _score(
+        names,
+        subgroups=[_subgroup(name, split) for name in names],
+        specs=specs,
+        pred_means=np.vstack(pred_means),
+        true_means=np.vstack(true_means),
+        ctrl_mean=dataset.control_expression().mean(axis=0, dtype=np.float64),
+        de=de,
+        exclude=_target_mask(names, dataset.genes, exclude_target_genes),
+        pred_cells=pred_cells,
+        true_cells=true_cells,
+        pca=_control_pca(dataset, energy_pcs, specs),
+        model=NOISE_CEILING_MODEL,
+        seed=seed,
+    )
+    results.attrs["perturbflow"] = _provenance(
+        "noise_ceiling", seed, max_cells, energy_pcs, exclude_target_genes, de_source
+    )
+    return results
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd of each metric per (subgroup, model, metric).
+
+    Every (condition, seed) row counts once; ``nan`` values (e.g. Pearson of a constant prediction)
+    are skipped and counted in ``n_missing``. ``sd`` uses ``ddof=1`` (``nan`` for a single value).
+    ``n_conditions`` counts distinct conditions with a value, ``n_seeds`` distinct seeds. For mean
+    ± sd *over seeds*, summarise each seed's rows, then aggregate the per-seed means.
+
+    Returns
+    -------
+    Columns :data:`SUMMARY_COLUMNS`, groups in order of first appearance.
+    """
+    absent = [column for column in RESULT_COLUMNS if column not in results.columns]
+    if absent:
+        raise EvaluationError(
+            f"results lack column(s) {absent}; expected the output of evaluate()/noise_ceiling() "
+            f"with columns {list(RESULT_COLUMNS)}"
+        )
+    rows = []
+    for (subgroup, model, metric), group in results.groupby(
+        ["subgroup", "model", "metric"], sort=False, dropna=False
+    ):
+        values = group["value"].to_numpy(dtype=np.float64)
+        present = ~np.isnan(values)
+        kept = values[present]
+        rows.append(
+            {
+                "subgroup": subgroup,
+                "model": model,
+                "metric": metric,
+                "mean": float(kept.mean()) if kept.size else float("nan"),
+                "sd": float(kept.std(ddof=1)) if kept.size > 1 else float("nan"),
+                "n_conditions": int(group.loc[present, "condition"].nunique()),
+                "n_seeds": int(group["seed"].nunique()),
+                "n_missing": int((~present).sum()),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+# -- shared scoring ------------------------------------------------------------------------------
+
+
+def _score(
+    names: list[str],
+    *,
+    subgroups: list[str],
+    specs: list[MetricSpec],
+    pred_means: np.ndarray,
+    true_means: np.ndarray,
+    ctrl_mean: np.ndarray,
+    de: Mapping[str, np.ndarray] | None,
+    exclude: np.ndarray | None,
+    pred_cells: list[np.ndarray],
+    true_cells: list[np.ndarray],
+    pca: tuple[np.ndarray, np.ndarray] | None,
+    model: str,
+    seed: int,
+) -> pd.DataFrame:
+    """Run ``specs`` on prepared arrays: means ``(C, G)``, ctrl ``(G,)``, cells ``[(n_i, G)]``."""
+    values: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.kind == "mean":
+            values[spec.name] = np.array(
+                [
+                    spec.fn(pred_means[i], true_means[i], ctrl_mean, np.asarray(de[name]))
+                    for i, name in enumerate(names)
+                ]
+            )
+        elif spec.kind == "set":
+            values[spec.name] = np.asarray(spec.fn(pred_means, true_means, exclude))
+        elif spec.kind == "cells":
+            values[spec.name] = np.array(
+                [
+                    spec.fn(_project(pred, pca), _project(true, pca))
+                    for pred, true in zip(pred_cells, true_cells, strict=True)
+                ]
+            )
+        else:  # a registry entry with a kind evaluate() does not know how to call
+            raise EvaluationError(f"metric {spec.name!r} has unsupported kind {spec.kind!r}")
+    rows = [
+        (name, subgroup, spec.name, float(values[spec.name][i]), model, int(seed))
+        for i, (name, subgroup) in enumerate(zip(names, subgroups, strict=True))
+        for spec in specs
+    ]
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    return results.astype({"value": np.float64, "seed": np.int64})
+
+
+def _resolve_conditions(
+    conditions: Sequence[str] | None, split: Split | None, dataset: PerturbationDataset
+) -> list[str]:
+    if conditions is None:
+        if split is None:
+            raise EvaluationError("pass a split or the conditions to evaluate")
+        conditions = split.test
+    if isinstance(conditions, str):
+        conditions = [conditions]
+    try:
+        names = list(dict.fromkeys(canonical(name) for name in conditions))
+    except ConditionError as error:
+        raise EvaluationError(f"cannot evaluate: {error}") from error
+    if not names:
+        raise EvaluationError("no conditions to evaluate")
+    if CONTROL_NAME in names:
+        raise EvaluationError(
+            f"{CONTROL_NAME!r} is the reference of every metric and cannot be evaluated; "
+            "remove it from the conditions"
+        )
+    unknown = [name for name in names if name not in set(dataset.conditions)]
+    if unknown:
+        raise EvaluationError(
+            f"condition(s) {_preview(unknown)} have no real cells in the dataset; "
+            "they cannot be evaluated"
+        )
+    return names
+
+
+def _resolve_metrics(metrics: Sequence[str] | None) -> list[MetricSpec]:
+    if metrics is None:
+        return list(METRICS.values())
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    return [get_metric(name) for name in dict.fromkeys(metrics)]
+
+
+def _resolve_de(
+    de: Mapping[str, np.ndarray] | None,
+    dataset: PerturbationDataset,
+    names: list[str],
+    specs: list[MetricSpec],
+) -> Mapping[str, np.ndarray] | None:
+    if not any(spec.kind == "mean" for spec in specs):
+        return de
+    if de is None:
+        return de_genes(dataset, names)
+    absent = [name for name in names if name not in de]
+    if absent:
+        raise EvaluationError(
+            f"the given DE genes lack {len(absent)} evaluated condition(s): {_preview(absent)}; "
+            "compute them with perturbflow.eval.de_genes(dataset, conditions)"
+        )
+    return de
+
+
+def _prediction_labels(predictions: ad.AnnData) -> np.ndarray:
+    """Canonical condition name of each predicted cell ``(n_cells,)``."""
+    if not isinstance(predictions, ad.AnnData):
+        raise PredictionValidationError(
+            f"predictions must be an AnnData, got {type(predictions).__name__}"
+        )
+    if CONDITION_COLUMN not in predictions.obs.columns:
+        raise PredictionValidationError(
+            f"predictions.obs has no column {CONDITION_COLUMN!r} naming each predicted cell's "
+            f"condition; columns: {_preview(list(predictions.obs.columns))}"
+        )
+    raw = predictions.obs[CONDITION_COLUMN].astype(str).to_numpy()
+    try:
+        mapping = {label: canonical(label) for label in pd.unique(raw)}
+    except ConditionError as error:
+        raise PredictionValidationError(
+            f"predictions.obs[{CONDITION_COLUMN!r}]: {error}"
+        ) from error
+    return np.array([mapping[label] for label in raw], dtype=object)
+
+
+def _align_genes(predictions: ad.AnnData, genes: pd.Index) -> np.ndarray:
+    """Column of ``predictions`` holding each dataset gene ``(G,)``."""
+    var_names = predictions.var_names
+    duplicated = var_names[var_names.duplicated()].unique()
+    if len(duplicated):
+        raise PredictionValidationError(
+            f"predictions have duplicate gene name(s): {_preview(list(duplicated))}"
+        )
+    missing = genes.difference(var_names, sort=False)
+    extra = var_names.difference(genes, sort=False)
+    if len(missing) or len(extra):
+        parts = []
+        if len(missing):
+            parts.append(f"{len(missing)} dataset gene(s) missing: {_preview(list(missing))}")
+        if len(extra):
+            parts.append(f"{len(extra)} gene(s) not in the dataset: {_preview(list(extra))}")
+        raise PredictionValidationError(
+            "predicted genes do not match the dataset's genes; " + "; ".join(parts)
+        )
+    return var_names.get_indexer(genes)
+
+
+def _rows(matrix: Any, mask: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Dense float32 block of ``matrix`` for the cells in ``mask`` and ``columns`` ``(n, G)``."""
+    rows = np.flatnonzero(mask)
+    if matrix is None:
+        raise PredictionValidationError("predictions.X is empty")
+    if sp.issparse(matrix):
+        return sp.csr_matrix(matrix[rows])[:, columns].toarray().astype(np.float32, copy=False)
+    return np.asarray(matrix[rows], dtype=np.float32)[:, columns]
+
+
+def _model_name(predictions: ad.AnnData) -> str:
+    info = predictions.uns.get("perturbflow", {})
+    name = info.get("model") if isinstance(info, Mapping) else None
+    return str(name) if name else _UNKNOWN_MODEL
+
+
+def _subgroup(name: str, split: Split | None) -> str:
+    if split is None:
+        return "unassigned"
+    subgroups = getattr(split, "subgroups", None) or {}
+    if name in subgroups:
+        return str(subgroups[name])
+    for part in ("test", "val", "train"):
+        if name in getattr(split, part, ()):
+            return part
+    return "unassigned"
+
+
+def _target_mask(names: list[str], genes: pd.Index, exclude: bool) -> np.ndarray | None:
+    """``(C, G)`` True at each condition's perturbed genes (those that are measured)."""
+    if not exclude:
+        return None
+    return np.vstack([genes.isin(list(parse_condition(name))) for name in names])
+
+
+def _condition_rng(seed: int, name: str) -> np.random.Generator:
+    # crc32 is stable across processes, unlike hash(); the condition stream is independent of
+    # which other conditions are evaluated.
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
+
+
+def _subsample(cells: np.ndarray, max_cells: int, rng: np.random.Generator) -> np.ndarray:
+    if max_cells < 1:
+        raise EvaluationError(f"max_cells must be at least 1, got {max_cells}")
+    if len(cells) <= max_cells:
+        return cells
+    return cells[np.sort(rng.choice(len(cells), size=max_cells, replace=False))]
+
+
+def _control_pca(
+    dataset: PerturbationDataset, n_pcs: int | None, specs: list[MetricSpec]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Centre ``(G,)`` and top principal axes ``(k, G)`` of the real control cells, float64."""
+    if n_pcs is None or not any(spec.kind == "cells" for spec in specs):
+        return None
+    if n_pcs < 1:
+        raise EvaluationError(f"energy_pcs must be a positive integer or None, got {n_pcs}")
+    from sklearn.decomposition import PCA
+
+    control = dataset.control_expression()  # (n_ctrl, G)
+    n_components = min(n_pcs, *control.shape)
+    if n_components < n_pcs:
+        logger.info("energy distance: %d PCs requested, %d possible", n_pcs, n_components)
+    # Fixed random_state: the space must be the same for every model and seed.
+    pca = PCA(n_components=n_components, random_state=0).fit(control)
+    return pca.mean_.astype(np.float64), pca.components_.astype(np.float64)
+
+
+def _project(cells: np.ndarray, pca: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    # float64 so that identical cells stay identical up to ~1e-15, not float32 rounding.
+    cells = cells.astype(np.float64, copy=False)  # (n, G)
+    if pca is None:
+        return cells
+    centre, axes = pca
+    return (cells - centre) @ axes.T  # (n, k)
+
+
+def _provenance(
+    function: str,
+    seed: int,
+    max_cells: int,
+    energy_pcs: int | None,
+    exclude: bool,
+    de_source: str,
+) -> dict[str, Any]:
+    return {
+        "function": function,
+        "seed": int(seed),
+        "max_cells": int(max_cells),
+        "energy_pcs": energy_pcs,
+        "energy_space": "raw genes" if energy_pcs is None else "PCA of control cells",
+        "exclude_target_genes": bool(exclude),
+        "de_genes": "top-20 t-test vs ctrl" if de_source == "computed" else "given",
+    }
+
+
+def _preview(items: Sequence[Any]) -> str:
+    shown = ", ".join(repr(item) for item in list(items)[:_PREVIEW])
+    return shown + (f", … ({len(items) - _PREVIEW} more)" if len(items) > _PREVIEW else "")

@@ -1,0 +1,272 @@
+"""Metrics: reference cases, best values, direction, and invariances (hypothesis)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perturbflow.eval.metrics import (
+    METRICS,
+    MetricSpec,
+    UnknownMetricError,
+    direction_acc_de20,
+    discrimination_l1,
+    energy_distance,
+    get_metric,
+    mse_de20,
+    pearson,
+    pearson_delta,
+    pearson_delta_de20,
+)
+
+SETTINGS = settings(max_examples=40, deadline=None)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def _means(rng: np.random.Generator, n_conditions: int, n_genes: int):
+    """Control mean ``(G,)``, true means ``(C, G)`` with distinct effects, DE indices ``(5,)``."""
+    ctrl = rng.uniform(1.0, 3.0, n_genes)  # (G,)
+    true = ctrl + rng.normal(0.0, 1.0, (n_conditions, n_genes))  # (C, G)
+    de_idx = rng.choice(n_genes, size=min(5, n_genes), replace=False)
+    return ctrl, true, de_idx
+
+
+def _mean_metric(spec: MetricSpec, pred, true, ctrl, de_idx) -> float:
+    return spec.fn(pred, true, ctrl, de_idx)
+
+
+# -- registry --------------------------------------------------------------------------------
+
+
+def test_registry_lists_the_method_metrics_with_best_values():
+    assert list(METRICS) == [
+        "pearson_delta",
+        "pearson_delta_de20",
+        "mse_de20",
+        "direction_acc_de20",
+        "discrimination_l1",
+        "energy_distance",
+    ]
+    assert {name: (m.best, m.higher_is_better, m.kind) for name, m in METRICS.items()} == {
+        "pearson_delta": (1.0, True, "mean"),
+        "pearson_delta_de20": (1.0, True, "mean"),
+        "mse_de20": (0.0, False, "mean"),
+        "direction_acc_de20": (1.0, True, "mean"),
+        "discrimination_l1": (1.0, True, "set"),
+        "energy_distance": (0.0, False, "cells"),
+    }
+    assert all(spec.name == name and spec.description for name, spec in METRICS.items())
+
+
+def test_get_metric_error_lists_registered_names():
+    assert get_metric("mse_de20") is METRICS["mse_de20"]
+    with pytest.raises(KeyError) as info:
+        get_metric("pearson")
+    assert isinstance(info.value, UnknownMetricError)
+    message = str(info.value)
+    assert "'pearson'" in message
+    assert all(name in message for name in METRICS)
+
+
+# -- best values and direction ------------------------------------------------------------------
+
+
+@SETTINGS
+@given(seed=seeds, n_conditions=st.integers(2, 6), n_genes=st.integers(6, 40))
+def test_perfect_prediction_scores_best_value_of_every_metric(seed, n_conditions, n_genes):
+    rng = np.random.default_rng(seed)
+    ctrl, true, de_idx = _means(rng, n_conditions, n_genes)
+    for spec in METRICS.values():
+        if spec.kind == "mean":
+            for i in range(n_conditions):
+                value = _mean_metric(spec, true[i].copy(), true[i], ctrl, de_idx)
+                assert value == pytest.approx(spec.best, abs=1e-12), spec.name
+        elif spec.kind == "set":
+            np.testing.assert_array_equal(spec.fn(true.copy(), true, None), spec.best)
+        else:
+            cells = rng.normal(size=(7, 3))
+            assert spec.fn(cells.copy(), cells) == spec.best
+
+
+def test_shuffled_predictions_score_worse():
+    rng = np.random.default_rng(0)
+    ctrl, true, de_idx = _means(rng, n_conditions=6, n_genes=50)
+    shuffled = np.roll(true, 1, axis=0)  # every condition gets another's profile
+    for i in range(len(true)):
+        assert pearson_delta(true[i], true[i], ctrl) > pearson_delta(shuffled[i], true[i], ctrl)
+        assert pearson_delta_de20(true[i], true[i], ctrl, de_idx) > pearson_delta_de20(
+            shuffled[i], true[i], ctrl, de_idx
+        )
+        assert mse_de20(true[i], true[i], de_idx) < mse_de20(shuffled[i], true[i], de_idx)
+    assert discrimination_l1(shuffled, true).mean() < discrimination_l1(true, true).mean()
+
+
+# -- invariances ------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(seed=seeds, n_genes=st.integers(6, 40))
+def test_mean_metrics_invariant_to_consistent_gene_permutation(seed, n_genes):
+    rng = np.random.default_rng(seed)
+    ctrl, true, de_idx = _means(rng, 3, n_genes)
+    pred = true + rng.normal(0.0, 0.7, true.shape)  # (C, G)
+    perm = rng.permutation(n_genes)  # new position p holds old gene perm[p]
+    inverse = np.argsort(perm)
+    for spec in METRICS.values():
+        if spec.kind == "mean":
+            before = _mean_metric(spec, pred[0], true[0], ctrl, de_idx)
+            after = _mean_metric(spec, pred[0, perm], true[0, perm], ctrl[perm], inverse[de_idx])
+            assert after == pytest.approx(before, rel=1e-9, abs=1e-12), spec.name
+    np.testing.assert_allclose(
+        discrimination_l1(pred[:, perm], true[:, perm]), discrimination_l1(pred, true)
+    )
+
+
+@SETTINGS
+@given(seed=seeds, n_conditions=st.integers(2, 8))
+def test_discrimination_is_equivariant_to_condition_order(seed, n_conditions):
+    rng = np.random.default_rng(seed)
+    _, true, _ = _means(rng, n_conditions, 12)
+    pred = true + rng.normal(0.0, 1.0, true.shape)
+    exclude = rng.random(true.shape) < 0.2
+    perm = rng.permutation(n_conditions)
+    scores = discrimination_l1(pred, true, exclude)
+    np.testing.assert_array_equal(
+        discrimination_l1(pred[perm], true[perm], exclude[perm]), scores[perm]
+    )
+    assert np.all((scores >= 0) & (scores <= 1))
+
+
+# -- reference cases ------------------------------------------------------------------------------
+
+
+def test_discrimination_known_small_case():
+    true = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    pred = np.array(
+        [
+            [0.0, 0.0],  # closest to its own condition: rank 0
+            [1.0, 9.0],  # distances 10, 18, 2: its match is farthest, rank 2
+            [0.0, 6.0],  # distances 6, 16, 4: rank 0
+        ]
+    )
+    np.testing.assert_array_equal(discrimination_l1(pred, true), [1.0, 0.0, 1.0])
+
+
+def test_discrimination_counts_ties_against_the_prediction():
+    true = np.array([[0.0, 0.0], [10.0, 0.0]])
+    midway = np.array([[5.0, 0.0], [5.0, 0.0]])
+    np.testing.assert_array_equal(discrimination_l1(midway, true), [0.0, 0.0])
+    # identical real profiles cannot be told apart, even by a perfect prediction
+    same = np.array([[1.0, 2.0], [1.0, 2.0], [7.0, 7.0]])
+    np.testing.assert_array_equal(discrimination_l1(same, same), [0.5, 0.5, 1.0])
+
+
+def test_discrimination_excluded_genes_are_ignored():
+    true = np.array([[0.0, 0.0], [0.0, 10.0]])
+    # condition 0's prediction matches condition 1: wrong
+    pred = np.array([[0.0, 10.0], [0.0, 10.0]])
+    np.testing.assert_array_equal(discrimination_l1(pred, true), [0.0, 1.0])
+    exclude = np.array([[False, True], [False, False]])  # gene 0 only: 0 vs 0, a tie
+    np.testing.assert_array_equal(discrimination_l1(pred, true, exclude), [0.0, 1.0])
+    exclude = np.array([[True, False], [False, False]])  # gene 1 only: 10 vs 0, wrong
+    np.testing.assert_array_equal(discrimination_l1(pred, true, exclude), [0.0, 1.0])
+    pred = np.array([[5.0, 0.0], [0.0, 10.0]])  # all genes: 5 vs 15, right
+    np.testing.assert_array_equal(discrimination_l1(pred, true), [1.0, 1.0])
+    exclude = np.array([[False, True], [False, False]])  # gene 0 only: 5 vs 5, a tie
+    np.testing.assert_array_equal(discrimination_l1(pred, true, exclude), [0.0, 1.0])
+
+
+def test_discrimination_single_condition_is_undefined():
+    assert np.isnan(discrimination_l1(np.ones((1, 3)), np.ones((1, 3)))).all()
+
+
+def test_direction_accuracy_known_case():
+    ctrl = np.zeros(5)
+    true = np.array([1.0, -1.0, 2.0, -2.0, 0.0])
+    pred = np.array([0.5, 0.3, 3.0, -0.1, 0.0])  # signs right on genes 0, 2, 3, 4
+    assert direction_acc_de20(pred, true, ctrl, np.arange(5)) == pytest.approx(0.8)
+    assert direction_acc_de20(pred, true, ctrl, np.array([1])) == 0.0
+    assert np.isnan(direction_acc_de20(pred, true, ctrl, np.array([], dtype=int)))
+
+
+def test_mse_and_pearson_on_de_genes_use_only_those_genes():
+    ctrl = np.zeros(4)
+    true = np.array([1.0, 2.0, 3.0, 100.0])
+    pred = np.array([2.0, 4.0, 6.0, -100.0])  # perfectly correlated on genes 0-2 only
+    de_idx = np.array([0, 1, 2])
+    assert pearson_delta_de20(pred, true, ctrl, de_idx) == pytest.approx(1.0)
+    assert mse_de20(pred, true, de_idx) == pytest.approx((1 + 4 + 9) / 3)
+    assert pearson_delta(pred, true, ctrl) < 0
+
+
+def test_pearson_of_constant_vector_is_nan_without_warnings():
+    ctrl = np.full(10, 0.1)
+    true = np.linspace(0, 1, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(pearson(np.full(10, 0.1), true))
+        assert np.isnan(pearson_delta(ctrl.copy(), true, ctrl))  # "no change" model
+        assert np.isnan(pearson(np.array([1.0]), np.array([2.0])))
+
+
+@SETTINGS
+@given(
+    x=st.lists(st.integers(-1000, 1000), min_size=2, max_size=30),
+    shift=st.floats(-10, 10),
+    scale=st.floats(0.1, 10),
+)
+def test_pearson_is_bounded_and_affine_invariant(x, shift, scale):
+    x = np.array(x, dtype=float) / 10
+    y = x[::-1].copy()
+    r = pearson(x, y)
+    if np.isnan(r):
+        assert np.all(x == x[0])
+        return
+    assert -1.0 <= r <= 1.0
+    assert pearson(x * scale + shift, y) == pytest.approx(r, abs=1e-6)
+
+
+def test_mismatched_shapes_raise():
+    with pytest.raises(ValueError, match="same length"):
+        pearson_delta(np.ones(3), np.ones(4), np.ones(3))
+    with pytest.raises(ValueError, match="outside"):
+        mse_de20(np.ones(3), np.ones(3), np.array([3]))
+    with pytest.raises(ValueError, match="same features"):
+        energy_distance(np.ones((2, 3)), np.ones((2, 4)))
+
+
+# -- energy distance ---------------------------------------------------------------------------
+
+
+def test_energy_distance_hand_computed_case():
+    # 1-D: X = {0, 2}, Y = {1}. E|X-Y| = 1, E|X-X'| = (0 + 2 + 2 + 0) / 4 = 1, E|Y-Y'| = 0.
+    assert energy_distance(np.array([[0.0], [2.0]]), np.array([[1.0]])) == pytest.approx(1.0)
+    # Two points: 2 * 3 - 0 - 0.
+    assert energy_distance(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]])) == pytest.approx(10.0)
+
+
+@SETTINGS
+@given(seed=seeds, n=st.integers(1, 30), d=st.integers(1, 6))
+def test_energy_distance_zero_for_identical_sets_and_symmetric(seed, n, d):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(n + 3, d))
+    assert energy_distance(x, x.copy()) == 0.0
+    assert energy_distance(x, x[rng.permutation(n)]) == pytest.approx(0.0, abs=1e-12)
+    assert energy_distance(x, y) == pytest.approx(energy_distance(y, x))
+    assert energy_distance(x, y) >= 0.0
+
+
+def test_energy_distance_grows_with_a_shift():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 5))
+    same = rng.normal(size=(200, 5))
+    shifted = rng.normal(size=(200, 5)) + np.array([2.0, 0, 0, 0, 0])
+    near, far = energy_distance(x, same), energy_distance(x, shifted)
+    assert far > 0.5
+    assert near < 0.1 < far
+    assert energy_distance(x, shifted + np.array([2.0, 0, 0, 0, 0])) > far
