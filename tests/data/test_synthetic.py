@@ -143,7 +143,7 @@ def test_empirical_deltas_follow_the_true_delta(adata: ad.AnnData) -> None:
 
 
 def test_the_direct_effect_knocks_each_measured_target_down(adata: ad.AnnData) -> None:
-    """Same seed without the direct effect: only the targets' own expression changes sign-wise."""
+    """Same seed without the direct effect: every measured target's own change is lower with it."""
     without = simulate(**SMALL, seed=0, direct_effect=0.0)
     truth = adata.uns["synthetic"]["true_delta"]
     baseline = without.uns["synthetic"]["true_delta"]

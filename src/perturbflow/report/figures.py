@@ -57,6 +57,6 @@ def metric_bars(
                 axis.hlines(value, position - 0.45, position + 0.45, colors="k", linestyles="--")
         axis.set_xticks(np.arange(len(subgroups)), subgroups, rotation=30, ha="right")
         axis.set_title(metric)
-    axes[0][0].plot([], [], "k--", label="noise ceiling")
+    axes[0][-1].plot([], [], "k--", label="noise ceiling")
     axes[0][-1].legend(fontsize=7, loc="best")
     return figure

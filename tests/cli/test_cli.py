@@ -1,0 +1,244 @@
+"""End-to-end tests of every CLI command on the shipped synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from perturbflow.cli import app
+from perturbflow.data.synthetic import simulate
+from perturbflow.eval.metrics import METRICS
+
+runner = CliRunner()
+SMALL = dict(
+    n_genes=60,
+    n_programs=4,
+    n_perturbed=10,
+    n_unmeasured=1,
+    n_doubles=12,
+    n_control_cells=200,
+    n_cells_per_condition=30,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = runner.invoke(app, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_demo_writes_table_and_files(demo_run):
+    out, output = demo_run
+    for name in ("results.csv", "summary.csv", "split.json", "metrics.png", "timings.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert "perturbflow demo" in output and "noise_ceiling" in output and "additive" in output
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == ["condition", "subgroup", "metric", "value", "model", "seed"]
+    split = json.loads((out / "split.json").read_text())
+    assert set(results["condition"]) == set(split["test"])
+    assert {"control_mean", "additive", "linear", "ridge", "nearest_neighbor"} <= set(
+        results["model"]
+    )
+
+
+def _subgroup_means(out):
+    results = pd.read_csv(out / "results.csv")
+    return results.groupby(["subgroup", "metric", "model"])["value"].mean().unstack("model")
+
+
+def test_demo_additive_beats_control_mean_on_combo_subgroups(demo_run):
+    means = _subgroup_means(demo_run[0])
+    combos = [subgroup for subgroup in means.index.levels[0] if subgroup.startswith("combo")]
+    assert len(combos) == 3
+    for subgroup in combos:
+        for metric in ("pearson_delta", "pearson_delta_de20", "mse_de20", "energy_distance"):
+            additive, control = means.loc[(subgroup, metric), ["additive", "control_mean"]]
+            better = additive > control if METRICS[metric].higher_is_better else additive < control
+            assert better, (subgroup, metric, additive, control)
+
+
+def test_demo_noise_ceiling_above_every_model(demo_run):
+    means = _subgroup_means(demo_run[0])
+    for (subgroup, metric), row in means.iterrows():
+        ceiling, models = row["noise_ceiling"], row.drop("noise_ceiling")
+        if METRICS[metric].higher_is_better:
+            # Bounded metrics may tie at their best value (e.g. all directions right).
+            assert ceiling >= models.max() and (ceiling > models.max() or ceiling == 1.0), (
+                subgroup,
+                metric,
+            )
+        else:
+            assert ceiling < models.min(), (subgroup, metric)
+
+
+def test_demo_refuses_to_overwrite_without_flag(demo_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "--out", str(out), "--models", "additive"])
+    assert result.exit_code == 1
+    assert "--overwrite" in result.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "results.csv").exists()
+
+
+def test_demo_unknown_model_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "x"), "--models", "gears2"])
+    assert result.exit_code == 1
+    assert "gears2" in result.output and "additive" in result.output
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "screen.h5ad"
+    adata = simulate(**SMALL)
+    adata.obs["perturbation"] = adata.obs["condition"].astype(str)
+    del adata.obs["condition"]
+    adata.write_h5ad(path)
+    return path
+
+
+def test_fit_predict_evaluate_round_trip(data_file, tmp_path):
+    checkpoint = tmp_path / "additive.npz"
+    before = data_file.read_bytes()
+    fitted = runner.invoke(
+        app,
+        [
+            "fit",
+            str(data_file),
+            "--out",
+            str(checkpoint),
+            "--model",
+            "additive",
+            "--condition-key",
+            "perturbation",
+            "--split-kind",
+            "combo",
+        ],
+    )
+    assert fitted.exit_code == 0, fitted.output
+    split_path = tmp_path / "additive.split.json"
+    assert checkpoint.exists() and split_path.exists()
+
+    predictions = tmp_path / "pred.h5ad"
+    predicted = runner.invoke(
+        app,
+        ["predict", str(checkpoint), "--split", str(split_path), "--out", str(predictions)],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    split = json.loads(split_path.read_text())
+    cells = ad.read_h5ad(predictions)
+    assert cells.n_obs == 100 * len(split["test"])
+    assert set(cells.obs["perturbflow_condition"]) == set(split["test"])
+
+    metrics = tmp_path / "metrics.csv"
+    evaluated = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(data_file),
+            "--predictions",
+            str(predictions),
+            "--split",
+            str(split_path),
+            "--out",
+            str(metrics),
+            "--condition-key",
+            "perturbation",
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    table = pd.read_csv(metrics)
+    assert set(table["model"]) == {"additive", "noise_ceiling"}
+    assert set(table["condition"]) == set(split["test"])
+    assert data_file.read_bytes() == before
+
+
+def test_fit_with_yaml_config_and_unknown_option(data_file, tmp_path):
+    config = tmp_path / "ridge.yaml"
+    config.write_text("alpha: 3.0\nn_components: 8\n")
+    ok = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(tmp_path / "r.npz"), "--model", "ridge"]
+        + ["--config", str(config), "--condition-key", "perturbation"],
+    )
+    assert ok.exit_code == 0, ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alpah: 3.0\n")
+    failed = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(tmp_path / "b.npz"), "--model", "ridge"]
+        + ["--config", str(bad), "--condition-key", "perturbation"],
+    )
+    assert failed.exit_code == 1
+    assert "alpah" in failed.output and "alpha" in failed.output
+
+
+def test_fit_reports_bad_condition_column(data_file, tmp_path):
+    result = runner.invoke(app, ["fit", str(data_file), "--out", str(tmp_path / "m.npz")])
+    assert result.exit_code == 1
+    assert "condition" in result.output and "perturbation" in result.output
+
+
+def test_fit_refuses_to_clobber_checkpoint(data_file, tmp_path):
+    checkpoint = tmp_path / "m.npz"
+    checkpoint.write_bytes(b"precious")
+    result = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(checkpoint), "--condition-key", "perturbation"],
+    )
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert checkpoint.read_bytes() == b"precious"
+
+
+def test_predict_named_conditions_in_any_order(data_file, tmp_path):
+    checkpoint = tmp_path / "m.npz"
+    runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(checkpoint), "--condition-key", "perturbation"],
+    )
+    out = tmp_path / "p.h5ad"
+    result = runner.invoke(
+        app,
+        ["predict", str(checkpoint), "--conditions", "G0009+G0005, G0005", "--out", str(out)]
+        + ["--n-cells", "5"],
+    )
+    assert result.exit_code == 0, result.output
+    cells = ad.read_h5ad(out)
+    assert list(cells.obs["perturbflow_condition"].unique()) == ["G0005+G0009", "G0005"]
+    assert cells.n_obs == 10
+    both = runner.invoke(
+        app,
+        ["predict", str(checkpoint), "--out", str(tmp_path / "q.h5ad"), "--conditions", "A"]
+        + ["--split", "s.json"],
+    )
+    assert both.exit_code == 1 and "exactly one" in both.output
+
+
+@pytest.mark.parametrize("command", ["demo", "fit", "predict", "evaluate", "models"])
+def test_help_is_complete(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--help" in result.output
+    assert "Usage" in result.output
+
+
+def test_top_level_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "fit", "predict", "evaluate", "models"):
+        assert command in result.output
+
+
+def test_models_command_lists_registry():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("control_mean", "additive", "linear", "ridge", "nearest_neighbor"):
+        assert name in result.output
