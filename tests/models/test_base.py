@@ -13,10 +13,12 @@ from perturbflow.models.base import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     canonical_conditions,
+    make_config,
     predictions_to_anndata,
     read_checkpoint,
     write_checkpoint,
 )
+from perturbflow.models.baselines import EmbeddingConfig, LinearConfig, MeanShiftConfig
 
 BASELINES = ("additive", "control_mean", "linear", "nearest_neighbor", "ridge")
 
@@ -59,6 +61,22 @@ def test_register_model_adds_and_names_the_class() -> None:
 def test_a_config_of_the_wrong_type_is_refused() -> None:
     with pytest.raises(TypeError, match="LinearConfig"):
         get_model("linear", config=object())
+
+
+def test_make_config_builds_the_model_config_from_a_dict() -> None:
+    assert make_config("linear", {"n_components": 3}) == LinearConfig(n_components=3)
+    assert make_config("additive") == MeanShiftConfig()
+    assert make_config("ridge", {"alpha": 2.0}) == EmbeddingConfig(alpha=2.0)
+
+
+def test_make_config_lists_the_valid_options() -> None:
+    with pytest.raises(ValueError, match="n_components") as error:
+        make_config("linear", {"n_component": 3})
+    assert "n_component'" in str(error.value) and "ridge" in str(error.value)
+    with pytest.raises(ValueError, match="missing"):
+        make_config("ridge", {"missing": "ignore"})
+    with pytest.raises(KeyError, match="nope"):
+        make_config("nope", {})
 
 
 # --- helpers -----------------------------------------------------------------------------------

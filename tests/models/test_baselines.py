@@ -77,6 +77,16 @@ def pearson(a, b) -> float:
     return float(np.corrcoef(np.asarray(a, dtype=float), np.asarray(b, dtype=float))[0, 1])
 
 
+@pytest.fixture(scope="module")
+def simulated() -> PerturbationDataset:
+    return read(simulate(**SMALL, seed=0))
+
+
+@pytest.fixture(scope="module")
+def simulation_split(simulated) -> Split:
+    return make_split("simulation", simulated.conditions, seed=0)
+
+
 # --- control mean ------------------------------------------------------------------------------
 
 
@@ -176,7 +186,8 @@ def linear_case():
 
     E's rows over the training genes are centred, so the model's offset (the mean over training
     conditions) is exactly b and the PCA basis of the centred training means spans E: the
-    model ``G W' G[p] + b`` can represent the system exactly.
+    model ``G W' G[p] + b`` can represent the system exactly. Control cells are not part of the
+    system: their mean is b + ``control_shift``, so delta(p) = E W E[p] - control_shift.
     """
     rng = np.random.default_rng(2)
     n_genes, k = 40, 3
@@ -185,9 +196,13 @@ def linear_case():
     embedding = rng.normal(0.0, 0.5, (n_genes, k))  # (G, k)
     embedding[:15] -= embedding[:15].mean(axis=0)
     weights = rng.normal(0.0, 1.0, (k, k))  # (k, k)
-    base = rng.uniform(4.0, 6.0, n_genes)  # (G,)
-    deltas = {gene: embedding @ weights @ embedding[genes.index(gene)] for gene in train + test}
-    dataset = planted_dataset(deltas, genes, base=base)
+    offset = rng.uniform(4.0, 6.0, n_genes)  # (G,) b
+    control_shift = rng.uniform(-0.5, 0.5, n_genes)  # (G,)
+    deltas = {
+        gene: embedding @ weights @ embedding[genes.index(gene)] - control_shift
+        for gene in train + test
+    }
+    dataset = planted_dataset(deltas, genes, base=offset + control_shift)
     return dataset, custom_split(train, test), deltas
 
 
@@ -215,7 +230,7 @@ def test_linear_with_too_few_components_cannot_fit_the_system(linear_case) -> No
 def test_linear_predicts_no_change_for_an_unmeasured_gene(linear_case) -> None:
     dataset, split, deltas = linear_case
     model = get_model("linear", LinearConfig(n_components=3, ridge=1e-9)).fit(dataset, split)
-    # No G row: the prediction is the offset b, i.e. the mean training expression.
+    # No G row: the prediction is the offset b (the mean training expression) minus control.
     mean_train_delta = np.mean([deltas[name] for name in split.train[1:]], axis=0)
     np.testing.assert_allclose(
         model.predict_delta(["NOT_MEASURED"]).iloc[0], mean_train_delta, atol=1e-4
@@ -354,16 +369,6 @@ def test_nearest_neighbor_returns_the_delta_of_the_closest_training_condition(
 # --- every registered model: the shared interface ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def simulated() -> PerturbationDataset:
-    return read(simulate(**SMALL, seed=0))
-
-
-@pytest.fixture(scope="module")
-def simulation_split(simulated) -> Split:
-    return make_split("simulation", simulated.conditions, seed=0)
-
-
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def fitted(request, simulated, simulation_split) -> Model:
     return get_model(request.param).fit(simulated, simulation_split)
@@ -467,15 +472,3 @@ def test_using_a_model_before_fit_raises(name: str, tmp_path) -> None:
     with pytest.raises(ModelNotFittedError):
         model.save(tmp_path / "model.npz")
     assert not (tmp_path / "model.npz").exists()
-
-
-def test_loading_a_non_checkpoint_names_the_path(tmp_path) -> None:
-    path = tmp_path / "notes.npz"
-    path.write_text("not a model")
-    with pytest.raises(CheckpointError, match="notes.npz"):
-        load_model(path)
-
-
-def test_unknown_model_name_lists_the_models() -> None:
-    with pytest.raises(KeyError, match="additive"):
-        get_model("nope")

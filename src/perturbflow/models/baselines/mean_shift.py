@@ -65,8 +65,9 @@ class MeanShiftModel:
         """Fit on the training conditions of ``split`` (validation and test cells are never used)."""
         if config is not None:
             self.__init__(config)
-        train = [name for name in split.train if name in set(dataset.conditions)]
-        missing = sorted(set(split.train) - set(dataset.conditions))
+        available = set(dataset.conditions)
+        train = [name for name in split.train if name in available]
+        missing = sorted(set(split.train) - available)
         if missing:
             logger.warning("split names training conditions absent from the data: %s", missing)
         if CONTROL_NAME not in train:
