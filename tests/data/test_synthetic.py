@@ -229,3 +229,56 @@ def test_h5ad_round_trip_keeps_the_ground_truth(adata: ad.AnnData, tmp_path) -> 
     np.testing.assert_array_equal(stored["program_regulation"], original["program_regulation"])
     assert stored["config"] == original["config"]
     assert back.uns["perturbflow"] == adata.uns["perturbflow"]
+
+
+def _response_cells(kind):
+    """Expression of the control and of one condition with the given response type."""
+    adata = simulate(
+        n_genes=60,
+        n_programs=4,
+        n_perturbed=10,
+        n_unmeasured=0,
+        n_doubles=4,
+        n_control_cells=300,
+        n_cells_per_condition=200,
+        response_mix=((kind, 1.0),),
+        seed=3,
+    )
+    labels = adata.obs["condition"].astype(str)
+    condition = sorted(set(labels) - {"ctrl"})[0]
+    return (
+        adata,
+        np.asarray(adata.X[labels == "ctrl"]),
+        np.asarray(adata.X[labels == condition]),
+        condition,
+    )
+
+
+def test_response_types_recorded_per_condition():
+    adata = simulate(n_genes=60, n_programs=4, n_perturbed=10, n_doubles=6, seed=1)
+    responses = adata.uns["synthetic"]["responses"]["response"]
+    assert set(responses) <= {"shift", "subpopulation", "variance"}
+    assert set(responses.index) == set(adata.uns["synthetic"]["true_delta"].index)
+
+
+def test_subpopulation_response_is_bimodal_along_the_effect():
+    adata, control, cells, condition = _response_cells("subpopulation")
+    delta = adata.uns["synthetic"]["true_delta"].loc[condition].to_numpy()
+    axis = delta / np.linalg.norm(delta)
+    baseline = control.mean(axis=0) @ axis
+    projection = cells @ axis - baseline  # per-cell response along the true effect
+    responders = projection > 0.5 * (projection.max() + projection.min())
+    # About half the cells respond; the others sit where control cells sit.
+    assert 0.3 < responders.mean() < 0.7
+    assert abs(np.median(projection[~responders])) < 0.25 * np.median(projection[responders])
+
+
+def test_variance_response_widens_program_fluctuations():
+    _, control, shifted, _ = _response_cells("shift")
+    _, _, wide, _ = _response_cells("variance")
+    assert wide.std(axis=0).mean() > 1.2 * shifted.std(axis=0).mean()
+
+
+def test_unknown_response_type_names_the_field():
+    with pytest.raises(ValueError, match="response_mix"):
+        SyntheticConfig(response_mix=(("bimodal", 1.0),))

@@ -10,7 +10,11 @@ real data would be. Doubles interact additively, synergistically, by buffering o
 
 The ground truth lands in the AnnData: ``var["program"]``, ``var["loading"]``,
 ``uns["synthetic"]["true_delta"]`` (noise-free mean log-expression change per condition),
-``uns["synthetic"]["interactions"]`` (type of every double) and the config used.
+``uns["synthetic"]["interactions"]`` (type of every double), ``uns["synthetic"]["responses"]``
+(how each perturbation changes the cell distribution: ``shift`` of every cell, ``subpopulation``
+— only a ``responder_fraction`` of cells respond — or ``variance`` — program activity fluctuates
+``variance_factor`` times more) and the config used. Sub-population and variance responses make
+distribution metrics (energy distance) separate a generative model from a mean shift.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pandas as pd
 from perturbflow.data.conditions import CONTROL_NAME, format_condition
 
 INTERACTION_TYPES = ("additive", "synergistic", "buffering", "epistatic")
+RESPONSE_TYPES = ("shift", "subpopulation", "variance")
 # How much each interaction type scales the summed program shift of the two singles.
 _SYNERGY_FACTOR = 1.8
 _BUFFERING_FACTOR = 0.4
@@ -49,6 +54,11 @@ class SyntheticConfig:
     interaction_mix: tuple[tuple[str, float], ...] = field(
         default=(("additive", 0.4), ("synergistic", 0.2), ("buffering", 0.2), ("epistatic", 0.2))
     )
+    response_mix: tuple[tuple[str, float], ...] = field(
+        default=(("shift", 0.5), ("subpopulation", 0.25), ("variance", 0.25))
+    )
+    responder_fraction: float = 0.5
+    variance_factor: float = 2.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +83,16 @@ class SyntheticConfig:
             )
         if sum(weight for _, weight in self.interaction_mix) <= 0:
             raise ValueError("interaction_mix weights must sum to a positive number")
+        unknown = {name for name, _ in self.response_mix} - set(RESPONSE_TYPES)
+        if unknown:
+            raise ValueError(
+                f"response_mix: unknown response type(s) {sorted(unknown)}; "
+                f"choose from {RESPONSE_TYPES}"
+            )
+        if sum(weight for _, weight in self.response_mix) <= 0:
+            raise ValueError("response_mix weights must sum to a positive number")
+        if not 0.0 < self.responder_fraction <= 1.0:
+            raise ValueError(f"responder_fraction must be in (0, 1], got {self.responder_fraction}")
 
 
 def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
@@ -116,6 +136,11 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         shock[0] += config.common_response * rng.uniform(0.5, 1.5)
         program_shift[gene] = propagate @ shock  # (K,)
 
+    # How each perturbation changes the cell distribution beyond its mean shift.
+    kinds, kind_weights = zip(*config.response_mix, strict=True)
+    kind_probabilities = np.asarray(kind_weights, dtype=float) / np.sum(kind_weights)
+    response = {gene: str(rng.choice(kinds, p=kind_probabilities)) for gene in targets}
+
     types, weights = zip(*config.interaction_mix, strict=True)
     probabilities = np.asarray(weights, dtype=float) / np.sum(weights)
     pairs = _choose_pairs(targets, config.n_doubles, rng)
@@ -123,6 +148,7 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
     for gene_a, gene_b in pairs:
         kind = str(rng.choice(types, p=probabilities))
         interactions.append((format_condition({gene_a, gene_b}), kind, gene_a, gene_b))
+        response[format_condition({gene_a, gene_b})] = response[gene_a]
 
     # Log-rate shift per condition: program effects through gene loadings + direct target effect.
     shifts: dict[str, np.ndarray] = {CONTROL_NAME: np.zeros(config.n_genes)}
@@ -145,7 +171,10 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
     blocks, labels = [], []
     for name, shift in shifts.items():
         n_cells = config.n_control_cells if name == CONTROL_NAME else config.n_cells_per_condition
-        blocks.append(_sample_counts(base_log_rate + shift, n_cells, program, loading, config, rng))
+        kind = response.get(name, "shift")
+        blocks.append(
+            _sample_counts(base_log_rate, shift, kind, n_cells, program, loading, config, rng)
+        )
         labels += [name] * n_cells
     counts = np.vstack(blocks).astype(np.float32)  # (N, G)
     totals = counts.sum(axis=1, keepdims=True)
@@ -164,8 +193,11 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         index=genes,
     )
     true_delta = {
-        name: _expected_log_expression(base_log_rate + shift)
-        - _expected_log_expression(base_log_rate)
+        name: _responding(response[name], config)
+        * (
+            _expected_log_expression(base_log_rate + shift)
+            - _expected_log_expression(base_log_rate)
+        )
         for name, shift in shifts.items()
         if name != CONTROL_NAME
     }
@@ -176,6 +208,9 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         "interactions": pd.DataFrame(
             interactions, columns=["condition", "interaction", "gene_a", "gene_b"]
         ).set_index("condition"),
+        "responses": pd.DataFrame(
+            {"response": [response[name] for name in true_delta]}, index=list(true_delta)
+        ),
         "unmeasured_targets": [gene for gene in targets if gene not in target_index],
         "program_regulation": regulation,
     }
@@ -208,16 +243,27 @@ def _log_rate_shift(
     return shift
 
 
+def _responding(kind: str, config: SyntheticConfig) -> float:
+    """Expected fraction of cells that respond (only sub-population responses are partial)."""
+    return config.responder_fraction if kind == "subpopulation" else 1.0
+
+
 def _sample_counts(
-    log_rate: np.ndarray,
+    base_log_rate: np.ndarray,
+    shift: np.ndarray,
+    kind: str,
     n_cells: int,
     program: np.ndarray,
     loading: np.ndarray,
     config: SyntheticConfig,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    activity = rng.normal(0.0, config.program_noise, (n_cells, config.n_programs))  # (n, K)
-    cell_log_rate = log_rate[None, :] + loading[None, :] * activity[:, program]  # (n, G)
+    noise = config.program_noise * (config.variance_factor if kind == "variance" else 1.0)
+    activity = rng.normal(0.0, noise, (n_cells, config.n_programs))  # (n, K)
+    responds = rng.random((n_cells, 1)) < _responding(kind, config)  # (n, 1)
+    cell_log_rate = (
+        base_log_rate[None, :] + responds * shift[None, :] + loading[None, :] * activity[:, program]
+    )  # (n, G)
     proportions = np.exp(cell_log_rate - cell_log_rate.max(axis=1, keepdims=True))
     proportions /= proportions.sum(axis=1, keepdims=True)
     library = config.library_size * rng.lognormal(0.0, 0.3, (n_cells, 1))  # (n, 1)
@@ -235,4 +281,5 @@ def _expected_log_expression(log_rate: np.ndarray) -> np.ndarray:
 def _config_dict(config: SyntheticConfig) -> dict:
     values = dataclasses.asdict(config)
     values["interaction_mix"] = {name: float(weight) for name, weight in config.interaction_mix}
+    values["response_mix"] = {name: float(weight) for name, weight in config.response_mix}
     return values
