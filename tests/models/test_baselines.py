@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _configs import FAST_CONFIGS
 
 from perturbflow.data import CONDITION_COLUMN, PerturbationDataset, read
 from perturbflow.data.conditions import parse_condition
@@ -371,7 +372,9 @@ def test_nearest_neighbor_returns_the_delta_of_the_closest_training_condition(
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def fitted(request, simulated, simulation_split) -> Model:
-    return get_model(request.param).fit(simulated, simulation_split)
+    return get_model(request.param, FAST_CONFIGS.get(request.param)).fit(
+        simulated, simulation_split
+    )
 
 
 def a_test_double(split: Split) -> str:

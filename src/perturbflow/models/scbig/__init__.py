@@ -1,0 +1,6 @@
+"""scBIG-style module-inductive flow matching (METHOD §2), registered as ``scbig``."""
+
+from perturbflow.models.scbig.config import ScBIGConfig
+from perturbflow.models.scbig.model import ScBIG
+
+__all__ = ["ScBIG", "ScBIGConfig"]

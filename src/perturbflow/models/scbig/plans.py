@@ -1,0 +1,289 @@
+"""Lightning training plans: stage 1 trains the autoencoder, stage 2 the latent flow.
+
+Batches are drawn *inside* ``training_step`` from a generator seeded by ``(seed, global_step,
+rank)``, and the global torch seed is reset from the same numbers before every step (dropout). A
+run interrupted and resumed from its Lightning checkpoint therefore replays exactly the batches it
+would have seen, and reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from perturbflow.models.alignment import cluster_correlation_loss, pathway_ot_loss
+from perturbflow.models.condition_encoder import ConditionEncoder
+from perturbflow.models.flow import flow_matching_loss, integrate, ot_pair, random_pair
+
+
+class StepIndices(Dataset):
+    """A dataset of step numbers: plans sample their own batches from the step."""
+
+    def __init__(self, n_steps: int) -> None:
+        self.n_steps = n_steps
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def step_loader(n_steps: int) -> DataLoader:
+    return DataLoader(StepIndices(n_steps), batch_size=None, shuffle=False)
+
+
+def _step_generator(seed: int, step: int, rank: int, stream: int) -> torch.Generator:
+    # Distinct, reproducible streams per (seed, step, rank, purpose).
+    value = (seed * 1_000_003 + step * 7_919 + rank * 104_729 + stream) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+class BestStateMixin:
+    """Keeps the weights with the lowest validation loss (in memory and in checkpoints)."""
+
+    best_val: float
+    best_state: dict[str, torch.Tensor] | None
+
+    def _track_best(self, value: float, module: nn.Module) -> None:
+        if value < self.best_val:
+            self.best_val = value
+            self.best_state = copy.deepcopy(module.state_dict())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["perturbflow_best"] = {"val": self.best_val, "state": self.best_state}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = checkpoint.get("perturbflow_best", {})
+        self.best_val = stored.get("val", math.inf)
+        self.best_state = stored.get("state")
+
+
+class AutoencoderPlan(BestStateMixin, L.LightningModule):
+    """Stage 1: MSE reconstruction of control + training cells; validation on val cells."""
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        train_cells: torch.Tensor,
+        val_cells: torch.Tensor | None,
+        *,
+        batch_size: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.train_cells = train_cells  # (N, G)
+        self.val_cells = val_cells  # (N_val, G) or None
+        self.batch_size = min(batch_size, len(train_cells))
+        self.lr = lr
+        self.seed = seed
+        self.best_val = math.inf
+        self.best_state = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_cells) / self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return step_loader(self.steps_per_epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        return step_loader(1)
+
+    def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
+        torch.manual_seed(self.seed + 31 * self.global_step)
+        order = torch.randperm(
+            len(self.train_cells), generator=_step_generator(self.seed, self.current_epoch, 0, 1)
+        )  # (N,)
+        index = order[batch_idx * self.batch_size : (batch_idx + 1) * self.batch_size]
+        cells = self.train_cells[index].to(self.device)  # (B, G)
+        recon, _ = self.autoencoder(cells)  # (B, G)
+        loss = torch.mean((recon - cells) ** 2)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(index))
+        return loss
+
+    def validation_step(self, batch: int, batch_idx: int) -> None:
+        cells = self.val_cells.to(self.device)  # (N_val, G)
+        recon, _ = self.autoencoder(cells)
+        loss = torch.mean((recon - cells) ** 2)
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(cells))
+        self._track_best(float(loss), self.autoencoder)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.autoencoder.parameters(), lr=self.lr)
+
+
+class FlowPlan(BestStateMixin, L.LightningModule):
+    """Stage 2: conditional flow matching from (shifted) control latents to each condition's.
+
+    ``source_latent[c]`` holds latent codes of control cells already shifted by condition ``c``'s
+    additive prior (or unshifted when the prior is off); ``target_latent[c]`` those of its real
+    cells. Each step draws ``conditions_per_batch`` training conditions and
+    ``cells_per_condition`` source and target cells for each, pairs them *within* the condition
+    by exact OT (or randomly), and regresses the velocity. Every ``align_every`` steps the
+    alignment losses are added on cells decoded from a differentiable ODE rollout. Validation
+    integrates the sources of every validation condition and scores the predicted mean
+    expression (start + decoded change, as prediction does) against the real mean (MSE).
+    """
+
+    def __init__(
+        self,
+        velocity: nn.Module,
+        encoder: ConditionEncoder,
+        decoder: nn.Module,
+        source_latent: Sequence[torch.Tensor],
+        target_latent: Sequence[torch.Tensor],
+        target_cells: Sequence[torch.Tensor],
+        conditions: Sequence[str],
+        membership: torch.Tensor,
+        val_conditions: Sequence[str],
+        val_source_latent: Sequence[torch.Tensor],
+        val_start_means: torch.Tensor | None,
+        val_means: torch.Tensor | None,
+        *,
+        conditions_per_batch: int,
+        cells_per_condition: int,
+        lr: float,
+        ot_pairing: bool,
+        sigma: float,
+        alignment: bool,
+        align_every: int,
+        cluster_corr_weight: float,
+        pathway_ot_weight: float,
+        align_ode_steps: int,
+        steps_per_epoch: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.velocity = velocity
+        self.encoder = encoder
+        self.decoder = decoder  # frozen autoencoder (decode only)
+        for parameter in self.decoder.parameters():
+            parameter.requires_grad_(False)
+        self.source_latent = list(source_latent)  # per condition (n_src, L)
+        self.target_latent = list(target_latent)  # per condition (n_c, L)
+        self.target_cells = list(target_cells)  # per condition (n_c, G)
+        self.conditions = list(conditions)
+        self.membership = membership  # (K, G)
+        self.val_conditions = list(val_conditions)
+        self.val_source_latent = list(val_source_latent)  # per val condition (n_src, L)
+        self.val_start_means = val_start_means  # (V, G) mean of the shifted control cells
+        self.val_means = val_means  # (V, G) real mean expression
+        self.conditions_per_batch = min(conditions_per_batch, len(self.conditions))
+        self.cells_per_condition = cells_per_condition
+        self.lr = lr
+        self.ot_pairing = ot_pairing
+        self.sigma = sigma
+        self.alignment = alignment and (cluster_corr_weight > 0 or pathway_ot_weight > 0)
+        self.align_every = align_every
+        self.cluster_corr_weight = cluster_corr_weight
+        self.pathway_ot_weight = pathway_ot_weight
+        self.align_ode_steps = align_ode_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
+        self.best_val = math.inf
+        self.best_state = None
+
+    def trainable(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"velocity": self.velocity, "encoder": self.encoder})
+
+    def train_dataloader(self) -> DataLoader:
+        return step_loader(self.steps_per_epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        return step_loader(1)
+
+    def _batch(self, generator: torch.Generator):
+        chosen = torch.randperm(len(self.conditions), generator=generator)[
+            : self.conditions_per_batch
+        ]  # (C,)
+        x0, x1, labels = [], [], []
+        m = self.cells_per_condition
+        for c in chosen.tolist():
+            source = torch.randint(len(self.source_latent[c]), (m,), generator=generator)  # (m,)
+            target = torch.randint(len(self.target_latent[c]), (m,), generator=generator)  # (m,)
+            pair = (ot_pair if self.ot_pairing else random_pair)(
+                self.source_latent[c][source],
+                self.target_latent[c][target],
+                target_labels=(target,),
+                generator=generator,
+            )
+            x0.append(pair.x0)
+            x1.append(pair.x1)
+            labels += [c] * m
+        return chosen, torch.cat(x0), torch.cat(x1), torch.tensor(labels)
+
+    def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        torch.manual_seed(self.seed + 31 * step + 7 * self.global_rank)
+        generator = _step_generator(self.seed, step, self.global_rank, 2)
+        chosen, x0, x1, labels = self._batch(generator)  # (B, L), (B, L), (B,)
+        x0, x1 = x0.to(self.device), x1.to(self.device)
+        names = [self.conditions[c] for c in chosen.tolist()]
+        embedding = self.encoder.encode(names)  # (C, E)
+        position = {c: i for i, c in enumerate(chosen.tolist())}
+        per_sample = embedding[torch.tensor([position[c] for c in labels.tolist()])]  # (B, E)
+        loss = flow_matching_loss(
+            self.velocity, x0, x1, per_sample, sigma=self.sigma, generator=generator
+        )
+        self.log("flow_loss", loss, prog_bar=True, batch_size=len(x0))
+        if self.alignment and step % self.align_every == 0:
+            align = self._alignment_loss(x0, embedding[0], chosen[0].item(), generator)
+            self.log("align_loss", align, batch_size=self.cells_per_condition)
+            loss = loss + align
+        return loss
+
+    def _alignment_loss(
+        self, x0: torch.Tensor, embedding: torch.Tensor, condition: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        m = self.cells_per_condition
+        source = x0[:m]  # (m, L): the first condition's source latents
+        condition_batch = embedding.expand(m, -1)  # (m, E)
+        latent = integrate(
+            self.velocity, source, condition_batch, n_steps=self.align_ode_steps, method="euler"
+        )  # (m, L)
+        predicted = self.decoder.decode(latent)  # (m, G)
+        cells = self.target_cells[condition]
+        real = cells[torch.randint(len(cells), (m,), generator=generator)].to(self.device)
+        membership = self.membership.to(self.device)
+        loss = predicted.new_zeros(())
+        if self.cluster_corr_weight > 0:
+            loss = loss + self.cluster_corr_weight * cluster_correlation_loss(
+                predicted, real, membership
+            )
+        if self.pathway_ot_weight > 0:
+            loss = loss + self.pathway_ot_weight * pathway_ot_loss(predicted, real, membership)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch: int, batch_idx: int) -> None:
+        embeddings = self.encoder.encode(self.val_conditions)  # (V, E)
+        errors = []
+        for i, source in enumerate(self.val_source_latent):
+            source = source.to(self.device)  # (n, L)
+            latent = integrate(
+                self.velocity,
+                source,
+                embeddings[i].expand(len(source), -1),
+                n_steps=10,
+                method="midpoint",
+            )  # (n, L)
+            change = self.decoder.decode(latent).mean(dim=0) - self.decoder.decode(source).mean(
+                dim=0
+            )  # (G,)
+            predicted = self.val_start_means[i].to(self.device) + change  # (G,)
+            errors.append(torch.mean((predicted - self.val_means[i].to(self.device)) ** 2))
+        loss = torch.stack(errors).mean()
+        self.log("val_loss", loss, prog_bar=True, batch_size=1)
+        self._track_best(float(loss), self.trainable())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.trainable().parameters(), lr=self.lr)

@@ -1,0 +1,30 @@
+"""Small model configs shared by the model tests (the defaults train for minutes, not seconds)."""
+
+from perturbflow.models.scbig import ScBIGConfig
+
+TINY_SCBIG = ScBIGConfig(
+    n_programs=4,
+    embedding_components=8,
+    knn=4,
+    chunk_size=8,
+    token_dim=16,
+    n_heads=2,
+    n_blocks=1,
+    n_modules=2,
+    latent_dim=8,
+    ae_epochs=2,
+    ae_batch_size=64,
+    gene_embedding_dim=16,
+    condition_dim=16,
+    flow_hidden=32,
+    flow_steps=12,
+    flow_conditions_per_batch=3,
+    flow_cells_per_condition=16,
+    align_every=4,
+    val_every=6,
+    ode_steps=4,
+    max_control_cells=200,
+    seed=0,
+)
+
+FAST_CONFIGS = {"scbig": TINY_SCBIG}

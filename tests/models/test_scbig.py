@@ -1,0 +1,178 @@
+"""scbig: the composed model behind the one interface, on a tiny simulated screen."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from _configs import TINY_SCBIG  # noqa: E402
+
+from perturbflow.data import read
+from perturbflow.data.splits import make_split
+from perturbflow.data.synthetic import simulate
+from perturbflow.models import MODELS, get_model, load_model
+from perturbflow.models.condition_encoder import UnknownGeneError
+from perturbflow.models.scbig import ScBIG, ScBIGConfig, plans
+
+TINY = TINY_SCBIG
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data():
+    adata = simulate(
+        n_genes=40,
+        n_programs=4,
+        n_perturbed=8,
+        n_unmeasured=0,
+        n_doubles=8,
+        n_control_cells=200,
+        n_cells_per_condition=30,
+        seed=0,
+    )
+    dataset = read(adata)
+    split = make_split("simulation", dataset.conditions, seed=0)
+    return dataset, split
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    dataset, split = data
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = ScBIG(TINY).fit(dataset, split)
+    torch.set_num_threads(previous)
+    return model
+
+
+def test_registered_behind_the_model_interface():
+    assert MODELS["scbig"] is ScBIG
+    assert isinstance(get_model("scbig", TINY), ScBIG)
+
+
+def test_predict_returns_cells_for_every_kind_of_condition(fitted, data):
+    dataset, split = data
+    test = list(split.test)
+    cells = fitted.predict(test, n_cells=7, seed=1)
+    assert cells.shape == (7 * len(test), dataset.n_genes)
+    assert list(cells.var_names) == list(dataset.genes)
+    assert set(cells.obs["perturbflow_condition"]) == set(test)
+    assert np.isfinite(cells.X).all()
+    assert set(split.subgroups[c] for c in test) >= {"unseen_single", "combo_seen1"}
+    assert "program" in cells.var and cells.var["program"].nunique() == 4
+
+
+def test_same_seed_same_cells_and_gene_order_free(fitted, data):
+    _, split = data
+    double = next(c for c in split.test if "+" in c)
+    a, b = double.split("+")
+    first = fitted.predict([f"{a}+{b}"], n_cells=5, seed=3).X
+    again = fitted.predict([f"{b}+{a}"], n_cells=5, seed=3).X
+    other = fitted.predict([double], n_cells=5, seed=4).X
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_programs_frame(fitted, data):
+    dataset, _ = data
+    programs = fitted.programs_
+    assert list(programs.columns) == ["gene", "program", "order"]
+    assert list(programs["gene"]) == list(dataset.genes)
+    assert sorted(programs["order"]) == list(range(dataset.n_genes))
+
+
+def test_control_prediction_is_control_cells(fitted):
+    cells = fitted.predict(["ctrl"], n_cells=10, seed=0)
+    stored = {tuple(row) for row in fitted.control_cells_}
+    assert all(tuple(row) in stored for row in np.asarray(cells.X))
+
+
+def test_save_load_round_trip(fitted, data, tmp_path):
+    _, split = data
+    path = fitted.save(tmp_path / "scbig.npz")
+    loaded = load_model(path)
+    assert isinstance(loaded, ScBIG) and loaded.config == TINY
+    test = list(split.test)[:4]
+    np.testing.assert_allclose(
+        loaded.predict(test, n_cells=6, seed=2).X,
+        fitted.predict(test, n_cells=6, seed=2).X,
+        atol=1e-5,
+    )
+    assert loaded.programs_.equals(fitted.programs_)
+    with pytest.raises(FileExistsError):
+        fitted.save(path)
+
+
+def test_predict_delta_and_uncertainty(fitted, data):
+    _, split = data
+    test = list(split.test)[:3]
+    delta = fitted.predict_delta(test, n_cells=50)
+    spread = fitted.predict_uncertainty(test, n_seeds=3, n_cells=20)
+    assert delta.shape == spread.shape == (3, fitted.genes_.size)
+    assert (spread.to_numpy() >= 0).all() and spread.to_numpy().sum() > 0
+
+
+def test_unknown_gene_is_an_error_not_a_zero_vector(data):
+    dataset, split = data
+    model = ScBIG(dataclasses.replace(TINY, missing_gene="error", flow_steps=2, ae_epochs=1))
+    model.fit(dataset, split)
+    with pytest.raises(UnknownGeneError, match="NOTAGENE"):
+        model.predict(["NOTAGENE"], n_cells=2)
+
+
+@pytest.mark.parametrize(
+    "ablation",
+    [
+        {"programs": "random"},
+        {"autoencoder": "mlp"},
+        {"autoencoder": "pca"},
+        {"alignment": False},
+        {"ot_pairing": False},
+        {"additive_prior": False},
+    ],
+)
+def test_ablations_fit_and_predict(data, ablation):
+    dataset, split = data
+    config = dataclasses.replace(TINY, flow_steps=4, ae_epochs=1, **ablation)
+    cells = ScBIG(config).fit(dataset, split).predict(list(split.test)[:2], n_cells=3)
+    assert cells.n_obs == 6 and np.isfinite(cells.X).all()
+
+
+def test_invalid_config_names_the_field():
+    with pytest.raises(ValueError, match="autoencoder"):
+        ScBIGConfig(autoencoder="vae")
+    with pytest.raises(ValueError, match="flow_steps"):
+        ScBIGConfig(flow_steps=0)
+
+
+def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeypatch):
+    dataset, split = data
+    config = dataclasses.replace(TINY, flow_steps=12, val_every=4, alignment=False)
+    reference = ScBIG(config).fit(dataset, split)
+
+    original = plans.FlowPlan.training_step
+
+    def crash_at_step_9(self, batch, batch_idx):
+        if self.global_step == 9:
+            raise RuntimeError("node preempted")  # the job dies mid-way through stage 2
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(plans.FlowPlan, "training_step", crash_at_step_9)
+    with pytest.raises(RuntimeError, match="node preempted"):
+        ScBIG(config).fit(dataset, split, checkpoint_dir=tmp_path)
+    assert (tmp_path / "flow" / "last.ckpt").exists()
+    monkeypatch.setattr(plans.FlowPlan, "training_step", original)
+    resumed = ScBIG(config).fit(dataset, split, checkpoint_dir=tmp_path)
+
+    assert resumed.history_["flow_steps"] == reference.history_["flow_steps"] == 12
+    for key, value in reference.velocity_.state_dict().items():
+        torch.testing.assert_close(resumed.velocity_.state_dict()[key], value)
