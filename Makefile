@@ -24,8 +24,8 @@ demo: install
 	$(BIN)/perturbflow demo --out $(DEMO_OUT) --overwrite
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test: install lint
 	$(BIN)/python -m pytest
