@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -192,6 +194,22 @@ def fit(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with model options.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and of the model.")] = 0,
+    accelerator: Annotated[
+        str | None, typer.Option(help="Trainable models: 'cpu', 'gpu' or 'auto'.")
+    ] = None,
+    devices: Annotated[
+        int | None, typer.Option(help="Trainable models: number of devices (e.g. 4 GPUs).")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Trainable models: Lightning strategy, e.g. 'ddp'.")
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Trainable models: keep training checkpoints here; rerun to resume."),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show training progress bars.")
+    ] = True,
     condition_key: ConditionKey = "condition",
     control: Control = None,
     gene_key: GeneKey = None,
@@ -205,7 +223,22 @@ def fit(
 
     try:
         options = _read_yaml(config) if config else {}
+        hardware = {
+            "accelerator": accelerator,
+            "devices": devices,
+            "strategy": strategy,
+            "progress": progress,
+            "seed": seed,
+        }
         model_config = make_config(model, options)
+        if model_config is not None:
+            fields = {f.name for f in dataclasses.fields(model_config)}
+            chosen_options = {
+                key: value
+                for key, value in hardware.items()
+                if value is not None and key in fields and key not in options
+            }
+            model_config = dataclasses.replace(model_config, **chosen_options)
         for path in (out, split_out or out.with_suffix(".split.json")):
             if path.exists() and not overwrite and not (split is not None and path != out):
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -215,8 +248,14 @@ def fit(
         else:
             chosen = make_split(split_kind, dataset.conditions, seed=seed)
             chosen.save(split_out or out.with_suffix(".split.json"), overwrite=overwrite)
-        with console.status(f"fitting {model}"):
-            fitted = get_model(model, model_config).fit(dataset, chosen)
+        estimator = get_model(model, model_config)
+        extra = {}
+        if checkpoint_dir is not None:
+            if "checkpoint_dir" not in inspect.signature(estimator.fit).parameters:
+                raise ValueError(f"model {model!r} trains in one pass; drop --checkpoint-dir")
+            extra["checkpoint_dir"] = checkpoint_dir
+        console.print(f"fitting {model} on {len(chosen.train)} training conditions")
+        fitted = estimator.fit(dataset, chosen, **extra)
         fitted.save(out, overwrite=overwrite)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         _fail(error)

@@ -245,3 +245,67 @@ def test_models_command_lists_registry():
     assert result.exit_code == 0
     for name in ("control_mean", "additive", "linear", "ridge", "nearest_neighbor"):
         assert name in result.output
+
+
+def test_fit_scbig_with_yaml_config_and_checkpoints(data_file, tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from perturbflow.models.scbig import ScBIGConfig
+
+    tiny = dict(
+        n_programs=4,
+        embedding_components=8,
+        chunk_size=8,
+        token_dim=16,
+        n_heads=2,
+        n_blocks=1,
+        n_modules=2,
+        latent_dim=8,
+        ae_epochs=1,
+        gene_embedding_dim=16,
+        condition_dim=16,
+        flow_hidden=32,
+        flow_steps=6,
+        val_every=3,
+        ode_steps=3,
+    )
+    assert set(tiny) <= {f.name for f in dataclasses.fields(ScBIGConfig)}
+    config = tmp_path / "scbig.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    checkpoint = tmp_path / "scbig.npz"
+    result = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(checkpoint), "--model", "scbig"]
+        + ["--config", str(config), "--condition-key", "perturbation", "--no-progress"]
+        + ["--checkpoint-dir", str(tmp_path / "ckpt"), "--seed", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ckpt" / "flow" / "last.ckpt").exists()
+    from perturbflow.models import load_model
+
+    model = load_model(checkpoint)
+    assert model.config.flow_steps == 6 and model.config.seed == 2
+    assert model.config.progress is False
+    predicted = runner.invoke(
+        app,
+        [
+            "predict",
+            str(checkpoint),
+            "--conditions",
+            "G0005+G0009",
+            "--out",
+            str(tmp_path / "p.h5ad"),
+        ],
+    )
+    assert predicted.exit_code == 0, predicted.output
+
+
+def test_checkpoint_dir_refused_for_one_pass_models(data_file, tmp_path):
+    result = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(tmp_path / "a.npz"), "--model", "additive"]
+        + ["--condition-key", "perturbation", "--checkpoint-dir", str(tmp_path / "c")],
+    )
+    assert result.exit_code == 1 and "checkpoint-dir" in result.output

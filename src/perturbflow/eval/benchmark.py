@@ -5,6 +5,7 @@ The same loop serves the demo and user benchmarks; no model is special-cased.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -45,6 +46,14 @@ def resolve_models(models: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def seeded_config(name: str, seed: int):
+    """The default config of model ``name`` with its ``seed`` set (``None`` if it has none)."""
+    config_class = getattr(MODELS[name], "config_class", None)
+    if config_class is None or "seed" not in {f.name for f in dataclasses.fields(config_class)}:
+        return None
+    return config_class(seed=seed)
+
+
 def run_models(
     dataset: PerturbationDataset,
     split: Split,
@@ -68,7 +77,7 @@ def run_models(
         if progress is not None:
             progress(f"fitting {name}")
         start = time.perf_counter()
-        model = get_model(name).fit(dataset, split)
+        model = get_model(name, seeded_config(name, seed)).fit(dataset, split)
         fitted = time.perf_counter()
         predictions = model.predict(test, n_cells=n_cells, seed=seed)
         predicted = time.perf_counter()
