@@ -135,22 +135,7 @@ class ScBIG:
             rng.choice(len(self.control_cells_), min(len(self.control_cells_), 512), replace=False)
         ]  # (n_src, G): control cells every condition's flow starts from
         source_latent = self._source_latents(sources, train)
-        self.encoder_ = ConditionEncoder(
-            self.prior_,
-            self.seen_genes_,
-            ConditionEncoderConfig(
-                embedding_dim=cfg.gene_embedding_dim,
-                output_dim=cfg.condition_dim,
-                missing=cfg.missing_gene,
-            ),
-        )
-        self.velocity_ = VelocityField(
-            cfg.latent_dim,
-            cfg.condition_dim,
-            hidden_dim=cfg.flow_hidden,
-            n_layers=cfg.flow_layers,
-            dropout=cfg.flow_dropout,
-        )
+        self._build_flow_networks()
         val_sources = sources[: min(len(sources), 256)]
         val_start = torch.from_numpy(val_sources.mean(axis=0) + self._shifts(val))  # (V, G)
         val_means = torch.from_numpy(dataset.mean_expression(val).to_numpy(np.float32))
@@ -202,6 +187,26 @@ class ScBIG:
         adjacency = coexpression_knn_graph(train_cells, genes, k=cfg.knn)
         return gene_relation_clustering(
             embedding, adjacency, GRCConfig(n_clusters=n_programs, seed=cfg.seed), genes=genes
+        )
+
+    def _build_flow_networks(self) -> None:
+        """Fresh condition encoder and velocity field from the config (fit and load share it)."""
+        cfg = self.config
+        self.encoder_ = ConditionEncoder(
+            self.prior_,
+            self.seen_genes_,
+            ConditionEncoderConfig(
+                embedding_dim=cfg.gene_embedding_dim,
+                output_dim=cfg.condition_dim,
+                missing=cfg.missing_gene,
+            ),
+        )
+        self.velocity_ = VelocityField(
+            cfg.latent_dim,
+            cfg.condition_dim,
+            hidden_dim=cfg.flow_hidden,
+            n_layers=cfg.flow_layers,
+            dropout=cfg.flow_dropout,
         )
 
     def _fit_shift_prior(
@@ -481,22 +486,7 @@ class ScBIG:
         model.autoencoder_ = build_autoencoder(
             config, model._programs, np.zeros(len(model.genes_), dtype=np.float32)
         )
-        model.encoder_ = ConditionEncoder(
-            model.prior_,
-            model.seen_genes_,
-            ConditionEncoderConfig(
-                embedding_dim=config.gene_embedding_dim,
-                output_dim=config.condition_dim,
-                missing=config.missing_gene,
-            ),
-        )
-        model.velocity_ = VelocityField(
-            config.latent_dim,
-            config.condition_dim,
-            hidden_dim=config.flow_hidden,
-            n_layers=config.flow_layers,
-            dropout=config.flow_dropout,
-        )
+        model._build_flow_networks()
         for prefix, module in (
             ("autoencoder", model.autoencoder_),
             ("velocity", model.velocity_),
@@ -507,7 +497,7 @@ class ScBIG:
                 for key, value in arrays.items()
                 if key.startswith(f"{prefix}/")
             }
-            module.load_state_dict(state, strict=False)
+            module.load_state_dict(state)
             module.eval()
         return model
 
