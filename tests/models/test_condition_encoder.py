@@ -88,3 +88,19 @@ def test_gradients_reach_learned_and_prior_projection():
     assert encoder.learned.weight.grad[encoder.index["A"]].abs().sum() > 0
     assert encoder.learned.weight.grad[encoder.index["C"]].abs().sum() == 0  # C is unseen
     assert encoder.prior_projection.weight.grad.abs().sum() > 0
+
+
+def test_hidden_gene_is_encoded_like_an_unseen_gene():
+    encoder = _encoder()
+    # Hiding A drops its learned residual: A then looks like a gene known only from its prior.
+    index = torch.tensor([[encoder.index["A"]]])
+    prior_only = encoder(
+        index, torch.ones_like(index, dtype=torch.bool), torch.zeros_like(index, dtype=torch.bool)
+    )
+    hidden = encoder.encode(["A"], hidden=[frozenset({"A"})])
+    assert torch.allclose(hidden, prior_only)
+    assert not torch.allclose(hidden, encoder.encode(["A"]))
+    # X has no prior: hidden, it becomes the mean-of-seen-genes token.
+    x_hidden = encoder.encode(["X"], hidden=[frozenset({"X"})])
+    mean_token = encoder(torch.tensor([[-1]]), torch.tensor([[True]]))
+    assert torch.allclose(x_hidden, mean_token)

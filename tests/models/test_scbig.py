@@ -138,6 +138,7 @@ def test_unknown_gene_is_an_error_not_a_zero_vector(data):
         {"alignment": False},
         {"ot_pairing": False},
         {"additive_prior": False},
+        {"unseen_rate": 1.0},
     ],
 )
 def test_ablations_fit_and_predict(data, ablation):

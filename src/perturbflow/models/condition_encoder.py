@@ -114,11 +114,20 @@ class ConditionEncoder(nn.Module):
                     mask[row, column] = True
         return indices, mask
 
-    def gene_features(self, indices: torch.Tensor) -> torch.Tensor:
-        """Per-gene vectors ``(..., e)``; index -1 means 'the mean of the seen genes'."""
+    def gene_features(
+        self, indices: torch.Tensor, use_learned: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-gene vectors ``(..., e)``; index -1 means 'the mean of the seen genes'.
+
+        ``use_learned`` (same shape as ``indices``, bool) can switch off the learned residual of
+        individual entries, which then look exactly like a gene never perturbed in training.
+        """
         mean_token = indices < 0
         safe = indices.clamp(min=0)  # (B, L)
-        vectors = self.learned(safe) * self.is_seen[safe].unsqueeze(-1)  # (B, L, e)
+        learned = self.is_seen[safe]  # (B, L)
+        if use_learned is not None:
+            learned = learned & use_learned
+        vectors = self.learned(safe) * learned.unsqueeze(-1)  # (B, L, e)
         if self.prior_projection is not None:
             vectors = vectors + self.prior_projection(self.prior[safe]) * self.has_prior[
                 safe
@@ -129,13 +138,32 @@ class ConditionEncoder(nn.Module):
             vectors = torch.where(mean_token.unsqueeze(-1), mean_vector, vectors)
         return vectors
 
-    def forward(self, indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        features = self.phi(self.gene_features(indices))  # (B, L, h)
+    def forward(
+        self, indices: torch.Tensor, mask: torch.Tensor, use_learned: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        features = self.phi(self.gene_features(indices, use_learned))  # (B, L, h)
         pooled = (features * mask.unsqueeze(-1)).sum(dim=1)  # (B, h): order-free sum
         return self.rho(pooled)  # (B, output_dim)
 
-    def encode(self, conditions: Sequence[str]) -> torch.Tensor:
-        """Condition names → embeddings ``(B, output_dim)``."""
+    def encode(
+        self, conditions: Sequence[str], hidden: Sequence[frozenset[str]] | None = None
+    ) -> torch.Tensor:
+        """Condition names → embeddings ``(B, output_dim)``.
+
+        ``hidden[i]`` names genes of condition ``i`` to encode *as if never perturbed in
+        training* (prior vector only, or the mean token without one) — training uses it to
+        teach the flow the unseen-gene case.
+        """
         indices, mask = self.tokenize(conditions)
+        use_learned = None
+        if hidden is not None:
+            use_learned = torch.ones_like(mask)
+            for row, (name, genes) in enumerate(zip(conditions, hidden, strict=True)):
+                for column, gene in enumerate(sorted(parse_condition(name))):
+                    if gene in genes:
+                        use_learned[row, column] = False
+                        if not bool(self.has_prior[indices[row, column].clamp(min=0)]):
+                            indices[row, column] = -1
+            use_learned = use_learned.to(self.learned.weight.device)
         device = self.learned.weight.device
-        return self(indices.to(device), mask.to(device))
+        return self(indices.to(device), mask.to(device), use_learned)

@@ -135,6 +135,9 @@ class ScBIG:
             rng.choice(len(self.control_cells_), min(len(self.control_cells_), 512), replace=False)
         ]  # (n_src, G): control cells every condition's flow starts from
         source_latent = self._source_latents(sources, train)
+        hidden_views = (
+            self._hidden_views(sources, train) if cfg.unseen_rate > 0 else [[]] * len(train)
+        )
         self._build_flow_networks()
         val_sources = sources[: min(len(sources), 256)]
         val_start = torch.from_numpy(val_sources.mean(axis=0) + self._shifts(val))  # (V, G)
@@ -148,6 +151,7 @@ class ScBIG:
             target_cells,
             train,
             self._membership(),
+            hidden_views,
             val,
             self._source_latents(val_sources, val),
             val_start if val else None,
@@ -157,6 +161,7 @@ class ScBIG:
             lr=cfg.flow_lr,
             ot_pairing=cfg.ot_pairing,
             sigma=cfg.sigma,
+            unseen_rate=cfg.unseen_rate,
             alignment=cfg.alignment,
             align_every=cfg.align_every,
             cluster_corr_weight=cfg.cluster_corr_weight,
@@ -221,19 +226,42 @@ class ScBIG:
             deltas, len(self.genes_), self.prior_, unseen=self.config.unseen_shift
         )
 
-    def _shifts(self, conditions: list[str]) -> np.ndarray:
+    def _shifts(
+        self, conditions: list[str], hidden: list[frozenset[str]] | None = None
+    ) -> np.ndarray:
         """Gene-space starting shifts ``(C, G)``: additive prior, or zeros when switched off."""
         if not self.config.additive_prior:
             return np.zeros((len(conditions), len(self.genes_)), np.float32)
-        return self.shift_prior_.shifts(conditions)
+        return self.shift_prior_.shifts(conditions, hidden)
 
-    def _source_latents(self, sources: np.ndarray, conditions: list[str]) -> list[torch.Tensor]:
+    def _source_latents(
+        self,
+        sources: np.ndarray,
+        conditions: list[str],
+        hidden: list[frozenset[str]] | None = None,
+    ) -> list[torch.Tensor]:
         """Latent codes of ``sources`` shifted by each condition's prior, one tensor each."""
         if not self.config.additive_prior:
             latent = self._encode(sources)
             return [latent for _ in conditions]
-        shifts = self._shifts(conditions)  # (C, G)
+        shifts = self._shifts(conditions, hidden)  # (C, G)
         return [self._encode(sources + shift) for shift in shifts]
+
+    def _hidden_views(
+        self, sources: np.ndarray, conditions: list[str]
+    ) -> list[list[tuple[frozenset[str], torch.Tensor]]]:
+        """For each condition, each one of its genes hidden: (that gene, shifted source latents)."""
+        sources = sources[: min(len(sources), 256)]
+        names, hides = [], []
+        for name in conditions:
+            for gene in sorted(parse_condition(name)):
+                names.append(name)
+                hides.append(frozenset({gene}))
+        latents = iter(self._source_latents(sources, names, hides))
+        views: dict[str, list] = {name: [] for name in conditions}
+        for name, hide in zip(names, hides, strict=True):
+            views[name].append((hide, next(latents)))
+        return [views[name] for name in conditions]
 
     def _membership(self) -> torch.Tensor:
         labels = torch.from_numpy(np.asarray(self._programs.labels))  # (G,)

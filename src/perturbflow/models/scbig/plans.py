@@ -144,6 +144,7 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         target_cells: Sequence[torch.Tensor],
         conditions: Sequence[str],
         membership: torch.Tensor,
+        hidden_views: Sequence[Sequence[tuple[frozenset[str], torch.Tensor]]],
         val_conditions: Sequence[str],
         val_source_latent: Sequence[torch.Tensor],
         val_start_means: torch.Tensor | None,
@@ -154,6 +155,7 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         lr: float,
         ot_pairing: bool,
         sigma: float,
+        unseen_rate: float,
         alignment: bool,
         align_every: int,
         cluster_corr_weight: float,
@@ -173,6 +175,9 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         self.target_cells = list(target_cells)  # per condition (n_c, G)
         self.conditions = list(conditions)
         self.membership = membership  # (K, G)
+        # hidden_views[c]: (genes treated as unseen, source latents shifted accordingly)
+        self.hidden_views = [list(views) for views in hidden_views]
+        self.unseen_rate = unseen_rate
         self.val_conditions = list(val_conditions)
         self.val_source_latent = list(val_source_latent)  # per val condition (n_src, L)
         self.val_start_means = val_start_means  # (V, G) mean of the shifted control cells
@@ -205,13 +210,20 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         chosen = torch.randperm(len(self.conditions), generator=generator)[
             : self.conditions_per_batch
         ]  # (C,)
-        x0, x1, labels = [], [], []
+        x0, x1, labels, hidden = [], [], [], []
         m = self.cells_per_condition
         for c in chosen.tolist():
-            source = torch.randint(len(self.source_latent[c]), (m,), generator=generator)  # (m,)
+            # Sometimes present a condition as if some of its genes were never perturbed in
+            # training, so the flow also learns the unseen-gene case it meets at test time.
+            hide, sources = frozenset(), self.source_latent[c]
+            views = self.hidden_views[c]
+            if views and float(torch.rand((), generator=generator)) < self.unseen_rate:
+                hide, sources = views[int(torch.randint(len(views), (), generator=generator))]
+            hidden.append(hide)
+            source = torch.randint(len(sources), (m,), generator=generator)  # (m,)
             target = torch.randint(len(self.target_latent[c]), (m,), generator=generator)  # (m,)
             pair = (ot_pair if self.ot_pairing else random_pair)(
-                self.source_latent[c][source],
+                sources[source],
                 self.target_latent[c][target],
                 target_labels=(target,),
                 generator=generator,
@@ -219,16 +231,16 @@ class FlowPlan(BestStateMixin, L.LightningModule):
             x0.append(pair.x0)
             x1.append(pair.x1)
             labels += [c] * m
-        return chosen, torch.cat(x0), torch.cat(x1), torch.tensor(labels)
+        return chosen, hidden, torch.cat(x0), torch.cat(x1), torch.tensor(labels)
 
     def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         torch.manual_seed(self.seed + 31 * step + 7 * self.global_rank)
         generator = _step_generator(self.seed, step, self.global_rank, 2)
-        chosen, x0, x1, labels = self._batch(generator)  # (B, L), (B, L), (B,)
+        chosen, hidden, x0, x1, labels = self._batch(generator)  # (B, L), (B, L), (B,)
         x0, x1 = x0.to(self.device), x1.to(self.device)
         names = [self.conditions[c] for c in chosen.tolist()]
-        embedding = self.encoder.encode(names)  # (C, E)
+        embedding = self.encoder.encode(names, hidden=hidden)  # (C, E)
         position = {c: i for i, c in enumerate(chosen.tolist())}
         per_sample = embedding[torch.tensor([position[c] for c in labels.tolist()])]  # (B, E)
         loss = flow_matching_loss(

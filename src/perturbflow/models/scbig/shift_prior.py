@@ -60,22 +60,28 @@ class AdditiveShiftPrior:
             )
         self._index = {g: i for i, g in enumerate(self.genes)}
 
-    def gene_delta(self, gene: str) -> np.ndarray:
-        """Expression shift ``(G,)`` of one perturbed gene."""
-        if gene in self._index:
+    def gene_delta(self, gene: str, hidden: bool = False) -> np.ndarray:
+        """Expression shift ``(G,)`` of one gene; ``hidden`` treats it as never seen perturbed."""
+        if gene in self._index and not hidden:
             return self.deltas[self._index[gene]]
         if self.unseen == "ridge" and gene in self.prior.index and self.prior.shape[1]:
             features = self.prior.loc[gene].to_numpy(np.float32) - self.feature_mean
             return features @ self.coef + self.mean_delta
         return self.mean_delta
 
-    def shifts(self, conditions: Sequence[str]) -> np.ndarray:
-        """Summed shifts ``(C, G)`` of canonical condition names (control: zero)."""
+    def shifts(
+        self, conditions: Sequence[str], hidden: Sequence[frozenset[str]] | None = None
+    ) -> np.ndarray:
+        """Summed shifts ``(C, G)`` of canonical condition names (control: zero).
+
+        ``hidden[i]`` names genes of condition ``i`` to treat as never seen perturbed.
+        """
+        hidden = hidden if hidden is not None else [frozenset()] * len(conditions)
         rows = [
-            np.sum([self.gene_delta(g) for g in sorted(genes)], axis=0)
+            np.sum([self.gene_delta(g, g in hide) for g in sorted(genes)], axis=0)
             if (genes := parse_condition(name))
             else np.zeros_like(self.mean_delta)
-            for name in conditions
+            for name, hide in zip(conditions, hidden, strict=True)
         ]
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, len(self.mean_delta)))
 
