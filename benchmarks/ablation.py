@@ -7,8 +7,8 @@ several seeds; evaluates every held-out condition and writes:
 - ``results.csv``: long format (condition, subgroup, metric, value, model, seed)
 - ``summary.csv``: mean ± sd over conditions and seeds per subgroup × variant × metric
 - ``timings.csv``: fit and predict seconds per variant and seed
-- ``table.md``: the README table — per subgroup and variant, the mean over seeds of the
-  per-seed subgroup means of the headline metrics (and mean fit seconds)
+- ``table.md``: the README table — per subgroup and variant, the mean ± sd over seeds of the
+  per-seed subgroup means of the headline metrics
 
 Run: ``.venv/bin/python benchmarks/ablation.py --out runs/ablation --seeds 1,2,3``
 """
@@ -97,14 +97,14 @@ def main() -> None:
         write_csv(results, folder / "results.csv", overwrite=True)
         write_csv(summarize(results), folder / "summary.csv", overwrite=True)
         write_csv(pd.DataFrame(timings), folder / "timings.csv", overwrite=True)
-        (folder / "table.md").write_text(markdown_table(results, pd.DataFrame(timings)))
+        (folder / "table.md").write_text(markdown_table(results))
     logger.info("wrote %s", folder)
 
 
 HEADLINE = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
 
 
-def markdown_table(results: pd.DataFrame, timings: pd.DataFrame) -> str:
+def markdown_table(results: pd.DataFrame) -> str:
     """Subgroup × variant table of headline metrics: mean over seeds of per-seed means."""
     per_seed = (
         results[results["metric"].isin(HEADLINE)]
@@ -113,10 +113,9 @@ def markdown_table(results: pd.DataFrame, timings: pd.DataFrame) -> str:
         .groupby(["subgroup", "model", "metric"])
         .agg(["mean", "std"])
     )
-    seconds = timings.groupby("model")["fit_s"].mean()
     lines = [
-        "| subgroup | model | " + " | ".join(HEADLINE) + " | fit s |",
-        "|---|---|" + "---|" * (len(HEADLINE) + 1),
+        "| subgroup | model | " + " | ".join(HEADLINE) + " |",
+        "|---|---|" + "---|" * len(HEADLINE),
     ]
     for subgroup, model in per_seed.index.droplevel("metric").unique():
         cells = []
@@ -127,8 +126,7 @@ def markdown_table(results: pd.DataFrame, timings: pd.DataFrame) -> str:
                 cells.append(f"{mean:.3f} ± {sd:.3f}" if sd == sd else f"{mean:.3f}")
             else:
                 cells.append("")
-        fit = f"{seconds[model]:.0f}" if model in seconds else ""
-        lines.append(f"| {subgroup} | {model} | " + " | ".join(cells) + f" | {fit} |")
+        lines.append(f"| {subgroup} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
