@@ -74,7 +74,16 @@ def main(
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
         force=True,
     )
-    for noisy in ("numba", "matplotlib", "h5py", "anndata", "fontTools"):
+    for noisy in (
+        "numba",
+        "matplotlib",
+        "h5py",
+        "anndata",
+        "fontTools",
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -353,6 +353,7 @@ class ScBIG:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             trainer.fit(plan, ckpt_path=resume)
         if trainer.interrupted:
