@@ -1,0 +1,198 @@
+"""Benchmarks over several seeds: resumable runs and the summary a method developer reads.
+
+:func:`run_benchmark` fits every model on every seed's split, evaluates every held-out condition
+and the split-half noise ceiling, and appends each finished (model, seed) cell to
+``results.csv`` at once, so ``resume=True`` skips what an interrupted run already finished.
+:func:`benchmark_summary` turns the long table into mean ± sd over seeds per subgroup, model and
+metric, with win rate and paired difference against the additive baseline and the fraction of
+the noise ceiling reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from perturbflow.data.io import PerturbationDataset
+from perturbflow.data.splits import Split, make_split
+from perturbflow.eval.benchmark import resolve_models, seeded_config
+from perturbflow.eval.de import de_genes
+from perturbflow.eval.evaluate import NOISE_CEILING_MODEL, RESULT_COLUMNS, evaluate, noise_ceiling
+from perturbflow.eval.metrics import METRICS
+from perturbflow.models.base import get_model
+from perturbflow.outputs import write_csv
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_MODEL = "additive"
+TIMING_COLUMNS = ("model", "seed", "fit_s", "predict_s")
+SUMMARY_COLUMNS = (
+    "subgroup",
+    "model",
+    "metric",
+    "mean",
+    "sd",
+    "n_seeds",
+    "n_conditions",
+    "win_rate_vs_additive",
+    "paired_diff_vs_additive",
+    "fraction_of_ceiling",
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    timings: pd.DataFrame
+    splits: dict[int, Split]
+
+
+def run_benchmark(
+    dataset: PerturbationDataset,
+    out: Path,
+    *,
+    split_kind: str,
+    seeds: Sequence[int],
+    models: str | Sequence[str] = "all",
+    n_cells: int = 100,
+    resume: bool = False,
+    split_params: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Fit, predict and evaluate every model on every seed; write results as they finish.
+
+    ``out`` must exist. Files: ``results.csv`` (long format), ``timings.csv``,
+    ``splits/<kind>_seed<k>.json`` and ``summary.csv``. With ``resume`` the (model, seed) cells
+    already in ``results.csv`` are kept and not recomputed; their splits must match.
+    """
+    names = resolve_models(models)
+    results_path, timings_path = out / "results.csv", out / "timings.csv"
+    done = _read_existing(results_path) if resume else pd.DataFrame(columns=RESULT_COLUMNS)
+    timings: list[dict] = (
+        pd.read_csv(timings_path).to_dict("records") if resume and timings_path.exists() else []
+    )
+    finished = set(zip(done["model"], done["seed"].astype(int), strict=True))
+    splits_dir = out / "splits"
+    splits_dir.mkdir(exist_ok=True)
+    splits: dict[int, Split] = {}
+    frames = [done]
+    for seed in seeds:
+        split = make_split(split_kind, dataset.conditions, seed=seed, **(split_params or {}))
+        split_path = splits_dir / f"{split_kind}_seed{seed}.json"
+        if resume and split_path.exists() and Split.load(split_path) != split:
+            raise ValueError(
+                f"{split_path} differs from the split this run would make; "
+                "resume with the same data and options, or start a new --out"
+            )
+        split.save(split_path, overwrite=True)
+        splits[seed] = split
+        todo = [n for n in names if (n, seed) not in finished]
+        ceiling_needed = (NOISE_CEILING_MODEL, seed) not in finished
+        if not todo and not ceiling_needed:
+            logger.info("seed %d: all models already evaluated (resume)", seed)
+            continue
+        de = de_genes(dataset, list(split.test))
+        for name in todo:
+            if progress is not None:
+                progress(f"seed {seed}: {name}")
+            start = time.perf_counter()
+            model = get_model(name, seeded_config(name, seed)).fit(dataset, split)
+            fitted = time.perf_counter()
+            predictions = model.predict(split.test, n_cells=n_cells, seed=seed)
+            predicted = time.perf_counter()
+            frames.append(evaluate(predictions, dataset, split, model=name, seed=seed, de=de))
+            timings.append(
+                {
+                    "model": name,
+                    "seed": seed,
+                    "fit_s": fitted - start,
+                    "predict_s": predicted - fitted,
+                }
+            )
+            _checkpoint(frames, timings, results_path, timings_path)
+            logger.info(
+                "seed %d %s: fit %.1fs, predict %.1fs",
+                seed,
+                name,
+                fitted - start,
+                predicted - fitted,
+            )
+        if ceiling_needed:
+            frames.append(noise_ceiling(dataset, split, seed=seed, de=de))
+            _checkpoint(frames, timings, results_path, timings_path)
+    results = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    summary = benchmark_summary(results)
+    write_csv(summary, out / "summary.csv", overwrite=True)
+    return BenchmarkResult(
+        results=results, summary=summary, timings=pd.DataFrame(timings), splits=splits
+    )
+
+
+def _read_existing(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    table = pd.read_csv(path)
+    missing = set(RESULT_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: cannot resume, columns {sorted(missing)} are missing")
+    return table
+
+
+def _checkpoint(frames, timings, results_path: Path, timings_path: Path) -> None:
+    results = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    write_csv(results, results_path, overwrite=True)
+    write_csv(pd.DataFrame(timings, columns=TIMING_COLUMNS), timings_path, overwrite=True)
+
+
+def benchmark_summary(results: pd.DataFrame, reference: str = REFERENCE_MODEL) -> pd.DataFrame:
+    """Mean ± sd over seeds of per-seed subgroup means, with comparisons to ``reference``.
+
+    - ``win_rate_vs_additive``: over (condition, seed) pairs both models scored, the fraction
+      where the model is strictly better than the reference (ties count half);
+    - ``paired_diff_vs_additive``: mean of (model − reference) over those pairs, signed so that
+      positive is better for every metric;
+    - ``fraction_of_ceiling``: the model's mean divided by the noise ceiling's for metrics where
+      higher is better, and ceiling / model where lower is better (1 = as good as the data allow).
+    """
+    table = results.dropna(subset=["value"])
+    per_seed = table.groupby(["subgroup", "model", "metric", "seed"])["value"].mean()
+    stats = per_seed.groupby(["subgroup", "model", "metric"]).agg(["mean", "std", "count"])
+    stats.columns = ["mean", "sd", "n_seeds"]
+    conditions = table.groupby(["subgroup", "model", "metric"])["condition"].nunique()
+    stats["n_conditions"] = conditions
+    keyed = table.set_index(["subgroup", "metric", "condition", "seed"])
+    wins, diffs = {}, {}
+    if reference in set(table["model"]):
+        ref = keyed[keyed["model"] == reference]["value"]
+        for model in table["model"].unique():
+            mine = keyed[keyed["model"] == model]["value"]
+            joined = pd.concat([mine.rename("model"), ref.rename("ref")], axis=1, join="inner")
+            for (subgroup, metric), rows in joined.groupby(level=["subgroup", "metric"]):
+                sign = 1.0 if METRICS[metric].higher_is_better else -1.0
+                gain = sign * (rows["model"] - rows["ref"])
+                wins[(subgroup, model, metric)] = float(((gain > 0) + 0.5 * (gain == 0)).mean())
+                diffs[(subgroup, model, metric)] = float(gain.mean())
+    stats["win_rate_vs_additive"] = pd.Series(wins)
+    stats["paired_diff_vs_additive"] = pd.Series(diffs)
+    ceiling = (
+        stats.xs(NOISE_CEILING_MODEL, level="model")["mean"]
+        if NOISE_CEILING_MODEL in set(table["model"])
+        else None
+    )
+    fractions = {}
+    if ceiling is not None:
+        for (subgroup, model, metric), row in stats.iterrows():
+            top = ceiling.get((subgroup, metric), np.nan)
+            if METRICS[metric].higher_is_better:
+                fractions[(subgroup, model, metric)] = row["mean"] / top if top else np.nan
+            else:
+                fractions[(subgroup, model, metric)] = top / row["mean"] if row["mean"] else np.nan
+    stats["fraction_of_ceiling"] = pd.Series(fractions)
+    return stats.reset_index()[list(SUMMARY_COLUMNS)]
