@@ -37,6 +37,9 @@ def test_run_writes_files_and_covers_every_cell(dataset, tmp_path):
         "combo_seed1.json",
         "combo_seed2.json",
     ]
+    deltas = pd.read_csv(tmp_path / "predictions" / "additive_seed1.csv", index_col=0)
+    assert set(deltas.index) == set(result.splits[1].test)
+    assert list(deltas.columns) == list(dataset.genes)
     cells = set(zip(result.results["model"], result.results["seed"], strict=True))
     assert cells == {(m, s) for m in ("additive", "control_mean", "noise_ceiling") for s in (1, 2)}
     for seed, split in result.splits.items():

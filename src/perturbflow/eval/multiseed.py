@@ -69,7 +69,9 @@ def run_benchmark(
     """Fit, predict and evaluate every model on every seed; write results as they finish.
 
     ``out`` must exist. Files: ``results.csv`` (long format), ``timings.csv``,
-    ``splits/<kind>_seed<k>.json`` and ``summary.csv``. With ``resume`` the (model, seed) cells
+    ``splits/<kind>_seed<k>.json``, ``summary.csv``, ``predictions/<model>_seed<k>.csv``
+    (predicted mean delta per test condition) and ``programs/<model>_seed<k>.csv`` for models
+    that learn gene programs. With ``resume`` the (model, seed) cells
     already in ``results.csv`` are kept and not recomputed; their splits must match.
     """
     names = resolve_models(models)
@@ -108,6 +110,7 @@ def run_benchmark(
             predictions = model.predict(split.test, n_cells=n_cells, seed=seed)
             predicted = time.perf_counter()
             frames.append(evaluate(predictions, dataset, split, model=name, seed=seed, de=de))
+            _save_model_outputs(out, name, seed, predictions, dataset, model)
             timings.append(
                 {
                     "model": name,
@@ -133,6 +136,28 @@ def run_benchmark(
     return BenchmarkResult(
         results=results, summary=summary, timings=pd.DataFrame(timings), splits=splits
     )
+
+
+def _save_model_outputs(out: Path, name: str, seed: int, predictions, dataset, model) -> None:
+    """Predicted pseudobulk deltas (and gene programs, when the model has them) for the report."""
+    from perturbflow.data.io import CONDITION_COLUMN
+
+    labels = predictions.obs[CONDITION_COLUMN].astype(str).to_numpy()
+    matrix = np.asarray(predictions[:, dataset.genes].X)
+    control = dataset.control_expression().mean(axis=0)
+    names = list(dict.fromkeys(labels))
+    deltas = pd.DataFrame(
+        np.vstack([matrix[labels == n].mean(axis=0) - control for n in names]),
+        index=pd.Index(names, name="condition"),
+        columns=dataset.genes,
+    )
+    folder = out / "predictions"
+    folder.mkdir(exist_ok=True)
+    write_csv(deltas.reset_index(), folder / f"{name}_seed{seed}.csv", overwrite=True)
+    programs = getattr(model, "programs_", None)
+    if isinstance(programs, pd.DataFrame):
+        (out / "programs").mkdir(exist_ok=True)
+        write_csv(programs, out / "programs" / f"{name}_seed{seed}.csv", overwrite=True)
 
 
 def _read_existing(path: Path) -> pd.DataFrame:
