@@ -359,6 +359,115 @@ def evaluate(
     console.print(f"metrics written to [bold]{out}[/]")
 
 
+@app.command()
+def benchmark(
+    out: Annotated[Path, typer.Option(help="Run folder: results, summary, splits, report.html.")],
+    dataset: Annotated[
+        str,
+        typer.Option(help="Registered dataset name (see `perturbflow datasets`) or 'synthetic'."),
+    ] = "synthetic",
+    data: Annotated[
+        Path | None, typer.Option(help="A user .h5ad instead of a registered dataset.")
+    ] = None,
+    split_kind: Annotated[
+        str,
+        typer.Option("--split", help="Split kind: simulation, combo, unseen_single, random."),
+    ] = "simulation",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. 1,2,3,4,5.")] = "1,2,3",
+    models: Annotated[str, typer.Option(help="Comma-separated models, or 'all'.")] = "all",
+    n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (default: $PERTURBFLOW_DATA_DIR).")
+    ] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Download a registered public dataset if needed.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")
+    ] = False,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    overwrite: Overwrite = False,
+) -> None:
+    """Fit every model on every seed's split, evaluate all metrics and write a report.
+
+    Writes results.csv (long format), summary.csv (mean ± sd over seeds, win rate and paired
+    difference vs additive, fraction of the noise ceiling), timings.csv, splits/*.json,
+    predictions/*.csv and a self-contained report.html into OUT.
+    """
+    import sys
+
+    from perturbflow.eval.benchmark import resolve_models
+    from perturbflow.eval.multiseed import run_benchmark
+    from perturbflow.outputs import prepare_output_dir
+    from perturbflow.report.benchmark_report import build_report
+
+    try:
+        names = resolve_models(models)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        if not seed_list:
+            raise ValueError("--seeds needs at least one seed")
+        if resume and out.exists():
+            folder = out
+        else:
+            folder = prepare_output_dir(out, overwrite=overwrite)
+        loaded = _benchmark_data(
+            dataset, data, data_dir, download, condition_key, control, gene_key, separator
+        )
+        with console.status("benchmarking") as status:
+            result = run_benchmark(
+                loaded,
+                folder,
+                split_kind=split_kind,
+                seeds=seed_list,
+                models=names,
+                n_cells=n_cells,
+                resume=resume,
+                progress=lambda text: status.update(text),
+            )
+            status.update("writing report.html")
+            label = str(data) if data is not None else dataset
+            build_report(
+                folder,
+                loaded,
+                result,
+                title=f"perturbflow benchmark — {label}, {split_kind} split",
+                command="perturbflow " + " ".join(sys.argv[1:]),
+            )
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(summary_table(result.results, f"benchmark — {label}, {split_kind} split"))
+    console.print(f"results and report.html written to [bold]{folder}[/]")
+
+
+def _benchmark_data(name, path, data_dir, download, condition_key, control, gene_key, separator):
+    if path is not None:
+        return _read(path, condition_key, control, gene_key, separator)
+    if name == "synthetic":
+        from perturbflow.data import read
+        from perturbflow.data.synthetic import simulate
+
+        return read(simulate())
+    from perturbflow.data.datasets import load_dataset
+
+    return load_dataset(name, data_dir=data_dir, download=download)
+
+
+@app.command("datasets")
+def list_datasets() -> None:
+    """List the registered datasets and whether they are available here."""
+    from perturbflow.data.datasets import list_datasets as table
+
+    frame = table()
+    for _, row in frame.iterrows():
+        mark = "[green]available[/]" if row["available"] else "[dim]not here[/]"
+        console.print(
+            f"[bold]{row['name']}[/] ({row['perturbation_type']}, {mark}): {row['description']}"
+        )
+
+
 @app.command("models")
 def list_models() -> None:
     """List the registered models."""

@@ -1,0 +1,153 @@
+"""Assemble ``report.html`` for a benchmark run from what :func:`run_benchmark` wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from perturbflow.data.conditions import parse_condition
+from perturbflow.data.io import PerturbationDataset
+from perturbflow.eval.de import de_genes
+from perturbflow.eval.multiseed import BenchmarkResult
+from perturbflow.report.benchmark_figures import (
+    delta_scatter,
+    gi_scatter,
+    metric_bars_over_seeds,
+    program_heatmap,
+)
+from perturbflow.report.html import package_versions, render_report, write_report
+
+logger = logging.getLogger(__name__)
+
+HEADLINE = (
+    "pearson_delta",
+    "pearson_delta_de20",
+    "mse_de20",
+    "direction_acc_de20",
+    "discrimination_l1",
+    "energy_distance",
+)
+PREFERRED_MODELS = ("scbig", "additive")
+
+
+def peers_status() -> dict[str, str]:
+    """Which optional peers are importable; the report says so instead of failing."""
+    return {
+        "GEARS": "installed, not yet wired into the benchmark"
+        if importlib.util.find_spec("gears")
+        else "not installed",
+        "cell-eval": "installed, cross-check not yet wired"
+        if importlib.util.find_spec("cell_eval")
+        else "not installed",
+    }
+
+
+def build_report(
+    out: Path,
+    dataset: PerturbationDataset,
+    result: BenchmarkResult,
+    *,
+    title: str,
+    command: str,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``out/report.html``: summary, metric bars over seeds, delta scatters, GI, programs."""
+    summary = result.summary[result.summary["metric"].isin(HEADLINE)]
+    figures: dict[str, object] = {
+        "Metrics per subgroup (mean ± sd over seeds; dashed: noise ceiling)": metric_bars_over_seeds(
+            result.results
+        )
+    }
+    seed = min(result.splits)
+    split = result.splits[seed]
+    models = [m for m in PREFERRED_MODELS if (out / "predictions" / f"{m}_seed{seed}.csv").exists()]
+    if not models:
+        models = sorted(
+            p.stem.rsplit("_seed", 1)[0] for p in (out / "predictions").glob(f"*_seed{seed}.csv")
+        )[:2]
+    real = dataset.mean_expression(list(split.test)) - dataset.control_expression().mean(axis=0)
+    predicted = {
+        model: pd.read_csv(out / "predictions" / f"{model}_seed{seed}.csv", index_col=0)
+        for model in models
+    }
+    shown = sorted(split.test, key=lambda c: (-len(parse_condition(c)), c))[:3]
+    de = de_genes(dataset, shown)
+    scatters = []
+    for condition in shown:
+        genes = list(dataset.genes[de[condition]])
+        for model, table in predicted.items():
+            scatters.append(
+                delta_scatter(
+                    table.loc[condition],
+                    real.loc[condition],
+                    genes,
+                    f"{model}: {condition} (seed {seed})",
+                )
+            )
+    figures[f"Predicted vs real delta on the top 20 DE genes (seed {seed})"] = scatters
+    gi = _gi_figure(dataset, split, predicted)
+    if gi is not None:
+        figures["Genetic interactions of held-out doubles (predicted double vs real)"] = gi
+    programs_path = out / "programs" / f"scbig_seed{seed}.csv"
+    if programs_path.exists():
+        figures[f"scbig gene programs: mean real delta per program (seed {seed})"] = (
+            program_heatmap(pd.read_csv(programs_path), real)
+        )
+    provenance = dataset.adata.uns.get("perturbflow", {}).get("dataset", {})
+    checksums = (
+        {str(provenance.get("path", provenance.get("name", "data"))): str(provenance.get("sha256"))}
+        if provenance
+        else {dataset.source: "in-memory data (no file checksum)"}
+    )
+    html = render_report(
+        title=title,
+        summary=summary,
+        figures=figures,
+        command=command,
+        versions=package_versions(),
+        data_checksums=checksums,
+        notes=[
+            f"{len(result.splits)} seed(s): {sorted(result.splits)}; split kind {split.kind}",
+            "Subgroup sizes (conditions per seed) are in the summary's n_conditions column.",
+        ],
+        peers_status=peers_status(),
+    )
+    return write_report(html, out / "report.html", overwrite=overwrite)
+
+
+def _gi_figure(dataset: PerturbationDataset, split, predicted: dict[str, pd.DataFrame]):
+    """GI scores of test doubles whose singles are measured: predicted vs real, first model."""
+    try:
+        from perturbflow.eval.gi import fit_gi
+    except ImportError:  # the GI module is optional for the report
+        return None
+    singles = {
+        next(iter(parse_condition(c))) for c in dataset.conditions if len(parse_condition(c)) == 1
+    }
+    doubles = [
+        c for c in split.test if len(parse_condition(c)) == 2 and parse_condition(c) <= singles
+    ]
+    if not doubles or not predicted:
+        return None
+    model, table = next(iter(predicted.items()))
+    names = sorted({g for c in doubles for g in parse_condition(c)})
+    real = dataset.mean_expression([*names, *doubles]) - dataset.control_expression().mean(axis=0)
+    rows = []
+    for double in doubles:
+        a, b = sorted(parse_condition(double))
+        truth = fit_gi(real.loc[a].to_numpy(), real.loc[b].to_numpy(), real.loc[double].to_numpy())
+        guess = fit_gi(real.loc[a].to_numpy(), real.loc[b].to_numpy(), table.loc[double].to_numpy())
+        for score in ("magnitude", "model_fit"):
+            if hasattr(truth, score):
+                rows.append(
+                    {
+                        "condition": double,
+                        "score": f"{model}: {score}",
+                        "predicted": getattr(guess, score),
+                        "real": getattr(truth, score),
+                    }
+                )
+    return gi_scatter(pd.DataFrame(rows)) if rows else None
