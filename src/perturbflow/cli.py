@@ -385,6 +385,10 @@ def benchmark(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")
     ] = False,
+    model_config: Annotated[
+        Path | None,
+        typer.Option(help="YAML mapping model name → options, e.g. 'scbig: {flow_steps: 200}'."),
+    ] = None,
     condition_key: ConditionKey = "condition",
     control: Control = None,
     gene_key: GeneKey = None,
@@ -413,6 +417,14 @@ def benchmark(
             folder = out
         else:
             folder = prepare_output_dir(out, overwrite=overwrite)
+        options = _read_yaml(model_config) if model_config else {}
+        bad = [name for name, values in options.items() if not isinstance(values, dict)]
+        if bad:
+            raise ValueError(f"{model_config}: options of {bad} must be mappings of option: value")
+        for name, values in options.items():
+            from perturbflow.models.base import make_config
+
+            make_config(name, values)  # validate before any training starts
         loaded = _benchmark_data(
             dataset, data, data_dir, download, condition_key, control, gene_key, separator
         )
@@ -425,6 +437,7 @@ def benchmark(
                 models=names,
                 n_cells=n_cells,
                 resume=resume,
+                model_options=options,
                 progress=lambda text: status.update(text),
             )
             status.update("writing report.html")

@@ -46,12 +46,18 @@ def resolve_models(models: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def seeded_config(name: str, seed: int):
-    """The default config of model ``name`` with its ``seed`` set (``None`` if it has none)."""
+def seeded_config(name: str, seed: int, options: dict | None = None):
+    """Model ``name``'s config from ``options`` (e.g. parsed YAML) with its ``seed`` set.
+
+    Returns ``None`` for a model without a config class (and without options).
+    """
+    from perturbflow.models.base import make_config
+
     config_class = getattr(MODELS[name], "config_class", None)
-    if config_class is None or "seed" not in {f.name for f in dataclasses.fields(config_class)}:
-        return None
-    return config_class(seed=seed)
+    values = dict(options or {})
+    if config_class is not None and "seed" in {f.name for f in dataclasses.fields(config_class)}:
+        values.setdefault("seed", seed)
+    return make_config(name, values)
 
 
 def run_models(

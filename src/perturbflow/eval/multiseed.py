@@ -64,6 +64,7 @@ def run_benchmark(
     n_cells: int = 100,
     resume: bool = False,
     split_params: dict | None = None,
+    model_options: dict[str, dict] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Fit, predict and evaluate every model on every seed; write results as they finish.
@@ -73,6 +74,8 @@ def run_benchmark(
     (predicted mean delta per test condition) and ``programs/<model>_seed<k>.csv`` for models
     that learn gene programs. With ``resume`` the (model, seed) cells
     already in ``results.csv`` are kept and not recomputed; their splits must match.
+    ``model_options`` maps a model name to config options (as in a YAML file), e.g.
+    ``{"scbig": {"flow_steps": 200}}``; each seed's run sets the config's ``seed``.
     """
     names = resolve_models(models)
     results_path, timings_path = out / "results.csv", out / "timings.csv"
@@ -105,7 +108,8 @@ def run_benchmark(
             if progress is not None:
                 progress(f"seed {seed}: {name}")
             start = time.perf_counter()
-            model = get_model(name, seeded_config(name, seed)).fit(dataset, split)
+            options = (model_options or {}).get(name)
+            model = get_model(name, seeded_config(name, seed, options)).fit(dataset, split)
             fitted = time.perf_counter()
             predictions = model.predict(split.test, n_cells=n_cells, seed=seed)
             predicted = time.perf_counter()
