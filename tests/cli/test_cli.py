@@ -309,3 +309,40 @@ def test_checkpoint_dir_refused_for_one_pass_models(data_file, tmp_path):
         + ["--condition-key", "perturbation", "--checkpoint-dir", str(tmp_path / "c")],
     )
     assert result.exit_code == 1 and "checkpoint-dir" in result.output
+
+
+def test_benchmark_writes_results_summary_splits_and_report(tmp_path):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--out", str(out), "--models", "additive,control_mean", "--seeds", "1,2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("results.csv", "summary.csv", "timings.csv", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (out / "splits").iterdir()) == [
+        "simulation_seed1.json",
+        "simulation_seed2.json",
+    ]
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"win_rate_vs_additive", "fraction_of_ceiling", "n_conditions"} <= set(summary.columns)
+    html = (out / "report.html").read_text()
+    assert "GEARS" in html and "not installed" in html and "data:image/png;base64," in html
+    # Rerunning into the same folder needs --resume (nothing recomputed) or --overwrite.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    before = pd.read_csv(out / "results.csv")
+    fits_before = len(pd.read_csv(out / "timings.csv"))
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), before)
+    assert len(pd.read_csv(out / "timings.csv")) == fits_before == 4  # nothing refitted
+
+
+def test_benchmark_rejects_bad_model_config(tmp_path):
+    config = tmp_path / "models.yaml"
+    config.write_text("scbig:\n  flow_stpes: 3\n")
+    result = runner.invoke(
+        app,
+        ["benchmark", "--out", str(tmp_path / "b"), "--models", "scbig"]
+        + ["--model-config", str(config)],
+    )
+    assert result.exit_code == 1 and "flow_stpes" in result.output
