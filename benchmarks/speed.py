@@ -1,0 +1,103 @@
+"""Time and peak memory of fit and predict for every model on simulated data of growing size.
+
+Each (model, size) runs in a fresh subprocess so its peak resident memory (``ru_maxrss``) is its
+own. The simulated screen has ``--genes`` genes, 40 singles and 60 doubles, and enough cells per
+condition to reach each requested total. Writes ``speed.json`` (one record per model × size:
+seconds, cells/s, peak MiB, the settings used).
+
+Run: ``.venv/bin/python benchmarks/speed.py --out runs/speed --sizes 10000,50000,200000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+logger = logging.getLogger("speed")
+
+# scbig's CPU defaults train for minutes on the demo data; at 50k–200k cells a benchmark run
+# uses a fixed, recorded budget so the numbers measure throughput, not convergence.
+SCBIG_OPTIONS = {"ae_epochs": 1, "flow_steps": 200, "val_every": 100}
+
+
+def _measure(model_name: str, n_cells: int, n_genes: int, queue) -> None:
+    from perturbflow.data import read
+    from perturbflow.data.splits import make_split
+    from perturbflow.data.synthetic import simulate
+    from perturbflow.eval.benchmark import seeded_config
+
+    n_conditions = 1 + 40 + 60
+    per_condition = max(10, n_cells // n_conditions)
+    adata = simulate(
+        n_genes=n_genes,
+        n_programs=16,
+        n_perturbed=40,
+        n_unmeasured=0,
+        n_doubles=60,
+        n_control_cells=n_cells - per_condition * (n_conditions - 1),
+        n_cells_per_condition=per_condition,
+        seed=0,
+    )
+    dataset = read(adata)
+    split = make_split("combo", dataset.conditions, seed=1)
+    options = SCBIG_OPTIONS if model_name == "scbig" else None
+    from perturbflow.models import get_model
+
+    start = time.perf_counter()
+    model = get_model(model_name, seeded_config(model_name, 1, options)).fit(dataset, split)
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions = model.predict(split.test, n_cells=100, seed=0)
+    predict_s = time.perf_counter() - start
+    queue.put(
+        {
+            "model": model_name,
+            "n_cells": int(dataset.adata.n_obs),
+            "n_genes": n_genes,
+            "fit_s": fit_s,
+            "predict_s": predict_s,
+            "fit_cells_per_s": dataset.adata.n_obs / fit_s,
+            "predict_cells_per_s": predictions.n_obs / predict_s,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "options": options or {},
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/speed"))
+    parser.add_argument("--sizes", default="10000,50000,200000")
+    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument(
+        "--models", default="control_mean,additive,linear,ridge,nearest_neighbor,scbig"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = []
+    context = mp.get_context("spawn")
+    for size in (int(s) for s in args.sizes.split(",")):
+        for model in args.models.split(","):
+            queue = context.Queue()
+            process = context.Process(target=_measure, args=(model, size, args.genes, queue))
+            process.start()
+            process.join()
+            if process.exitcode != 0:
+                records.append(
+                    {"model": model, "n_cells": size, "error": f"exit {process.exitcode}"}
+                )
+                logger.warning("%s at %d cells failed (exit %s)", model, size, process.exitcode)
+            else:
+                records.append(queue.get())
+                logger.info("%s", records[-1])
+            (args.out / "speed.json").write_text(json.dumps(records, indent=2))
+
+
+if __name__ == "__main__":
+    main()
