@@ -285,8 +285,8 @@ def _distance_covariances(variables: Sequence[np.ndarray]) -> np.ndarray:
 
 def _dcor_from_dcov(dcov2: np.ndarray, i: int, j: int) -> float:
     denominator = math.sqrt(dcov2[i, i] * dcov2[j, j])
-    if denominator <= 0.0:
-        return math.nan  # a constant variable: distance correlation is undefined
+    if not denominator > 0.0 or not math.isfinite(dcov2[i, j]):
+        return math.nan  # a constant (or nan) variable: distance correlation is undefined
     return math.sqrt(min(1.0, dcov2[i, j] / denominator))
 
 
@@ -384,13 +384,23 @@ def fit_gi(
     singles = np.column_stack([delta_a, delta_b])  # (G, 2)
     ls_coef = np.linalg.lstsq(singles, delta_ab, rcond=None)[0]  # (2,)
     ls_fitted = singles @ ls_coef  # (G,)
-    theil_sen = TheilSenRegressor(
-        fit_intercept=False,
-        random_state=random_state,
-        max_subpopulation=max_subpopulation,
-        max_iter=max_iter,
-    ).fit(singles, delta_ab)
-    ts_coef = theil_sen.coef_  # (2,)
+    # A gene unchanged in all three conditions fits any coefficients; left in, the degenerate
+    # 2-gene subsets it forms pull the Theil–Sen spatial median towards 0 (sparse data).
+    informative = (singles != 0.0).any(axis=1) | (delta_ab != 0.0)  # (G,)
+    if informative.sum() >= 3:
+        theil_sen = TheilSenRegressor(
+            fit_intercept=False,
+            random_state=random_state,
+            max_subpopulation=max_subpopulation,
+            max_iter=max_iter,
+        ).fit(singles[informative], delta_ab[informative])
+        ts_coef = theil_sen.coef_  # (2,)
+    else:
+        logger.warning(
+            "GI fit: only %d gene(s) change in A, B or A+B; Theil–Sen scores are nan",
+            int(informative.sum()),
+        )
+        ts_coef = np.full(2, np.nan)
     ts_fitted = singles @ ts_coef  # (G,)
 
     # One pass over the gene pairs for every distance correlation we need.
@@ -482,7 +492,8 @@ def gi_table(
     the doubles to score (default: every two-gene row). ``gene_subset``: genes to fit on (e.g.
     highly variable or top-DE genes; default: all columns). ``exclude_targets``: drop every
     perturbed gene of the table from the fit, as the paper did (their own induction dominates
-    the deltas). Doubles missing a single are skipped and logged.
+    the deltas). Genes whose delta is exactly 0 in every row (unexpressed) are dropped too.
+    Doubles missing a single are skipped and logged.
 
     Returns a DataFrame indexed by the canonical name ``"A+B"`` (``index.name == "condition"``)
     with ``gene_first`` (A, alphabetically first), ``gene_second``, ``n_genes`` and
@@ -507,10 +518,13 @@ def gi_table(
     perturbed = set().union(*conditions) if conditions else set()
     excluded = perturbed if exclude_targets else set()
     genes = _fit_genes(deltas, gene_subset, excluded)
+    # Genes that change in no condition at all (unexpressed in the screen) only dilute the scores.
+    unchanged = (deltas.loc[:, genes] == 0.0).all(axis=0)
+    genes = [gene for gene, flat in zip(genes, unchanged, strict=True) if not flat]
     if len(genes) < 3:
         raise GIError(
-            f"only {len(genes)} gene(s) left to fit after gene_subset and exclude_targets; "
-            "the GI model needs at least 3"
+            f"only {len(genes)} gene(s) left to fit after gene_subset, exclude_targets and "
+            "dropping genes unchanged in every condition; the GI model needs at least 3"
         )
     values = deltas.loc[:, genes]
 
@@ -561,6 +575,7 @@ def gi_table(
         "gene_subset": gene_subset is not None,
         "exclude_targets": exclude_targets,
         "n_excluded_targets": len(excluded & set(deltas.columns)),
+        "n_unchanged_genes_dropped": int(unchanged.sum()),
         "random_state": random_state,
         "max_subpopulation": max_subpopulation,
         "skipped": skipped,
