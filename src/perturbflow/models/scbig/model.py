@@ -8,6 +8,7 @@ the requested condition (seen, new combination or unseen gene) and decodes whole
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
@@ -54,6 +55,22 @@ from perturbflow.programs.relations import coexpression_knn_graph
 logger = logging.getLogger(__name__)
 
 _ENCODE_BATCH = 2048
+
+
+@contextlib.contextmanager
+def _quiet_lightning(quiet: bool):
+    """Silence Lightning's INFO chatter (device summary, tips) while training, unless progress
+    output was asked for; Lightning resets its logger levels on import, so this is done here."""
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    previous = {name: logging.getLogger(name).level for name in names}
+    if quiet:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -350,7 +367,7 @@ class ScBIG:
             limit_val_batches=1 if has_val else 0,
             default_root_dir=str(folder) if folder else tempfile.gettempdir(),
         )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_lightning(not cfg.progress):
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning
