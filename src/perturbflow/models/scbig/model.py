@@ -431,7 +431,6 @@ class ScBIG:
             raise ValueError(f"n_cells must be at least 1, got {n_cells}")
         names = canonical_conditions(conditions)
         generator = np.random.default_rng(seed)
-        torch.manual_seed(seed)
         blocks = {name: self._predict_cells(name, n_cells, generator) for name in names}
         uns = {"model": self.name, "seed": seed, "config": self.config.to_dict()}
         predictions = predictions_to_anndata(blocks, self.genes_, uns)
