@@ -326,6 +326,10 @@ def test_benchmark_writes_results_summary_splits_and_report(tmp_path):
     assert {"win_rate_vs_additive", "fraction_of_ceiling", "n_conditions"} <= set(summary.columns)
     html = (out / "report.html").read_text()
     assert "GEARS" in html and "not installed" in html and "data:image/png;base64," in html
+    crosscheck = pd.read_csv(out / "celleval_crosscheck.csv")  # cell-eval is a test extra
+    assert set(crosscheck["model"]) == {"additive", "control_mean"}
+    assert crosscheck.groupby("metric")["abs_diff"].max().max() < 1e-4
+    assert "largest |ours" in html
     # Rerunning into the same folder needs --resume (nothing recomputed) or --overwrite.
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "--overwrite" in again.output

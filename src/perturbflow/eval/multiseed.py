@@ -10,6 +10,7 @@ the noise ceiling reached.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 REFERENCE_MODEL = "additive"
 TIMING_COLUMNS = ("model", "seed", "fit_s", "predict_s")
+CROSSCHECK_FILE = "celleval_crosscheck.csv"
 SUMMARY_COLUMNS = (
     "subgroup",
     "model",
@@ -71,8 +73,9 @@ def run_benchmark(
 
     ``out`` must exist. Files: ``results.csv`` (long format), ``timings.csv``,
     ``splits/<kind>_seed<k>.json``, ``summary.csv``, ``predictions/<model>_seed<k>.csv``
-    (predicted mean delta per test condition) and ``programs/<model>_seed<k>.csv`` for models
-    that learn gene programs. With ``resume`` the (model, seed) cells
+    (predicted mean delta per test condition), ``programs/<model>_seed<k>.csv`` for models
+    that learn gene programs, and — when cell-eval is installed — ``celleval_crosscheck.csv``
+    (cell-eval's values of the shared metrics next to ours, per condition). With ``resume`` the (model, seed) cells
     already in ``results.csv`` are kept and not recomputed; their splits must match.
     ``model_options`` maps a model name to config options (as in a YAML file), e.g.
     ``{"scbig": {"flow_steps": 200}}``; each seed's run sets the config's ``seed``.
@@ -115,6 +118,7 @@ def run_benchmark(
             predicted = time.perf_counter()
             frames.append(evaluate(predictions, dataset, split, model=name, seed=seed, de=de))
             _save_model_outputs(out, name, seed, predictions, dataset, model)
+            _crosscheck(out, predictions, dataset, split, name, seed)
             timings.append(
                 {
                     "model": name,
@@ -140,6 +144,21 @@ def run_benchmark(
     return BenchmarkResult(
         results=results, summary=summary, timings=pd.DataFrame(timings), splits=splits
     )
+
+
+def _crosscheck(out: Path, predictions, dataset, split, name: str, seed: int) -> None:
+    """Append cell-eval's values of the shared metrics next to ours (when cell-eval is present)."""
+    if importlib.util.find_spec("cell_eval") is None:
+        return
+    from perturbflow.eval.celleval import celleval_crosscheck
+
+    table = celleval_crosscheck(predictions, dataset, split, model=name, seed=seed)
+    path = out / CROSSCHECK_FILE
+    if path.exists():
+        previous = pd.read_csv(path)
+        previous = previous[~((previous["model"] == name) & (previous["seed"] == seed))]
+        table = pd.concat([previous, table], ignore_index=True)
+    write_csv(table, path, overwrite=True)
 
 
 def _save_model_outputs(out: Path, name: str, seed: int, predictions, dataset, model) -> None:

@@ -34,16 +34,24 @@ PREFERRED_MODELS = ("scbig", "additive")
 GI_GENES = 100
 
 
-def peers_status() -> dict[str, str]:
-    """Which optional peers are importable; the report says so instead of failing."""
-    return {
+def peers_status(out: Path | None = None) -> dict[str, str]:
+    """Which optional peers ran; the report says so instead of failing."""
+    status = {
         "GEARS": "installed, not yet wired into the benchmark"
         if importlib.util.find_spec("gears")
         else "not installed",
-        "cell-eval": "installed, cross-check not yet wired"
-        if importlib.util.find_spec("cell_eval")
-        else "not installed",
+        "cell-eval": "not installed (pip install perturbflow[celleval])",
     }
+    path = out / "celleval_crosscheck.csv" if out is not None else None
+    if path is not None and path.exists():
+        table = pd.read_csv(path)
+        worst = table.groupby("metric")["abs_diff"].max()
+        status["cell-eval"] = "cross-check on identical inputs, largest |ours − cell-eval|: " + (
+            ", ".join(f"{metric} {value:.2g}" for metric, value in worst.items())
+        )
+    elif importlib.util.find_spec("cell_eval"):
+        status["cell-eval"] = "installed; no cross-check in this run"
+    return status
 
 
 def build_report(
@@ -117,7 +125,7 @@ def build_report(
             f"{len(result.splits)} seed(s): {sorted(result.splits)}; split kind {split.kind}",
             "Subgroup sizes (conditions per seed) are in the summary's n_conditions column.",
         ],
-        peers_status=peers_status(),
+        peers_status=peers_status(out),
     )
     return write_report(html, out / "report.html", overwrite=overwrite)
 
