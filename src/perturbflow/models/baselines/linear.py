@@ -65,7 +65,7 @@ class Linear(MeanShiftModel):
     def _delta(self, condition, name) -> np.ndarray:
         unmeasured = sorted(set(condition) - set(self.genes_))
         if unmeasured:
-            logger.info(
+            logger.debug(
                 "linear: %s names unmeasured gene(s) %s with no embedding", name, unmeasured
             )
         predicted = self.gene_embedding_ @ self.weights_ @ self._embed(name) + self.offset_

@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 
-from perturbflow.models.base import register_model
+from perturbflow.data.conditions import parse_condition
+from perturbflow.models.base import canonical_conditions, register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftModel, single_gene
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,22 @@ class Additive(MeanShiftModel):
     def _set_state(self, arrays) -> None:
         self._fit(None, None)
 
+    def predict_delta(self, conditions):
+        names = canonical_conditions(conditions)
+        self._check_fitted()
+        unseen = sorted({g for n in names for g in parse_condition(n)} - set(self.single_deltas_))
+        if unseen:
+            logger.info(
+                "additive: %d gene(s) have no training single and add the mean single delta: %s",
+                len(unseen),
+                ", ".join(unseen[:10]) + (" …" if len(unseen) > 10 else ""),
+            )
+        return super().predict_delta(names)
+
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
         unseen = sorted(condition - set(self.single_deltas_))
         if unseen:
-            logger.info(
+            logger.debug(
                 "additive: %s has no training single for %s; using the mean delta", name, unseen
             )
         return np.sum(
