@@ -140,34 +140,26 @@ def evaluate(
     de_source = "computed" if de is None else "given"
     de = _resolve_de(de, dataset, names, specs)
 
-    pred_means, true_means, pred_cells, true_cells = [], [], [], []
-    for name in names:
-        rng = _condition_rng(seed, name)
+    def prediction_and_truth(name: str, rng: np.random.Generator):
         pred = _rows(predictions.X, labels == name, gene_columns)  # (n_pred, G)
         if not np.all(np.isfinite(pred)):
             raise PredictionValidationError(
                 f"predictions for condition {name!r} contain NaN or infinite values"
             )
-        true = dataset.expression(name)  # (n_true, G)
-        pred_means.append(pred.mean(axis=0, dtype=np.float64))
-        true_means.append(true.mean(axis=0, dtype=np.float64))
-        pred_cells.append(_subsample(pred, max_cells, rng))
-        true_cells.append(_subsample(true, max_cells, rng))
+        return pred, dataset.expression(name)  # (n_pred, G), (n_true, G)
 
-    results = _score(
+    results = _score_pairs(
+        prediction_and_truth,
+        dataset,
+        split,
         names,
-        subgroups=[_subgroup(name, split) for name in names],
         specs=specs,
-        pred_means=np.vstack(pred_means),
-        true_means=np.vstack(true_means),
-        ctrl_mean=dataset.control_expression().mean(axis=0, dtype=np.float64),
         de=de,
-        exclude=_target_mask(names, dataset.genes, exclude_target_genes),
-        pred_cells=pred_cells,
-        true_cells=true_cells,
-        pca=_control_pca(dataset, energy_pcs, specs),
         model=model_name,
         seed=seed,
+        max_cells=max_cells,
+        energy_pcs=energy_pcs,
+        exclude_target_genes=exclude_target_genes,
     )
     results.attrs["perturbflow"] = _provenance(
         "evaluate", seed, max_cells, energy_pcs, exclude_target_genes, de_source
@@ -206,18 +198,58 @@ def noise_ceiling(
     de_source = "computed" if de is None else "given"
     de = _resolve_de(de, dataset, names, specs)
 
+    def two_halves(name: str, rng: np.random.Generator):
+        cells = dataset.expression(name)  # (n, G)
+        order = rng.permutation(len(cells))
+        return cells[order[: len(cells) // 2]], cells[order[len(cells) // 2 :]]
+
+    results = _score_pairs(
+        two_halves,
+        dataset,
+        split,
+        names,
+        specs=specs,
+        de=de,
+        model=NOISE_CEILING_MODEL,
+        seed=seed,
+        max_cells=max_cells,
+        energy_pcs=energy_pcs,
+        exclude_target_genes=exclude_target_genes,
+    )
+    results.attrs["perturbflow"] = _provenance(
+        "noise_ceiling", seed, max_cells, energy_pcs, exclude_target_genes, de_source
+    )
+    return results
+
+
+def _score_pairs(
+    cells_of,
+    dataset: PerturbationDataset,
+    split: Split | None,
+    names: list[str],
+    *,
+    specs: list[MetricSpec],
+    de: Mapping[str, np.ndarray],
+    model: str,
+    seed: int,
+    max_cells: int,
+    energy_pcs: int | None,
+    exclude_target_genes: bool,
+) -> pd.DataFrame:
+    """Score ``cells_of(name, rng) -> (predicted cells, true cells)`` for every condition.
+
+    Shared by :func:`evaluate` and :func:`noise_ceiling`: pseudobulk means over all cells, cell
+    samples of at most ``max_cells`` per side drawn from each condition's own stream.
+    """
     pred_means, true_means, pred_cells, true_cells = [], [], [], []
     for name in names:
         rng = _condition_rng(seed, name)
-        cells = dataset.expression(name)  # (n, G)
-        order = rng.permutation(len(cells))
-        half_a, half_b = cells[order[: len(cells) // 2]], cells[order[len(cells) // 2 :]]
-        pred_means.append(half_a.mean(axis=0, dtype=np.float64))
-        true_means.append(half_b.mean(axis=0, dtype=np.float64))
-        pred_cells.append(_subsample(half_a, max_cells, rng))
-        true_cells.append(_subsample(half_b, max_cells, rng))
-
-    results = _score(
+        pred, true = cells_of(name, rng)  # (n_pred, G), (n_true, G)
+        pred_means.append(pred.mean(axis=0, dtype=np.float64))
+        true_means.append(true.mean(axis=0, dtype=np.float64))
+        pred_cells.append(_subsample(pred, max_cells, rng))
+        true_cells.append(_subsample(true, max_cells, rng))
+    return _score(
         names,
         subgroups=[_subgroup(name, split) for name in names],
         specs=specs,
@@ -229,13 +261,9 @@ def noise_ceiling(
         pred_cells=pred_cells,
         true_cells=true_cells,
         pca=_control_pca(dataset, energy_pcs, specs),
-        model=NOISE_CEILING_MODEL,
+        model=model,
         seed=seed,
     )
-    results.attrs["perturbflow"] = _provenance(
-        "noise_ceiling", seed, max_cells, energy_pcs, exclude_target_genes, de_source
-    )
-    return results
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
