@@ -21,6 +21,7 @@ from perturbflow.eval.metrics import METRICS
 __all__ = [
     "FigureDataError",
     "delta_scatter",
+    "draw_metric_bars",
     "gi_scatter",
     "metric_bars_over_seeds",
     "program_heatmap",
@@ -54,17 +55,32 @@ def metric_bars_over_seeds(
     condition, subgroup, metric, value, model, seed), several models and seeds concatenated.
     """
     _require_columns(results, _RESULT_COLUMNS, "results")
+    per_seed = (
+        results.groupby(["metric", "subgroup", "model", "seed"])["value"].mean().reset_index()
+    )
+    stats = per_seed.groupby(["metric", "subgroup", "model"])["value"].agg(["mean", "std"])
+    return draw_metric_bars(results, stats.reset_index(), metrics, ceiling_model=ceiling_model)
+
+
+def draw_metric_bars(
+    results: pd.DataFrame,
+    stats: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    ceiling_model: str = NOISE_CEILING,
+) -> Figure:
+    """Draw bars from ``stats`` (columns metric, subgroup, model, mean, std), one panel per metric.
+
+    The caller decides what the mean and sd are over (seeds, or conditions of one run);
+    ``results`` gives the subgroups and their condition counts for the tick labels. The model
+    ``ceiling_model`` is drawn as a dashed line per subgroup, not as a bar.
+    """
     present = set(results["metric"])
     metrics = [metric for metric in metrics if metric in present]
     if not metrics:
         raise FigureDataError(
             f"none of the requested metrics is in the results table; it holds {sorted(present)}"
         )
-    per_seed = (
-        results.groupby(["metric", "subgroup", "model", "seed"])["value"].mean().reset_index()
-    )
-    stats = per_seed.groupby(["metric", "subgroup", "model"])["value"].agg(["mean", "std"])
-    stats = stats.reset_index()
     models = sorted(str(m) for m in results["model"].unique() if m != ceiling_model)
     colours = matplotlib.colormaps["tab10"]
     width = 0.8 / max(len(models), 1)
