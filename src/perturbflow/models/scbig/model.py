@@ -9,7 +9,6 @@ the requested condition (seen, new combination or unseen gene) and decodes whole
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import tempfile
 import warnings
@@ -128,7 +127,6 @@ class ScBIG:
         )
 
         embedding = correlation_embedding(train_cells, genes, cfg.embedding_components)
-        self.programs_table_ = None
         self._programs = self._learn_programs(train_cells, genes, embedding)
         self.genes_ = genes
         self.prior_ = embedding  # gene vectors for the condition encoder (covers unseen genes)
@@ -549,7 +547,3 @@ class ScBIG:
     def __repr__(self) -> str:
         status = f"{len(self.genes_)} genes" if self.genes_ is not None else "not fitted"
         return f"ScBIG({status}, autoencoder={self.config.autoencoder!r})"
-
-
-def config_fields() -> list[str]:
-    return [field.name for field in dataclasses.fields(ScBIGConfig)]
