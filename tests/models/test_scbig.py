@@ -177,3 +177,70 @@ def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeyp
     assert resumed.history_["flow_steps"] == reference.history_["flow_steps"] == 12
     for key, value in reference.velocity_.state_dict().items():
         torch.testing.assert_close(resumed.velocity_.state_dict()[key], value)
+
+
+def _start_and_cells(model, name, weight, n_cells=40):
+    """Start cells, the flow's change and predicted cells for one fixed draw, at ``weight``."""
+    previous = model.mean_weight_
+    model.mean_weight_ = weight
+    try:
+        start, change = model._flow_change(name, n_cells, np.random.default_rng(5))
+        cells = model._predict_cells(name, n_cells, np.random.default_rng(5))
+    finally:
+        model.mean_weight_ = previous
+    return start, change, cells
+
+
+def test_flow_mean_weight_scales_only_the_mean_change(fitted, data):
+    _, split = data
+    seen = next(name for name in split.train if name != "ctrl" and len(name.split("+")) == 1)
+    start, change, kept = _start_and_cells(fitted, seen, 1.0)
+    np.testing.assert_allclose(kept, start + change, atol=1e-5)
+    start, change, shaped = _start_and_cells(fitted, seen, 0.0)
+    # Weight 0: the additive mean, with the flow's reshaping around it.
+    np.testing.assert_allclose(shaped.mean(axis=0), start.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(
+        shaped - shaped.mean(axis=0), (start + change) - (start + change).mean(axis=0), atol=1e-4
+    )
+    assert np.abs(change).max() > 1e-3  # the flow does move cells, so the test can fail
+
+
+def test_unseen_gene_conditions_use_the_unseen_weight(fitted, data):
+    dataset, split = data
+    seen = set(fitted.seen_genes_)
+    unseen = next(name for name in split.test if not set(name.split("+")) <= seen)
+    assert fitted._mean_weight(unseen) == fitted.config.unseen_flow_mean_weight == 0.0
+    start, _, cells = _start_and_cells(fitted, unseen, 1.0)
+    np.testing.assert_allclose(cells.mean(axis=0), start.mean(axis=0), atol=1e-4)
+
+
+def test_mean_weight_is_chosen_on_validation(fitted, data, monkeypatch):
+    dataset, split = data
+    assert fitted.mean_weight_ in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert fitted.history_["flow_mean_weight"] == fitted.mean_weight_
+    val = list(split.val)
+    real = {name: dataset.expression(name).mean(axis=0) for name in val}
+    # The flow's mean change overshoots the real change by 4/3: the best grid weight is 0.75.
+    start_cells = np.zeros((4, dataset.n_genes), np.float32)
+
+    def planted(name, n_cells, generator):
+        return start_cells, np.tile(real[name] * 4 / 3, (4, 1))
+
+    monkeypatch.setattr(fitted, "_flow_change", planted)
+    assert fitted._select_mean_weight(dataset, val) == 0.75
+    fixed = ScBIG(dataclasses.replace(TINY, flow_mean_weight=0.3))
+    assert fixed._select_mean_weight(dataset, val) == 0.3
+    assert fixed._select_mean_weight(dataset, []) == 0.3
+    assert ScBIG(TINY)._select_mean_weight(dataset, []) == 1.0
+
+
+def test_mean_weight_survives_save_and_load(fitted, tmp_path):
+    fitted_weight = fitted.mean_weight_
+    loaded = load_model(fitted.save(tmp_path / "weight.npz"))
+    assert loaded.mean_weight_ == fitted_weight
+
+
+@pytest.mark.parametrize("field", ["flow_mean_weight", "unseen_flow_mean_weight"])
+def test_mean_weights_must_be_in_unit_interval(field):
+    with pytest.raises(ValueError, match=field):
+        ScBIGConfig(**{field: 1.5})

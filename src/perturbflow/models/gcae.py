@@ -401,4 +401,4 @@ def _as_cpu_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
     """A detached CPU tensor copy of an array or tensor; buffers move with ``.to(device)``."""
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().clone()  # same shape
-    return torch.as_tensor(np.asarray(values))  # same shape
+    return torch.as_tensor(np.array(values))  # same shape (a copy: program arrays are read-only)

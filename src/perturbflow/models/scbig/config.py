@@ -8,6 +8,7 @@ from dataclasses import dataclass
 PROGRAM_SOURCES = ("grc", "random")
 AUTOENCODERS = ("gcae", "mlp", "pca")
 ODE_METHODS = ("euler", "midpoint", "rk4")
+MEAN_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class ScBIGConfig:
     pairing), ``autoencoder="pca"`` (flow in PCA space), ``additive_prior=False`` (the flow starts
     at the control cells themselves, not at control cells shifted by the summed single deltas
     of the condition's genes; ``unseen_shift`` says what a gene without a training single adds).
+
+    ``flow_mean_weight`` scales the flow's change of the *mean* (its change of the cells around
+    their mean — spread, sub-populations — is always kept): 1 keeps the flow's mean as learned,
+    0 keeps the additive mean and lets the flow shape the distribution only. ``None`` (default)
+    picks it from ``MEAN_WEIGHT_GRID`` by the pseudobulk error on the validation conditions (1
+    without validation conditions). ``unseen_flow_mean_weight`` is the weight for conditions
+    with a gene outside the training conditions, which validation cannot judge: the flow's mean
+    change there extrapolates from learned gene vectors, and on the simulator it doubled the
+    error on combinations of two unseen genes, so it is 0 by default.
 
     ``residual_decoding`` predicts each cell as its start cell plus the decoded latent change
     (decoder bias cancels); off, cells are decoded directly. ``unseen_rate`` is the share of
@@ -81,6 +91,8 @@ class ScBIGConfig:
     ode_method: str = "midpoint"
     ode_steps: int = 20
     residual_decoding: bool = True
+    flow_mean_weight: float | None = None
+    unseen_flow_mean_weight: float = 0.0
     max_control_cells: int = 2000
     # Hardware and reproducibility
     accelerator: str = "cpu"
@@ -120,6 +132,12 @@ class ScBIGConfig:
                 )
         if not 0.0 <= self.unseen_rate <= 1.0:
             raise ValueError(f"ScBIGConfig.unseen_rate must be in [0, 1], got {self.unseen_rate}")
+        weights = {"unseen_flow_mean_weight": self.unseen_flow_mean_weight}
+        if self.flow_mean_weight is not None:
+            weights["flow_mean_weight"] = self.flow_mean_weight
+        for name, value in weights.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ScBIGConfig.{name} must be in [0, 1], got {value}")
         if self.ae_epochs < 0:
             raise ValueError(f"ScBIGConfig.ae_epochs must be non-negative, got {self.ae_epochs}")
 

@@ -38,7 +38,7 @@ from perturbflow.models.base import (
 )
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
-from perturbflow.models.scbig.config import ScBIGConfig
+from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, ScBIGConfig
 from perturbflow.models.scbig.modules import PCAAutoencoder, build_autoencoder
 from perturbflow.models.scbig.plans import AutoencoderPlan, FlowPlan
 from perturbflow.models.scbig.shift_prior import AdditiveShiftPrior
@@ -54,6 +54,7 @@ from perturbflow.programs.relations import coexpression_knn_graph
 logger = logging.getLogger(__name__)
 
 _ENCODE_BATCH = 2048
+_VALIDATION_CELLS = 256  # cells per validation condition when choosing the flow mean weight
 
 
 @contextlib.contextmanager
@@ -191,6 +192,8 @@ class ScBIG:
         self.velocity_.eval()
         self.encoder_.eval()
         self.history_["flow_best_val"] = plan.best_val
+        self.mean_weight_ = self._select_mean_weight(dataset, val)
+        self.history_["flow_mean_weight"] = self.mean_weight_
         return self
 
     def _learn_programs(
@@ -279,7 +282,7 @@ class ScBIG:
         return [views[name] for name in conditions]
 
     def _membership(self) -> torch.Tensor:
-        labels = torch.from_numpy(np.asarray(self._programs.labels))  # (G,)
+        labels = torch.from_numpy(np.array(self._programs.labels))  # (G,)
         return torch.nn.functional.one_hot(labels, self._programs.n_clusters).T.float()  # (K, G)
 
     def _fit_autoencoder(
@@ -397,14 +400,24 @@ class ScBIG:
         self._check_fitted()
         return self._programs.to_frame()
 
-    @torch.no_grad()
     def _predict_cells(self, name: str, n_cells: int, generator: np.random.Generator) -> np.ndarray:
+        """``n_cells`` predicted cells ``(n, G)``: start cells moved by the weighted flow change."""
+        start, change = self._flow_change(name, n_cells, generator)  # (n, G), (n, G)
+        weight = self._mean_weight(name)
+        # Keep the flow's reshaping of the cells around their mean; scale its change of the mean.
+        return start + change - (1.0 - weight) * change.mean(axis=0, keepdims=True)
+
+    @torch.no_grad()
+    def _flow_change(
+        self, name: str, n_cells: int, generator: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Start cells (control + additive shift) and the flow's change of each, both ``(n, G)``."""
         index = generator.choice(
             len(self.control_cells_), n_cells, replace=n_cells > len(self.control_cells_)
         )
         source = self.control_cells_[index]  # (n, G)
         if name == CONTROL_NAME:
-            return source
+            return source, np.zeros_like(source)
         start = source + self._shifts([name])  # (n, G): the additive starting point
         latent = self._encode(start)  # (n, L)
         condition = self.encoder_.encode([name]).expand(n_cells, -1)  # (n, E)
@@ -416,11 +429,39 @@ class ScBIG:
             method=self.config.ode_method,
         )  # (n, L)
         decoded = self.autoencoder_.decode(moved).numpy()  # (n, G)
-        if not self.config.residual_decoding:
-            return decoded
-        # Each start cell keeps what the autoencoder cannot reconstruct of it: the prediction is
-        # the cell plus the decoded change, so decoder bias cancels out of the delta.
-        return start + decoded - self.autoencoder_.decode(latent).numpy()
+        if self.config.residual_decoding:
+            # Each start cell keeps what the autoencoder cannot reconstruct of it: the prediction
+            # is the cell plus the decoded change, so decoder bias cancels out of the delta.
+            return start, decoded - self.autoencoder_.decode(latent).numpy()
+        return start, decoded - start
+
+    def _mean_weight(self, name: str) -> float:
+        """Weight of the flow's mean change for ``name`` (see ``ScBIGConfig.flow_mean_weight``)."""
+        if not parse_condition(name) <= set(self.seen_genes_):
+            return self.config.unseen_flow_mean_weight
+        return self.mean_weight_
+
+    def _select_mean_weight(self, dataset: PerturbationDataset, val: list[str]) -> float:
+        """``flow_mean_weight``, or the grid value with the least validation pseudobulk error."""
+        if self.config.flow_mean_weight is not None:
+            return self.config.flow_mean_weight
+        if not val:
+            return 1.0
+        generator = np.random.default_rng(self.config.seed)
+        errors = dict.fromkeys(MEAN_WEIGHT_GRID, 0.0)
+        for name in val:
+            start, change = self._flow_change(name, _VALIDATION_CELLS, generator)  # (n, G) each
+            real_mean = dataset.expression(name).mean(axis=0)  # (G,)
+            for weight in MEAN_WEIGHT_GRID:
+                predicted = start.mean(axis=0) + weight * change.mean(axis=0)  # (G,)
+                errors[weight] += float(np.mean((predicted - real_mean) ** 2)) / len(val)
+        best = min(errors, key=lambda weight: (errors[weight], weight))
+        logger.info(
+            "scbig: flow mean weight %.2f (validation pseudobulk MSE %s)",
+            best,
+            ", ".join(f"{w:g}: {e:.4f}" for w, e in errors.items()),
+        )
+        return best
 
     def predict(self, conditions: Iterable[str], n_cells: int = 100, seed: int = 0) -> ad.AnnData:
         """Predicted single cells: ``n_cells`` per condition (control cells moved by the flow)."""
@@ -492,6 +533,7 @@ class ScBIG:
             "programs": self._programs.to_dict(),
             "vocabulary": self.seen_genes_,
             "history": {k: float(v) for k, v in self.history_.items()},
+            "flow_mean_weight": self.mean_weight_,
         }
         return write_checkpoint(
             path,
@@ -521,6 +563,7 @@ class ScBIG:
         model._programs = GenePrograms.from_dict(header["meta"]["programs"])
         model.seen_genes_ = list(header["meta"]["vocabulary"])
         model.history_ = dict(header["meta"].get("history", {}))
+        model.mean_weight_ = float(header["meta"].get("flow_mean_weight", 1.0))
         model.shift_prior_ = AdditiveShiftPrior.from_state(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("shift_prior/")},
             model.prior_,
