@@ -1,6 +1,7 @@
 """Gene programs and gene embeddings."""
 
 from perturbflow.programs.embeddings import correlation_embedding
+from perturbflow.programs.gene_embeddings import gene_embedding, list_embedding_sources
 from perturbflow.programs.genesets import (
     GeneSetFileNotFoundError,
     GeneSetFormatError,
@@ -16,6 +17,7 @@ from perturbflow.programs.grc import (
     random_programs,
     round_transport,
 )
+from perturbflow.programs.priors import PriorBundle, PriorError
 from perturbflow.programs.relations import (
     RelationInputError,
     adjacency_from_edges,
@@ -27,6 +29,8 @@ __all__ = [
     "GRCConfig",
     "GRCInputError",
     "GenePrograms",
+    "PriorBundle",
+    "PriorError",
     "GeneSetFileNotFoundError",
     "GeneSetFormatError",
     "RelationInputError",
@@ -35,8 +39,10 @@ __all__ = [
     "balanced_capacities",
     "coexpression_knn_graph",
     "correlation_embedding",
+    "gene_embedding",
     "gene_relation_clustering",
     "gene_sets_to_membership",
+    "list_embedding_sources",
     "random_programs",
     "read_gmt",
     "round_transport",
