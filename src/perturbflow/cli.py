@@ -141,7 +141,12 @@ def demo(
     split_kind: Annotated[
         str, typer.Option("--split", help="Split kind: simulation, combo, unseen_single, random.")
     ] = "simulation",
-    models: Annotated[str, typer.Option(help="Comma-separated models, or 'all'.")] = "all",
+    models: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated models; 'all' = every built-in model (add peers by name: all,gears)."
+        ),
+    ] = "all",
     seed: Annotated[int, typer.Option(help="Seed of the simulation, split and predictions.")] = 0,
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
     overwrite: Overwrite = False,
@@ -374,7 +379,12 @@ def benchmark(
         typer.Option("--split", help="Split kind: simulation, combo, unseen_single, random."),
     ] = "simulation",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. 1,2,3,4,5.")] = "1,2,3",
-    models: Annotated[str, typer.Option(help="Comma-separated models, or 'all'.")] = "all",
+    models: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated models; 'all' = every built-in model (add peers by name: all,gears)."
+        ),
+    ] = "all",
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data folder (default: $PERTURBFLOW_DATA_DIR).")

@@ -31,17 +31,26 @@ class RunResult:
 
 
 def resolve_models(models: str | Sequence[str]) -> list[str]:
-    """``"all"`` → every registered model; a comma list or sequence → validated names."""
-    if isinstance(models, str):
-        names = (
-            sorted(MODELS) if models.strip() == "all" else [m.strip() for m in models.split(",")]
+    """Validated model names from a comma list or sequence; ``all`` → every built-in model.
+
+    Peers from other packages (``gears``) are slow and need their extra, so ``all`` leaves them
+    out; name them next to it (``all,gears``) to run them in the same benchmark.
+    """
+    from perturbflow.models.peers import PEERS
+
+    tokens = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+    builtin = sorted(name for name in MODELS if name not in PEERS)
+    names = [name for token in tokens for name in (builtin if token == "all" else [token])]
+    not_installed = [name for name in names if name in PEERS and name not in MODELS]
+    if not_installed:
+        raise KeyError(
+            f"peer model(s) {not_installed} are not installed; pip install 'perturbflow[peers]'"
         )
-    else:
-        names = list(models)
     unknown = [name for name in names if name not in MODELS]
     if unknown or not names:
         raise KeyError(
-            f"unknown model(s) {unknown}; registered models: {', '.join(sorted(MODELS))} (or 'all')"
+            f"unknown model(s) {unknown}; registered models: {', '.join(sorted(MODELS))} "
+            "(or 'all' for every built-in model)"
         )
     return list(dict.fromkeys(names))
 

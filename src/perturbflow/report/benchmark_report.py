@@ -36,10 +36,17 @@ GI_GENES = 100
 
 def peers_status(out: Path | None = None) -> dict[str, str]:
     """Which optional peers ran; the report says so instead of failing."""
+    from perturbflow.models.peers import gears_available
+    from perturbflow.models.peers.gears import INSTALL_HINT
+
+    if out is not None and any((out / "predictions").glob("gears_seed*.csv")):
+        gears = "ran in this benchmark (same splits and metrics)"
+    elif gears_available():
+        gears = "installed; not run (add gears to --models, e.g. --models all,gears)"
+    else:
+        gears = f"not installed ({INSTALL_HINT})"
     status = {
-        "GEARS": "installed, not yet wired into the benchmark"
-        if importlib.util.find_spec("gears")
-        else "not installed",
+        "GEARS": gears,
         "cell-eval": "not installed (pip install perturbflow[celleval])",
     }
     path = out / "celleval_crosscheck.csv" if out is not None else None
