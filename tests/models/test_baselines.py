@@ -308,9 +308,12 @@ def test_missing_embedding_mean_warns_once_and_uses_the_mean(embedding_case, cap
     dataset, split, deltas, _, path = embedding_case
     model = get_model("ridge", EmbeddingConfig(embedding=str(path), alpha=1e-6, missing="mean"))
     model.fit(dataset, split)
+    caplog.clear()  # fit logs the table's coverage (INFO) when a CLI test raised the log level
     with caplog.at_level(logging.WARNING, logger="perturbflow"):
         predicted = model.predict_delta(["NOVEL1"])
-    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], [
+        (r.name, r.getMessage()) for r in caplog.records
+    ]
     assert "NOVEL1" in caplog.text
     # The mean embedding of the training genes maps to the mean training delta.
     mean_train_delta = np.mean([deltas[name] for name in split.train[1:]], axis=0)

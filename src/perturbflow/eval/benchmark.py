@@ -17,7 +17,7 @@ from perturbflow.data.io import PerturbationDataset
 from perturbflow.data.splits import Split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import evaluate, noise_ceiling
-from perturbflow.models.base import MODELS, get_model
+from perturbflow.models.base import MODELS, get_model, make_config, model_class
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def resolve_models(models: str | Sequence[str]) -> list[str]:
         raise KeyError(
             f"peer model(s) {not_installed} are not installed; pip install 'perturbflow[peers]'"
         )
-    unknown = [name for name in names if name not in MODELS]
+    unknown = [name for name in names if not _known(name)]
     if unknown or not names:
         raise KeyError(
             f"unknown model(s) {unknown}; registered models: {', '.join(sorted(MODELS))} "
@@ -55,14 +55,20 @@ def resolve_models(models: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _known(name: str) -> bool:
+    try:
+        make_config(name, {})
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
 def seeded_config(name: str, seed: int, options: dict | None = None):
     """Model ``name``'s config from ``options`` (e.g. parsed YAML) with its ``seed`` set.
 
     Returns ``None`` for a model without a config class (and without options).
     """
-    from perturbflow.models.base import make_config
-
-    config_class = getattr(MODELS[name], "config_class", None)
+    config_class = getattr(model_class(name), "config_class", None)
     values = dict(options or {})
     if config_class is not None and "seed" in {f.name for f in dataclasses.fields(config_class)}:
         values.setdefault("seed", seed)

@@ -71,11 +71,48 @@ def register_model(name: str) -> Callable[[type], type]:
     return decorator
 
 
-def get_model(name: str, config: Any = None) -> Model:
-    """Instantiate a registered model by name, e.g. ``get_model("additive")``."""
-    if name not in MODELS:
+def model_class(name: str) -> type:
+    """The class behind a model name; ``base[variant]`` (e.g. ``ridge[go]``) names a registered
+    model whose ``variant_field`` config option is set to ``variant`` (its embedding source)."""
+    base, _ = _split_variant(name)
+    if base not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](config)
+    return MODELS[base]
+
+
+def _split_variant(name: str) -> tuple[str, str | None]:
+    if not name.endswith("]") or "[" not in name:
+        return name, None
+    base, variant = name[:-1].split("[", 1)
+    return base, variant
+
+
+def _with_variant(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Config ``values`` with the variant of ``name`` (if any) set on the model's variant field."""
+    cls = model_class(name)
+    _, variant = _split_variant(name)
+    if variant is None:
+        return values
+    field = getattr(cls, "variant_field", None)
+    if field is None or not variant:
+        raise KeyError(
+            f"model {name!r}: {cls.name!r} takes no [variant]; variants name an embedding "
+            "source of ridge, nearest_neighbor or scbig, e.g. 'ridge[go]'"
+        )
+    if field in values and values[field] != variant:
+        raise ValueError(
+            f"model {name!r} sets {field}={variant!r} but the options set {field}={values[field]!r}"
+        )
+    return {**values, field: variant}
+
+
+def get_model(name: str, config: Any = None) -> Model:
+    """Instantiate a model by name, e.g. ``get_model("additive")`` or ``get_model("ridge[go]")``."""
+    cls = model_class(name)
+    if _split_variant(name)[1] is not None:
+        values = dataclasses.asdict(config) if config is not None else {}
+        config = make_config(name, {k: v for k, v in values.items() if k != cls.variant_field})
+    return cls(config)
 
 
 def canonical_conditions(conditions: Iterable[str] | str) -> list[str]:
@@ -178,10 +215,8 @@ def load_model(path: str | Path) -> Model:
 
 def make_config(name: str, values: dict[str, Any] | None = None) -> Any:
     """Build model ``name``'s config dataclass from a dict (e.g. parsed YAML); errors list fields."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
-    config_class = getattr(MODELS[name], "config_class", None)
-    values = dict(values or {})
+    config_class = getattr(model_class(name), "config_class", None)
+    values = _with_variant(name, dict(values or {}))
     if config_class is None:
         if values:
             raise ValueError(f"model {name!r} takes no configuration, got {sorted(values)}")

@@ -20,6 +20,7 @@ import pandas as pd
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftModel
+from perturbflow.models.gene_priors import check_embedding_spec, prior_gene_table
 from perturbflow.programs.embeddings import correlation_embedding
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,17 @@ class MissingEmbeddingError(KeyError):
 class EmbeddingConfig:
     """Options of the embedding baselines.
 
-    embedding: ``"data"`` or a path to a gene-embedding table (CSV/TSV, first column = symbol).
+    embedding: ``"data"``, a registered prior source (``go``, ``ppi``, ``text``, ``concat``,
+    ``mean``; several joined by ``+``) or a path to a gene-embedding table (CSV/TSV/parquet,
+    first column = symbol); see :mod:`perturbflow.models.gene_priors`. The model name
+    ``ridge[go]`` is ``ridge`` with ``embedding="go"``. priors: the data folder holding
+    ``priors/`` (default: ``$PERTURBFLOW_DATA_DIR``, else ``../shared/data``).
     n_components: size of the data-derived embedding. alpha: ridge penalty.
     missing: ``"mean"`` (warn, use the mean embedding) or ``"error"``.
     """
 
     embedding: str = "data"
+    priors: str | None = None
     n_components: int = 32
     alpha: float = 1.0
     missing: str = "mean"
@@ -51,6 +57,7 @@ class EmbeddingConfig:
     def __post_init__(self) -> None:
         if self.missing not in ("mean", "error"):
             raise ValueError(f"missing must be 'mean' or 'error', got {self.missing!r}")
+        check_embedding_spec(self.embedding, "embedding")
 
 
 def load_embedding_table(path: str | Path) -> pd.DataFrame:
@@ -78,6 +85,7 @@ def load_embedding_table(path: str | Path) -> pd.DataFrame:
 
 class _EmbeddingModel(MeanShiftModel):
     config_class = EmbeddingConfig
+    variant_field = "embedding"
     _warned: set[str]
 
     def __init__(self, config=None) -> None:
@@ -89,7 +97,12 @@ class _EmbeddingModel(MeanShiftModel):
             cells = dataset.expression(train)  # (N_train, G): control + training conditions only
             table = correlation_embedding(cells, dataset.genes, self.config.n_components)
         else:
-            table = load_embedding_table(self.config.embedding)
+            table = prior_gene_table(
+                self.config.embedding,
+                dataset.genes,
+                dataset.perturbed_genes,
+                self.config.priors,
+            )
         self.embedding_ = table
         perturbed = sorted(
             {gene for name in self.train_deltas_.index for gene in parse_condition(name)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from perturbflow.models.gene_priors import RELATION_GRAPHS, check_embedding_spec
+
 PROGRAM_SOURCES = ("grc", "random")
 AUTOENCODERS = ("gcae", "mlp", "pca")
 ODE_METHODS = ("euler", "midpoint", "rk4")
@@ -36,6 +38,18 @@ class ScBIGConfig:
     change there extrapolates from learned gene vectors, and on the simulator it doubled the
     error on combinations of two unseen genes, so it is 0 by default.
 
+    Prior knowledge: ``gene_embedding`` is ``"data"`` (correlation embedding of the training
+    cells), a registered prior source (``go``, ``ppi``, ``text``, ``concat``, ``mean``; several
+    joined by ``+``) or a path to a gene-embedding table; a prior is used *next to* the data
+    embedding (both L2-normalised, concatenated) as GRC's semantic embedding and as the condition
+    encoder's gene vectors, so perturbed genes without cells get an informed vector.
+    ``relation_graph`` is GRC's relation graph: ``coexpression`` (kNN on training cells),
+    ``ppi`` (STRING, score ≥ 700, as in scBIG), ``regulons`` (CollecTRI) or ``pathways``
+    (Reactome co-membership). ``priors`` is the data folder holding ``priors/`` (default:
+    ``$PERTURBFLOW_DATA_DIR``, else ``../shared/data``). ``unseen_shift="auto"`` is ``ridge`` with
+    a prior embedding (GenePert-style: the unseen gene's delta regressed on its prior vector) and
+    ``mean`` with the data embedding, where ridge did worse on unseen genes in the simulator.
+
     ``residual_decoding`` predicts each cell as its start cell plus the decoded latent change
     (decoder bias cancels); off, cells are decoded directly. ``unseen_rate`` is the share of
     training draws that present a condition as if one of its genes had never been perturbed
@@ -44,6 +58,10 @@ class ScBIGConfig:
     singles (one seed; see the issue notes).
     """
 
+    # Prior knowledge (issue 6): gene vectors and relation graph; "data" / "coexpression" need none
+    gene_embedding: str = "data"
+    relation_graph: str = "coexpression"
+    priors: str | None = None
     # Gene programs (§2.1)
     programs: str = "grc"
     n_programs: int = 32
@@ -76,7 +94,7 @@ class ScBIGConfig:
     ot_pairing: bool = True
     unseen_rate: float = 0.0
     additive_prior: bool = True
-    unseen_shift: str = "mean"
+    unseen_shift: str = "auto"
     sigma: float = 0.0
     # Structure-aware alignment (§2.5)
     alignment: bool = True
@@ -107,7 +125,8 @@ class ScBIGConfig:
             "autoencoder": AUTOENCODERS,
             "ode_method": ODE_METHODS,
             "missing_gene": ("error", "mean"),
-            "unseen_shift": ("mean", "ridge"),
+            "unseen_shift": ("auto", "mean", "ridge"),
+            "relation_graph": RELATION_GRAPHS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -138,8 +157,16 @@ class ScBIGConfig:
         for name, value in weights.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"ScBIGConfig.{name} must be in [0, 1], got {value}")
+        check_embedding_spec(self.gene_embedding, "ScBIGConfig.gene_embedding")
         if self.ae_epochs < 0:
             raise ValueError(f"ScBIGConfig.ae_epochs must be non-negative, got {self.ae_epochs}")
+
+    @property
+    def unseen_shift_mode(self) -> str:
+        """``unseen_shift`` with ``auto`` resolved (see the class docstring)."""
+        if self.unseen_shift != "auto":
+            return self.unseen_shift
+        return "mean" if self.gene_embedding == "data" else "ridge"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

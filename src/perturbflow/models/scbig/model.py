@@ -38,6 +38,7 @@ from perturbflow.models.base import (
 )
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
+from perturbflow.models.gene_priors import prior_gene_table, relation_graph, with_data_embedding
 from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, ScBIGConfig
 from perturbflow.models.scbig.modules import PCAAutoencoder, build_autoencoder
 from perturbflow.models.scbig.plans import AutoencoderPlan, FlowPlan
@@ -83,6 +84,7 @@ class ScBIG:
 
     name: ClassVar[str] = "scbig"
     config_class: ClassVar[type] = ScBIGConfig
+    variant_field: ClassVar[str] = "gene_embedding"  # scbig[go] is scbig with gene_embedding="go"
 
     def __init__(self, config: ScBIGConfig | None = None) -> None:
         self.config = config if config is not None else ScBIGConfig()
@@ -128,7 +130,12 @@ class ScBIG:
         )
 
         embedding = correlation_embedding(train_cells, genes, cfg.embedding_components)
-        self._programs = self._learn_programs(train_cells, genes, embedding)
+        if cfg.gene_embedding != "data":
+            # Gene identities of every condition (not their cells) pick the prior rows to keep,
+            # so genes perturbed but not measured get vectors too.
+            prior = prior_gene_table(cfg.gene_embedding, genes, dataset.perturbed_genes, cfg.priors)
+            embedding = with_data_embedding(prior, embedding)
+        self._programs = self._learn_programs(train_cells, genes, embedding.loc[genes])
         self.genes_ = genes
         self.prior_ = embedding  # gene vectors for the condition encoder (covers unseen genes)
         self.seen_genes_ = sorted({g for name in train for g in parse_condition(name)})
@@ -207,7 +214,10 @@ class ScBIG:
             )
         if cfg.programs == "random":
             return random_programs(genes, n_programs, cfg.seed, embedding=embedding)
-        adjacency = coexpression_knn_graph(train_cells, genes, k=cfg.knn)
+        if cfg.relation_graph == "coexpression":
+            adjacency = coexpression_knn_graph(train_cells, genes, k=cfg.knn)
+        else:
+            adjacency = relation_graph(cfg.relation_graph, genes, cfg.priors)
         return gene_relation_clustering(
             embedding, adjacency, GRCConfig(n_clusters=n_programs, seed=cfg.seed), genes=genes
         )
@@ -241,7 +251,7 @@ class ScBIG:
             if len(parse_condition(name)) == 1
         }
         return AdditiveShiftPrior(
-            deltas, len(self.genes_), self.prior_, unseen=self.config.unseen_shift
+            deltas, len(self.genes_), self.prior_, unseen=self.config.unseen_shift_mode
         )
 
     def _shifts(
@@ -567,7 +577,7 @@ class ScBIG:
         model.shift_prior_ = AdditiveShiftPrior.from_state(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("shift_prior/")},
             model.prior_,
-            config.unseen_shift,
+            config.unseen_shift_mode,
         )
         model.autoencoder_ = build_autoencoder(
             config, model._programs, np.zeros(len(model.genes_), dtype=np.float32)
