@@ -18,6 +18,12 @@ from perturbflow.programs.grc import (
     round_transport,
 )
 from perturbflow.programs.priors import PriorBundle, PriorError
+from perturbflow.programs.quality import (
+    ProgramQualityError,
+    enrichment_summary,
+    ppi_edge_density,
+    program_enrichment,
+)
 from perturbflow.programs.relations import (
     RelationInputError,
     adjacency_from_edges,
@@ -31,6 +37,7 @@ __all__ = [
     "GenePrograms",
     "PriorBundle",
     "PriorError",
+    "ProgramQualityError",
     "GeneSetFileNotFoundError",
     "GeneSetFormatError",
     "RelationInputError",
@@ -43,6 +50,9 @@ __all__ = [
     "gene_relation_clustering",
     "gene_sets_to_membership",
     "list_embedding_sources",
+    "enrichment_summary",
+    "ppi_edge_density",
+    "program_enrichment",
     "random_programs",
     "read_gmt",
     "round_transport",
