@@ -26,15 +26,6 @@ TINY = GCAEConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are overhead-bound: extra threads only fight over the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clustered_model(
     n_genes: int, seed: int = 0, config: GCAEConfig = TINY, n_clusters: int = 3
 ) -> GCAE:

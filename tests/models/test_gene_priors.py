@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from _configs import TINY_SCBIG
 
 from perturbflow.data import read
@@ -26,14 +25,6 @@ from perturbflow.models.base import make_config
 from perturbflow.models.gene_priors import check_embedding_spec, prior_gene_table, relation_graph
 from perturbflow.models.scbig import ScBIG, ScBIGConfig
 from perturbflow.programs.priors import MissingPriorError, PriorCoverageError
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,6 @@ from perturbflow.models.scbig import ScBIG, ScBIGConfig, plans
 TINY = TINY_SCBIG
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data():
     adata = simulate(

@@ -197,20 +197,28 @@ class GenePrograms:
         and the ratio is that of within-program edge counts. 1 means no enrichment; ``nan`` when
         the graph has no edges; ``inf`` when shuffles never put an edge inside a program.
         """
-        relation = _as_adjacency(adjacency, self.genes)
-        upper = sp.triu(relation, k=1).tocoo()
+        upper = sp.triu(_as_adjacency(adjacency, self.genes), k=1).tocoo()
         if upper.nnz == 0:
             return float("nan")
-        observed = np.count_nonzero(self.labels[upper.row] == self.labels[upper.col])
-        rng = np.random.default_rng(seed)
-        shuffled = np.empty(n_shuffles)
-        for index in range(n_shuffles):
-            labels = rng.permutation(self.labels)  # (G,)
-            shuffled[index] = np.count_nonzero(labels[upper.row] == labels[upper.col])
+        observed, shuffled = within_program_edges(self.labels, upper, n_shuffles, seed)
         expected = shuffled.mean()
         if expected == 0:
             return float("inf") if observed else float("nan")
         return float(observed / expected)
+
+
+def within_program_edges(
+    labels: np.ndarray, upper: sp.coo_matrix, n_shuffles: int, seed: int
+) -> tuple[int, np.ndarray]:
+    """Edges of ``upper`` (the graph's upper triangle) inside programs, observed and under
+    ``n_shuffles`` label permutations (sizes kept), as ``(count, (n_shuffles,) counts)``."""
+    observed = int(np.count_nonzero(labels[upper.row] == labels[upper.col]))
+    rng = np.random.default_rng(seed)
+    shuffled = np.empty(n_shuffles)  # (n_shuffles,)
+    for index in range(n_shuffles):
+        permuted = rng.permutation(labels)  # (G,)
+        shuffled[index] = np.count_nonzero(permuted[upper.row] == permuted[upper.col])
+    return observed, shuffled
 
 
 def gene_relation_clustering(

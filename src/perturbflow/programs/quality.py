@@ -22,7 +22,12 @@ import scipy.sparse as sp
 from scipy.stats import false_discovery_control, hypergeom
 
 from perturbflow.programs.genesets import _gene_positions
-from perturbflow.programs.grc import _DEFAULT_SHUFFLES, GenePrograms, _as_adjacency
+from perturbflow.programs.grc import (
+    _DEFAULT_SHUFFLES,
+    GenePrograms,
+    _as_adjacency,
+    within_program_edges,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -246,12 +251,7 @@ def ppi_edge_density(
     n_pairs_within = int((sizes * (sizes - 1) // 2).sum())
     if n_pairs_within == 0:
         raise ProgramQualityError("every program has fewer than 2 genes: no pair to test")
-    observed = int(np.count_nonzero(programs.labels[upper.row] == programs.labels[upper.col]))
-    rng = np.random.default_rng(seed)
-    shuffled = np.empty(n_shuffles)  # (n_shuffles,) within-program edge counts
-    for index in range(n_shuffles):
-        labels = rng.permutation(programs.labels)  # (G,)
-        shuffled[index] = np.count_nonzero(labels[upper.row] == labels[upper.col])
+    observed, shuffled = within_program_edges(programs.labels, upper, n_shuffles, seed)
     mean = shuffled.mean()
     sd = shuffled.std(ddof=1) if n_shuffles > 1 else 0.0
     if mean > 0:
