@@ -43,7 +43,8 @@ VARIANTS = {
     "pca_space": {"autoencoder": "pca"},
     "no_additive_prior": {"additive_prior": False},
 }
-BASELINES = ("additive", "control_mean")
+# Every mean-shift baseline: the issue's acceptance compares scbig with each of them.
+BASELINES = ("additive", "control_mean", "linear", "ridge", "nearest_neighbor")
 
 
 def main() -> None:
@@ -97,7 +98,9 @@ def main() -> None:
         write_csv(results, folder / "results.csv", overwrite=True)
         write_csv(summarize(results), folder / "summary.csv", overwrite=True)
         write_csv(pd.DataFrame(timings), folder / "timings.csv", overwrite=True)
-        (folder / "table.md").write_text(markdown_table(results))
+        (folder / "table.md").write_text(
+            markdown_table(results) + "\n" + markdown_acceptance(acceptance(results))
+        )
     logger.info("wrote %s", folder)
 
 
@@ -127,6 +130,61 @@ def markdown_table(results: pd.DataFrame) -> str:
             else:
                 cells.append("")
         lines.append(f"| {subgroup} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def acceptance(results: pd.DataFrame, model: str = "scbig") -> pd.DataFrame:
+    """Issue-4 acceptance per subgroup, on means over seeds of per-seed subgroup means.
+
+    Energy distance: ``model`` below every mean-shift baseline; ``pearson_delta_de20`` on combo
+    subgroups: ``model`` at least additive's.
+    """
+    means = (
+        results.groupby(["subgroup", "model", "metric", "seed"])["value"]
+        .mean()
+        .groupby(["subgroup", "model", "metric"])
+        .mean()
+    )
+    rows = []
+    for subgroup in sorted(results["subgroup"].unique()):
+        if (subgroup, model, "energy_distance") not in means.index:
+            continue
+        energy = {
+            name: means.get((subgroup, name, "energy_distance"), float("nan")) for name in BASELINES
+        }
+        best = min(energy, key=energy.get)
+        ours = means[(subgroup, model, "energy_distance")]
+        rows.append(
+            {
+                "subgroup": subgroup,
+                "check": "energy below every mean-shift baseline",
+                "scbig": ours,
+                "reference": f"{best} {energy[best]:.3f}",
+                "holds": bool(ours < energy[best]),
+            }
+        )
+        if subgroup.startswith("combo"):
+            ours = means[(subgroup, model, "pearson_delta_de20")]
+            additive = means[(subgroup, "additive", "pearson_delta_de20")]
+            rows.append(
+                {
+                    "subgroup": subgroup,
+                    "check": "pearson_delta_de20 at least additive's",
+                    "scbig": ours,
+                    "reference": f"additive {additive:.3f}",
+                    "holds": bool(ours >= additive),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def markdown_acceptance(table: pd.DataFrame) -> str:
+    lines = ["| subgroup | check | scbig | best reference | holds |", "|---|---|---|---|---|"]
+    for row in table.itertuples():
+        holds = "yes" if row.holds else "**no**"
+        lines.append(
+            f"| {row.subgroup} | {row.check} | {row.scbig:.3f} | {row.reference} | {holds} |"
+        )
     return "\n".join(lines) + "\n"
 
 
