@@ -362,23 +362,24 @@ class ScBIG:
             resume = str(last) if last.exists() else None
             if resume:
                 logger.info("scbig: resuming %s from %s", stage, last)
-        trainer = L.Trainer(
-            accelerator=cfg.accelerator,
-            devices=cfg.devices,
-            strategy=cfg.strategy,
-            max_steps=max_steps,
-            max_epochs=max_epochs,
-            gradient_clip_val=cfg.grad_clip if stage == "flow" else None,
-            callbacks=callbacks,
-            enable_checkpointing=folder is not None,
-            enable_progress_bar=cfg.progress,
-            enable_model_summary=False,
-            logger=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=1 if has_val else 0,
-            default_root_dir=str(folder) if folder else tempfile.gettempdir(),
-        )
         with warnings.catch_warnings(), _quiet_lightning(not cfg.progress):
+            # Built inside: the Trainer logs its device summary and batch notes on creation.
+            trainer = L.Trainer(
+                accelerator=cfg.accelerator,
+                devices=cfg.devices,
+                strategy=cfg.strategy,
+                max_steps=max_steps,
+                max_epochs=max_epochs,
+                gradient_clip_val=cfg.grad_clip if stage == "flow" else None,
+                callbacks=callbacks,
+                enable_checkpointing=folder is not None,
+                enable_progress_bar=cfg.progress,
+                enable_model_summary=False,
+                logger=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=1 if has_val else 0,
+                default_root_dir=str(folder) if folder else tempfile.gettempdir(),
+            )
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning
