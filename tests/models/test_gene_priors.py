@@ -202,3 +202,19 @@ def test_planted_embedding_beats_the_data_embedding_on_unseen_genes(screen, tmp_
         _unseen_pearson(scbig_planted, adata, split)
         > _unseen_pearson(scbig_data, adata, split) + 0.2
     )
+
+
+def test_prior_vectors_have_unit_length_whatever_the_source_scale(screen, tmp_path):
+    adata, dataset = screen
+    genes = list(dataset.genes[:6])
+    path = tmp_path / "tiny_scale.csv"
+    scales = np.array([1e-3, 1e-2, 1, 10, 100, 0])[:, None]
+    vectors = np.random.default_rng(0).normal(size=(6, 3)) * scales
+    pd.DataFrame(vectors, index=genes).to_csv(path)
+    table = prior_gene_table(str(path), dataset.genes, dataset.perturbed_genes)
+    norms = np.linalg.norm(table.loc[genes].to_numpy(), axis=1)
+    np.testing.assert_allclose(norms, [1, 1, 1, 1, 1, 0], atol=1e-6)
+    ridge = get_model(f"ridge[{path}]").fit(
+        dataset, make_split("random", dataset.conditions, seed=0)
+    )
+    assert ridge.embedding_.shape == (6, 3)

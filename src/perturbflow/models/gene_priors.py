@@ -69,9 +69,11 @@ def prior_gene_table(
 ) -> pd.DataFrame:
     """Gene vectors of ``spec`` for the dataset's ``genes`` and ``perturbed`` genes.
 
-    Returns a ``(covered genes, dims)`` table; genes the source lacks are absent (the caller
-    decides between an error and a fallback). Raises :class:`PriorError` subclasses with what is
-    missing and where it was looked for.
+    Returns a ``(covered genes, dims)`` table with unit-length rows (sources differ in scale by
+    orders of magnitude — a diffusion map of 11k genes has entries near 1e-2 — and a ridge
+    penalty would otherwise silence the small ones); genes the source lacks are absent (the
+    caller decides between an error and a fallback). Raises :class:`PriorError` subclasses with
+    what is missing and where it was looked for.
     """
     perturbed = sorted(set(perturbed))
     symbols = list(dict.fromkeys([*map(str, genes), *perturbed]))
@@ -79,7 +81,7 @@ def prior_gene_table(
         table, _ = harmonise_table(
             read_embedding_table(spec), symbols, perturbed=perturbed, source=str(spec)
         )
-        return table.astype(np.float32)
+        return _unit_rows(table)
     bundle = PriorBundle.discover(priors)
     parts = spec.split("+")
     tables = {
@@ -94,7 +96,14 @@ def prior_gene_table(
         int(pd.Index(perturbed).isin(table.index).sum()),
         len(perturbed),
     )
-    return table.astype(np.float32)
+    return _unit_rows(table)
+
+
+def _unit_rows(table: pd.DataFrame) -> pd.DataFrame:
+    values = table.to_numpy(np.float64)  # (n, d)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)  # (n, 1)
+    unit = np.divide(values, norms, out=np.zeros_like(values), where=norms > 0)
+    return pd.DataFrame(unit.astype(np.float32), index=table.index, columns=table.columns)
 
 
 def with_data_embedding(prior: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
