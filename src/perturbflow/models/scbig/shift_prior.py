@@ -21,6 +21,33 @@ from perturbflow.data.conditions import parse_condition
 UNSEEN_MODES = ("mean", "ridge")
 
 
+RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, float("inf"))
+
+
+def loo_ridge_alpha(features: np.ndarray, targets: np.ndarray) -> float:
+    """The ridge penalty with the least leave-one-gene-out error on the seen singles.
+
+    ``features`` ``(S, d)`` and ``targets`` ``(S, G)`` are centred; ``inf`` means "predict the
+    mean single delta", so a prior that does not predict held-out singles is shrunk away.
+    Closed-form leave-one-out residuals ``e_i / (1 - h_ii)`` of ridge regression.
+    """
+    n = len(features)
+    if n < 3:
+        return float("inf")
+    errors = {}
+    for alpha in RIDGE_ALPHAS:
+        if not np.isfinite(alpha):
+            # Leaving gene i out moves the mean: its residual is scaled by n / (n - 1).
+            errors[alpha] = float(np.mean((targets * n / (n - 1)) ** 2))
+            continue
+        gram = features.T @ features + alpha * np.eye(features.shape[1])  # (d, d)
+        hat = features @ np.linalg.solve(gram, features.T)  # (S, S)
+        residual = targets - hat @ targets  # (S, G)
+        leverage = 1.0 - np.diag(hat) - 1.0 / n  # centring costs one more degree of freedom
+        errors[alpha] = float(np.mean((residual / np.maximum(leverage, 1e-6)[:, None]) ** 2))
+    return min(errors, key=errors.get)
+
+
 class AdditiveShiftPrior:
     """Per-gene expression shifts from training singles, with a fallback for other genes."""
 
@@ -30,7 +57,7 @@ class AdditiveShiftPrior:
         n_genes: int,
         prior: pd.DataFrame | None = None,
         unseen: str = "mean",
-        alpha: float = 1.0,
+        alpha: float | None = None,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -49,15 +76,17 @@ class AdditiveShiftPrior:
         self.coef = np.zeros((d, n_genes), np.float32)  # (d, G)
         self.feature_mean = np.zeros(d, np.float32)  # (d,)
         covered = [g for g in self.genes if g in self.prior.index]
+        self.alpha = float("inf")
         if unseen == "ridge" and covered and d:
             features = self.prior.loc[covered].to_numpy(np.float64)  # (S', d)
             targets = np.vstack([single_deltas[g] for g in covered]).astype(np.float64)
             self.feature_mean = features.mean(axis=0).astype(np.float32)
             centred = features - self.feature_mean
-            gram = centred.T @ centred + alpha * np.eye(d)  # (d, d)
-            self.coef = np.linalg.solve(gram, centred.T @ (targets - self.mean_delta)).astype(
-                np.float32
-            )
+            residual = targets - self.mean_delta  # (S', G)
+            self.alpha = alpha if alpha is not None else loo_ridge_alpha(centred, residual)
+            if np.isfinite(self.alpha):
+                gram = centred.T @ centred + self.alpha * np.eye(d)  # (d, d)
+                self.coef = np.linalg.solve(gram, centred.T @ residual).astype(np.float32)
         self._index = {g: i for i, g in enumerate(self.genes)}
 
     def gene_delta(self, gene: str, hidden: bool = False) -> np.ndarray:
