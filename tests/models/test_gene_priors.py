@@ -218,3 +218,32 @@ def test_prior_vectors_have_unit_length_whatever_the_source_scale(screen, tmp_pa
         dataset, make_split("random", dataset.conditions, seed=0)
     )
     assert ridge.embedding_.shape == (6, 3)
+
+
+def test_pathway_alignment_uses_the_chosen_gene_sets(screen, tmp_path, monkeypatch):
+    adata, dataset = screen
+    program = adata.var["program"]
+    gmt = tmp_path / "sets.gmt"
+    gmt.write_text(
+        "".join(
+            f"SET{k}\tplanted\t" + "\t".join(program.index[program == k]) + "\n"
+            for k in sorted(program.unique())
+        )
+    )
+    seen = {}
+    original = ScBIG._pathway_membership
+
+    def spy(self):
+        seen["membership"] = original(self)
+        return seen["membership"]
+
+    monkeypatch.setattr(ScBIG, "_pathway_membership", spy)
+    split = make_split("simulation", dataset.conditions, seed=0)
+    config = dataclasses.replace(TINY_SCBIG, pathway_gene_sets=str(gmt), flow_steps=6)
+    ScBIG(config).fit(dataset, split)
+    membership = seen["membership"].numpy()  # (P, G)
+    assert membership.shape == (program.nunique(), dataset.n_genes)
+    np.testing.assert_array_equal(membership.argmax(axis=0), program.to_numpy())
+    missing = dataclasses.replace(config, pathway_gene_sets="reactome", priors=str(tmp_path))
+    with pytest.raises(MissingPriorError, match="reactome"):
+        ScBIG(missing).fit(dataset, split)

@@ -50,6 +50,10 @@ class ScBIGConfig:
     a prior embedding (GenePert-style: the unseen gene's delta regressed on its prior vector) and
     ``mean`` with the data embedding, where ridge did worse on unseen genes in the simulator.
 
+    ``pathway_gene_sets`` gives the pathways of the Sinkhorn alignment loss: a gene-set library
+    of the prior folder (``reactome``, ``hallmark``, ``go_bp``, ``kegg``, …) or a GMT path; ``None``
+    uses the GRC programs.
+
     ``residual_decoding`` predicts each cell as its start cell plus the decoded latent change
     (decoder bias cancels); off, cells are decoded directly. ``unseen_rate`` is the share of
     training draws that present a condition as if one of its genes had never been perturbed
@@ -101,6 +105,7 @@ class ScBIGConfig:
     align_every: int = 25
     cluster_corr_weight: float = 0.1
     pathway_ot_weight: float = 0.1
+    pathway_gene_sets: str | None = None
     align_ode_steps: int = 4
     # Validation and early stopping (validation conditions only)
     val_every: int = 250

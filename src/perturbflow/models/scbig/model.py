@@ -38,18 +38,25 @@ from perturbflow.models.base import (
 )
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
-from perturbflow.models.gene_priors import prior_gene_table, relation_graph, with_data_embedding
+from perturbflow.models.gene_priors import (
+    is_table_path,
+    prior_gene_table,
+    relation_graph,
+    with_data_embedding,
+)
 from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, ScBIGConfig
 from perturbflow.models.scbig.modules import PCAAutoencoder, build_autoencoder
 from perturbflow.models.scbig.plans import AutoencoderPlan, FlowPlan
 from perturbflow.models.scbig.shift_prior import AdditiveShiftPrior
 from perturbflow.programs.embeddings import correlation_embedding
+from perturbflow.programs.genesets import gene_sets_to_membership, read_gmt
 from perturbflow.programs.grc import (
     GenePrograms,
     GRCConfig,
     gene_relation_clustering,
     random_programs,
 )
+from perturbflow.programs.priors import PriorBundle
 from perturbflow.programs.relations import coexpression_knn_graph
 
 logger = logging.getLogger(__name__)
@@ -192,6 +199,7 @@ class ScBIG:
             align_ode_steps=cfg.align_ode_steps,
             steps_per_epoch=min(cfg.val_every, cfg.flow_steps),
             seed=cfg.seed,
+            pathway_membership=self._pathway_membership(),
         )
         self._run(plan, "flow", folder, has_val=bool(val), max_steps=cfg.flow_steps)
         if plan.best_state is not None:
@@ -290,6 +298,19 @@ class ScBIG:
         for name, hide in zip(names, hides, strict=True):
             views[name].append((hide, next(latents)))
         return [views[name] for name in conditions]
+
+    def _pathway_membership(self) -> torch.Tensor | None:
+        """``(P, G)`` gene-set membership of ``pathway_gene_sets`` (None: use the programs)."""
+        choice = self.config.pathway_gene_sets
+        if choice is None or not self.config.alignment:
+            return None
+        if is_table_path(choice) or choice.endswith(".gmt"):
+            gene_sets = read_gmt(choice)
+        else:
+            gene_sets = PriorBundle.discover(self.config.priors).load_gene_sets(choice)
+        table = gene_sets_to_membership(gene_sets, list(self.genes_), min_size=3)  # (G, P)
+        logger.info("scbig: pathway alignment over %d gene sets (%s)", table.shape[1], choice)
+        return torch.from_numpy(table.to_numpy(np.float32).T.copy())  # (P, G)
 
     def _membership(self) -> torch.Tensor:
         labels = torch.from_numpy(np.array(self._programs.labels))  # (G,)

@@ -163,6 +163,7 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         align_ode_steps: int,
         steps_per_epoch: int,
         seed: int,
+        pathway_membership: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.velocity = velocity
@@ -175,6 +176,10 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         self.target_cells = list(target_cells)  # per condition (n_c, G)
         self.conditions = list(conditions)
         self.membership = membership  # (K, G)
+        # Pathways of the Sinkhorn loss: gene sets when given, else the programs.
+        self.pathway_membership = (
+            pathway_membership if pathway_membership is not None else membership
+        )
         # hidden_views[c]: (genes treated as unseen, source latents shifted accordingly)
         self.hidden_views = [list(views) for views in hidden_views]
         self.unseen_rate = unseen_rate
@@ -272,7 +277,8 @@ class FlowPlan(BestStateMixin, L.LightningModule):
                 predicted, real, membership
             )
         if self.pathway_ot_weight > 0:
-            loss = loss + self.pathway_ot_weight * pathway_ot_loss(predicted, real, membership)
+            pathways = self.pathway_membership.to(self.device)  # (P, G)
+            loss = loss + self.pathway_ot_weight * pathway_ot_loss(predicted, real, pathways)
         return loss
 
     @torch.no_grad()
