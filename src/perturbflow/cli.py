@@ -224,6 +224,24 @@ def fit(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show training progress bars.")
     ] = True,
+    priors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data folder holding priors/ (GO, STRING, gene sets); default "
+            "$PERTURBFLOW_DATA_DIR, else ../shared/data."
+        ),
+    ] = None,
+    gene_embedding: Annotated[
+        str | None,
+        typer.Option(
+            help="Gene vectors: data, go, ppi, text, go+ppi, … or an embedding table path "
+            "(scbig, ridge, nearest_neighbor)."
+        ),
+    ] = None,
+    relation_graph: Annotated[
+        str | None,
+        typer.Option(help="scbig GRC relation graph: coexpression, ppi, regulons or pathways."),
+    ] = None,
     condition_key: ConditionKey = "condition",
     control: Control = None,
     gene_key: GeneKey = None,
@@ -233,7 +251,8 @@ def fit(
     """Fit a model on the training conditions of a split and save a self-describing checkpoint."""
     from perturbflow.data.splits import Split, make_split
     from perturbflow.models import get_model
-    from perturbflow.models.base import make_config
+    from perturbflow.models.base import make_config, model_class
+    from perturbflow.programs.priors import PriorError
 
     try:
         options = _read_yaml(config) if config else {}
@@ -244,6 +263,12 @@ def fit(
             "progress": progress,
             "seed": seed,
         }
+        prior_options = {
+            "priors": str(priors) if priors is not None else None,
+            getattr(model_class(model), "variant_field", "gene_embedding"): gene_embedding,
+            "relation_graph": relation_graph,
+        }
+        options = {**options, **{k: v for k, v in prior_options.items() if v is not None}}
         model_config = make_config(model, options)
         if model_config is not None:
             fields = {f.name for f in dataclasses.fields(model_config)}
@@ -271,7 +296,7 @@ def fit(
         console.print(f"fitting {model} on {len(chosen.train)} training conditions")
         fitted = estimator.fit(dataset, chosen, **extra)
         fitted.save(out, overwrite=overwrite)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, PriorError) as error:
         _fail(error)
     console.print(f"{model} fitted on {len(chosen.train)} training conditions → [bold]{out}[/]")
 
@@ -376,7 +401,10 @@ def benchmark(
     ] = None,
     split_kind: Annotated[
         str,
-        typer.Option("--split", help="Split kind: simulation, combo, unseen_single, random."),
+        typer.Option(
+            "--split",
+            help="Split kind: simulation, combo, unseen_single, random or cross_cell_line.",
+        ),
     ] = "simulation",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. 1,2,3,4,5.")] = "1,2,3",
     models: Annotated[
@@ -398,6 +426,13 @@ def benchmark(
     model_config: Annotated[
         Path | None,
         typer.Option(help="YAML mapping model name → options, e.g. 'scbig: {flow_steps: 200}'."),
+    ] = None,
+    cell_type_key: Annotated[
+        str | None,
+        typer.Option(
+            help="obs column of each cell's line, for --split cross_cell_line (default: the "
+            "registered dataset's)."
+        ),
     ] = None,
     condition_key: ConditionKey = "condition",
     control: Control = None,
@@ -438,6 +473,8 @@ def benchmark(
         loaded = _benchmark_data(
             dataset, data, data_dir, download, condition_key, control, gene_key, separator
         )
+        if cell_type_key is not None:
+            loaded = dataclasses.replace(loaded, cell_type_key=cell_type_key)
         with console.status("benchmarking") as status:
             result = run_benchmark(
                 loaded,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,6 +76,52 @@ def test_resume_refuses_a_different_split(dataset, tmp_path):
         run_benchmark(
             dataset, tmp_path, split_kind="combo", seeds=[1], models="additive", resume=True
         )
+
+
+@pytest.fixture(scope="module")
+def three_lines():
+    """SMALL's singles dealt to three lines that differ by a constant offset per gene."""
+    base = simulate(**{**SMALL, "n_doubles": 0, "n_cells_per_condition": 60})
+    turn = base.obs.groupby("condition", observed=True).cumcount().to_numpy() % 3  # (N,)
+    offsets = np.random.default_rng(1).uniform(0.0, 2.0, (3, base.n_vars))  # (3, G)
+    adata = ad.AnnData(X=base.X + offsets[turn], obs=base.obs.copy(), var=base.var.copy())
+    adata.obs["cell_type"] = np.array(["A", "B", "C"])[turn]
+    return read(adata, cell_type_key="cell_type")
+
+
+def test_cross_cell_line_benchmark(three_lines, tmp_path):
+    result = run_benchmark(
+        three_lines,
+        tmp_path,
+        split_kind="cross_cell_line",
+        seeds=[1, 2, 3],
+        models="additive,control_mean",
+    )
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert set(results["subgroup"]) == {"cross_line_A", "cross_line_B", "cross_line_C"}
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == [
+        f"cross_cell_line_seed{seed}.json" for seed in (1, 2, 3)
+    ]
+    for seed, split in result.splits.items():
+        evaluation = result.eval_datasets[seed]
+        assert set(evaluation.adata.obs["cell_type"]) == {split.params["target_line"]}
+        scored = set(results.loc[results["seed"] == seed, "condition"])
+        assert scored == set(split.test)
+    # Shared effects, offset-only lines: the centred additive transfer nearly recovers the truth.
+    additive = results.query("model == 'additive' and metric == 'pearson_delta_de20'")
+    assert additive["value"].mean() > 0.95
+    summary = result.summary.set_index(["subgroup", "model", "metric"])
+    assert summary.loc[("cross_line_A", "additive", "pearson_delta_de20"), "n_seeds"] == 1
+    # Resuming rebuilds the same splits from the cells and recomputes nothing.
+    again = run_benchmark(
+        three_lines,
+        tmp_path,
+        split_kind="cross_cell_line",
+        seeds=[1, 2, 3],
+        models="additive,control_mean",
+        resume=True,
+    )
+    assert len(again.results) == len(result.results)
 
 
 def _table():

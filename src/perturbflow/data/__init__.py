@@ -1,4 +1,4 @@
-"""Data layer: reading and validating Perturb-seq data, conditions, splits, simulation."""
+"""Data layer: reading and validating Perturb-seq data, conditions, splits, contexts, simulation."""
 
 from perturbflow.data.conditions import (
     CONTROL,
@@ -8,6 +8,12 @@ from perturbflow.data.conditions import (
     canonical,
     format_condition,
     parse_condition,
+)
+from perturbflow.data.contexts import (
+    ContextError,
+    CrossCellLineTask,
+    centre_by_context,
+    cross_cell_line_task,
 )
 from perturbflow.data.io import (
     CONDITION_COLUMN,
@@ -24,11 +30,15 @@ __all__ = [
     "CONTROL_NAME",
     "ConditionError",
     "ConditionParser",
+    "ContextError",
+    "CrossCellLineTask",
     "DataFileNotFoundError",
     "DataValidationError",
     "PerturbationDataset",
     "SmallConditionWarning",
     "canonical",
+    "centre_by_context",
+    "cross_cell_line_task",
     "format_condition",
     "parse_condition",
     "read",

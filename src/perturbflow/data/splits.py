@@ -10,6 +10,13 @@ it, so a saved split explains itself. Four kinds are registered in :data:`SPLITS
 * ``unseen_single`` — for single-gene screens: held-out singles (and doubles touching them).
 * ``random`` — held-out conditions drawn at random.
 
+Context kinds (:data:`CONTEXT_KINDS`: ``cross_cell_line``) hold out a condition *in one cell line*
+only. Their test names may also be in ``train``, where they stand for the other lines' cells, so
+``train`` and ``test`` need not be disjoint; validation stays disjoint from both. Such a split is
+made from cells, not names (:func:`perturbflow.data.contexts.cross_cell_line_task`), and records
+the cell-type column and target line in ``params`` so that the cell-level check
+(:func:`perturbflow.data.contexts.check_no_context_leakage`) can be run from the split alone.
+
 Seen genes are always counted from the *final* training part (after validation is carved out):
 a gene is seen when its single-gene condition is in ``train``. Conditions with three or more
 genes are treated like doubles, with subgroup ``combo_seen{k}`` for ``k`` seen genes. Control
@@ -45,6 +52,11 @@ PARTS: tuple[str, ...] = ("train", "val", "test")
 SCHEMA = "perturbflow.split"
 SCHEMA_VERSION = 1
 _REQUIRED_KEYS: tuple[str, ...] = ("kind", "seed", "train", "val", "test", "subgroups", "params")
+CROSS_CELL_LINE = "cross_cell_line"
+# Kinds whose test conditions are held out in one context (cell line) only; see the module doc.
+CONTEXT_KINDS: frozenset[str] = frozenset({CROSS_CELL_LINE})
+# What a context split's params must record so that its cells can be checked for leakage.
+CONTEXT_PARAMS: tuple[str, ...] = ("cell_type_key", "target_line")
 
 
 class SplitLeakageError(ValueError):
@@ -58,6 +70,9 @@ class SplitFormatError(ValueError):
 @dataclass(frozen=True, repr=False)
 class Split:
     """Canonical condition names in disjoint ``train`` / ``val`` / ``test`` parts.
+
+    For a context kind (:data:`CONTEXT_KINDS`) a test name may also be in ``train``: there it
+    names the other contexts' cells.
 
     ``subgroups`` maps every val and test condition to its subgroup (e.g. ``combo_seen1``) and
     ``params`` records the parameters used; both are plain dicts to be treated as read-only.
@@ -255,6 +270,13 @@ def _validate(split: Split) -> None:
         if CONTROL_NAME in getattr(split, part):
             raise ValueError(f"control condition {CONTROL_NAME!r} must never be in {part}")
     check_no_leakage(split)
+    if split.kind in CONTEXT_KINDS:
+        absent = [key for key in CONTEXT_PARAMS if not isinstance(split.params.get(key), str)]
+        if absent:
+            raise ValueError(
+                f"a {split.kind!r} split must record {', '.join(absent)} in params (the "
+                "cell-type column and the line whose test cells are held out)"
+            )
     for part in PARTS:
         names = getattr(split, part)
         for name in names:
@@ -278,14 +300,18 @@ def _validate(split: Split) -> None:
 def check_no_leakage(split: Split) -> None:
     """Raise :class:`SplitLeakageError` if a val/test condition is in train, or test in val.
 
-    Conditions are compared as gene sets, so ``B+A`` in test collides with ``A+B`` in train.
+    Conditions are compared as gene sets, so ``B+A`` in test collides with ``A+B`` in train. In a
+    context split (:data:`CONTEXT_KINDS`) a test name in train is allowed — it names other cell
+    lines' cells there; that no *target-line* test cell is trained on is a property of the cells,
+    checked by :func:`perturbflow.data.contexts.check_no_context_leakage`.
     """
     train = {parse_condition(name): name for name in split.train}
     val = {parse_condition(name): name for name in split.val}
+    test_in_train_allowed = split.kind in CONTEXT_KINDS
     for part, names in (("val", split.val), ("test", split.test)):
         for name in names:
             genes = parse_condition(name)
-            if genes in train:
+            if genes in train and not (part == "test" and test_in_train_allowed):
                 raise SplitLeakageError(
                     f"{part} condition {name!r} is also in train (as {train[genes]!r})"
                 )
@@ -551,6 +577,91 @@ def random_split(
     return _build("random", seed, params, perturbations, test, rng, single_label="single")
 
 
+def cross_cell_line_split(
+    other_conditions: Iterable[str],
+    target_conditions: Iterable[str],
+    *,
+    seed: int,
+    cell_type_key: str,
+    target_line: str,
+    lines: Iterable[str] = (),
+    test_fraction: float = 0.5,
+    val_fraction: float = 0.1,
+) -> Split:
+    """The condition names of a cross-cell-line split (its cells: ``cross_cell_line_task``).
+
+    ``other_conditions`` are the conditions with cells in the training lines,
+    ``target_conditions`` those with cells in ``target_line``. ``test_fraction`` of the target
+    line's perturbations (at least one; fewer than all unless ``test_fraction`` is 1) are test,
+    subgroup ``cross_line_<target_line>``. ``train`` is control plus every perturbation that keeps
+    training cells — all of ``other_conditions`` and the target line's non-test perturbations — so
+    a test name is usually in ``train`` too, for the other lines' cells. Validation is
+    ``val_fraction`` of the training perturbations that are not test names (at least 1 of 3 or
+    more); it leaves ``train`` in every line. ``lines`` (all lines) is recorded in ``params``.
+    """
+    rng = _rng(seed)
+    params = {
+        "cell_type_key": str(cell_type_key),
+        "target_line": str(target_line),
+        "lines": [str(line) for line in lines],
+        "test_fraction": _fraction("test_fraction", test_fraction, zero_ok=False, one_ok=True),
+        "val_fraction": _fraction("val_fraction", val_fraction, zero_ok=True, one_ok=False),
+    }
+    # Sorted, so that the split depends on which conditions exist, not on the order of cells.
+    other = {n: g for n, g in sorted(_named_genes(other_conditions).items()) if g}
+    target = {n: g for n, g in sorted(_named_genes(target_conditions).items()) if g}
+    if not target:
+        raise ValueError(
+            f"cell line {target_line!r} has no perturbation conditions besides control; "
+            "choose another target line"
+        )
+    n_test = max(_count(params["test_fraction"], len(target)), 1)
+    if params["test_fraction"] < 1:
+        n_test = min(n_test, max(len(target) - 1, 1))
+    test = _sample(list(target), n_test, rng)
+    held_out = frozenset(test)
+    perturbations = dict(sorted({**other, **target}.items()))
+    trained = [n for n in perturbations if n in other or n not in held_out]
+    if not trained:
+        raise ValueError(
+            f"a {CROSS_CELL_LINE!r} split of {len(target)} target-line perturbation(s) with "
+            f"test_fraction={params['test_fraction']} leaves no training perturbation"
+        )
+    pool = [name for name in trained if name not in held_out]
+    val = _carve_validation(pool, perturbations, rng, params["val_fraction"])
+    in_val = frozenset(val)
+    subgroups = {
+        name: "val_single" if len(perturbations[name]) == 1 else "val_combo" for name in val
+    }
+    subgroups.update({name: f"cross_line_{target_line}" for name in test})
+    split = Split(
+        kind=CROSS_CELL_LINE,
+        seed=int(seed),
+        train=(CONTROL_NAME, *(name for name in trained if name not in in_val)),
+        val=tuple(val),
+        test=tuple(test),
+        subgroups=subgroups,
+        params=params,
+    )
+    logger.info(
+        "%s split (seed %d, target line %s): %d train, %d val, %d test conditions",
+        CROSS_CELL_LINE,
+        split.seed,
+        target_line,
+        len(split.train),
+        len(split.val),
+        len(split.test),
+    )
+    return split
+
+
+def _named_genes(conditions: Iterable[str]) -> dict[str, Condition]:
+    """Distinct canonical names (control included) mapped to their gene sets."""
+    if isinstance(conditions, str):
+        raise TypeError(f"conditions must be an iterable of names, not the string {conditions!r}")
+    return {name: _canonical_genes(name) for name in dict.fromkeys(conditions)}
+
+
 SPLITS: dict[str, Callable[..., Split]] = {
     "simulation": simulation_split,
     "combo": combo_split,
@@ -560,9 +671,23 @@ SPLITS: dict[str, Callable[..., Split]] = {
 
 
 def make_split(kind: str, conditions: Iterable[str], *, seed: int, **params: object) -> Split:
-    """Make a split of ``kind`` (a key of :data:`SPLITS`) with the function's ``params``."""
+    """Make a split of ``kind`` (a key of :data:`SPLITS`) with the function's ``params``.
+
+    Context kinds (:data:`CONTEXT_KINDS`) need cells, not names, and raise a ``ValueError`` that
+    points to :func:`perturbflow.data.contexts.cross_cell_line_task`.
+    """
+    if kind in CONTEXT_KINDS:
+        raise ValueError(
+            f"a {kind!r} split holds out a condition's cells in one cell line, so it is made from "
+            "the cells, not from condition names: use "
+            "perturbflow.data.contexts.cross_cell_line_task(dataset, seed=...)"
+        )
     if kind not in SPLITS:
-        raise ValueError(f"unknown split kind {kind!r}; valid kinds: {', '.join(sorted(SPLITS))}")
+        raise ValueError(
+            f"unknown split kind {kind!r}; valid kinds: {', '.join(sorted(SPLITS))} "
+            f"(and {', '.join(sorted(CONTEXT_KINDS))}, made from cells by "
+            "perturbflow.data.contexts)"
+        )
     function = SPLITS[kind]
     accepted = [
         p for p in inspect.signature(function).parameters if p not in ("conditions", "seed")

@@ -6,6 +6,12 @@ and the split-half noise ceiling, and appends each finished (model, seed) cell t
 :func:`benchmark_summary` turns the long table into mean ± sd over seeds per subgroup, model and
 metric, with win rate and paired difference against the additive baseline and the fraction of
 the noise ceiling reached.
+
+Context splits (``cross_cell_line``) fit on one dataset and score on another: each seed's
+:func:`perturbflow.data.contexts.cross_cell_line_task` gives the cells to fit on (all lines,
+centred on their own control, minus the target line's held-out cells), the target line's real
+cells to score against, and the shift that moves predictions into that line's space; everything
+else is the same loop.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 
+from perturbflow.data.contexts import cross_cell_line_task
 from perturbflow.data.io import PerturbationDataset
-from perturbflow.data.splits import Split, make_split
+from perturbflow.data.splits import CROSS_CELL_LINE, Split, make_split
 from perturbflow.eval.benchmark import resolve_models, seeded_config
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import NOISE_CEILING_MODEL, RESULT_COLUMNS, evaluate, noise_ceiling
@@ -50,10 +58,17 @@ SUMMARY_COLUMNS = (
 
 @dataclass(frozen=True)
 class BenchmarkResult:
+    """Long results, their summary, timings, and each seed's split and evaluation data.
+
+    ``eval_datasets[seed]`` is the data that seed's predictions were scored against: the input
+    dataset, or for ``cross_cell_line`` the target line's cells.
+    """
+
     results: pd.DataFrame
     summary: pd.DataFrame
     timings: pd.DataFrame
     splits: dict[int, Split]
+    eval_datasets: dict[int, PerturbationDataset] = field(default_factory=dict)
 
 
 def run_benchmark(
@@ -79,6 +94,10 @@ def run_benchmark(
     already in ``results.csv`` are kept and not recomputed; their splits must match.
     ``model_options`` maps a model name to config options (as in a YAML file), e.g.
     ``{"scbig": {"flow_steps": 200}}``; each seed's run sets the config's ``seed``.
+    With ``split_kind="cross_cell_line"``, ``dataset`` needs a cell-type column; models fit on
+    each seed's line-centred training cells, their predictions are moved into the target line's
+    space and scored, with the noise ceiling, on the target line's cells (``split_params`` go to
+    :func:`perturbflow.data.contexts.cross_cell_line_task`).
     """
     names = resolve_models(models)
     results_path, timings_path = out / "results.csv", out / "timings.csv"
@@ -90,9 +109,12 @@ def run_benchmark(
     splits_dir = out / "splits"
     splits_dir.mkdir(exist_ok=True)
     splits: dict[int, Split] = {}
+    eval_datasets: dict[int, PerturbationDataset] = {}
     frames = [done]
     for seed in seeds:
-        split = make_split(split_kind, dataset.conditions, seed=seed, **(split_params or {}))
+        fit_data, eval_data, split, to_eval_space = _seed_task(
+            dataset, split_kind, seed, split_params or {}
+        )
         split_path = splits_dir / f"{split_kind}_seed{seed}.json"
         if resume and split_path.exists() and Split.load(split_path) != split:
             raise ValueError(
@@ -101,24 +123,25 @@ def run_benchmark(
             )
         split.save(split_path, overwrite=True)
         splits[seed] = split
+        eval_datasets[seed] = eval_data
         todo = [n for n in names if (n, seed) not in finished]
         ceiling_needed = (NOISE_CEILING_MODEL, seed) not in finished
         if not todo and not ceiling_needed:
             logger.info("seed %d: all models already evaluated (resume)", seed)
             continue
-        de = de_genes(dataset, list(split.test))
+        de = de_genes(eval_data, list(split.test))
         for name in todo:
             if progress is not None:
                 progress(f"seed {seed}: {name}")
             start = time.perf_counter()
             options = (model_options or {}).get(name)
-            model = get_model(name, seeded_config(name, seed, options)).fit(dataset, split)
+            model = get_model(name, seeded_config(name, seed, options)).fit(fit_data, split)
             fitted = time.perf_counter()
-            predictions = model.predict(split.test, n_cells=n_cells, seed=seed)
+            predictions = to_eval_space(model.predict(split.test, n_cells=n_cells, seed=seed))
             predicted = time.perf_counter()
-            frames.append(evaluate(predictions, dataset, split, model=name, seed=seed, de=de))
-            _save_model_outputs(out, name, seed, predictions, dataset, model)
-            _crosscheck(out, predictions, dataset, split, name, seed)
+            frames.append(evaluate(predictions, eval_data, split, model=name, seed=seed, de=de))
+            _save_model_outputs(out, name, seed, predictions, eval_data, model)
+            _crosscheck(out, predictions, eval_data, split, name, seed)
             timings.append(
                 {
                     "model": name,
@@ -136,14 +159,36 @@ def run_benchmark(
                 predicted - fitted,
             )
         if ceiling_needed:
-            frames.append(noise_ceiling(dataset, split, seed=seed, de=de))
+            frames.append(noise_ceiling(eval_data, split, seed=seed, de=de))
             _checkpoint(frames, timings, results_path, timings_path)
     results = pd.concat([f for f in frames if len(f)], ignore_index=True)
     summary = benchmark_summary(results)
     write_csv(summary, out / "summary.csv", overwrite=True)
     return BenchmarkResult(
-        results=results, summary=summary, timings=pd.DataFrame(timings), splits=splits
+        results=results,
+        summary=summary,
+        timings=pd.DataFrame(timings),
+        splits=splits,
+        eval_datasets=eval_datasets,
     )
+
+
+def _seed_task(
+    dataset: PerturbationDataset, split_kind: str, seed: int, split_params: dict
+) -> tuple[PerturbationDataset, PerturbationDataset, Split, Callable[[ad.AnnData], ad.AnnData]]:
+    """Data to fit on, data to score against, the split, and predictions' map between the two.
+
+    The map is the identity except for context splits, whose models fit in a line-centred space.
+    """
+    if split_kind == CROSS_CELL_LINE:
+        task = cross_cell_line_task(dataset, seed=seed, **split_params)
+        return task.fit, task.evaluation, task.split, task.to_target_line
+    split = make_split(split_kind, dataset.conditions, seed=seed, **split_params)
+    return dataset, dataset, split, _same_space
+
+
+def _same_space(predictions: ad.AnnData) -> ad.AnnData:
+    return predictions
 
 
 def _crosscheck(out: Path, predictions, dataset, split, name: str, seed: int) -> None:

@@ -70,7 +70,12 @@ def build_report(
     command: str,
     overwrite: bool = True,
 ) -> Path:
-    """Write ``out/report.html``: summary, metric bars over seeds, delta scatters, GI, programs."""
+    """Write ``out/report.html``: summary, metric bars over seeds, delta scatters, GI, programs.
+
+    Figures of real cells use the data the first seed was scored against
+    (``result.eval_datasets``, e.g. the target line's centred cells of a ``cross_cell_line``
+    run), falling back to ``dataset``.
+    """
     summary = result.summary[result.summary["metric"].isin(HEADLINE)]
     figures: dict[str, object] = {
         "Metrics per subgroup (mean ± sd over seeds; dashed: noise ceiling)": metric_bars_over_seeds(
@@ -79,6 +84,7 @@ def build_report(
     }
     seed = min(result.splits)
     split = result.splits[seed]
+    dataset = result.eval_datasets.get(seed, dataset)
     models = [m for m in PREFERRED_MODELS if (out / "predictions" / f"{m}_seed{seed}.csv").exists()]
     if not models:
         models = sorted(
@@ -131,11 +137,29 @@ def build_report(
         notes=[
             f"{len(result.splits)} seed(s): {sorted(result.splits)}; split kind {split.kind}",
             "Subgroup sizes (conditions per seed) are in the summary's n_conditions column.",
+            *_context_note(result),
             *_norman_reference_note(dataset),
         ],
         peers_status=peers_status(out),
     )
     return write_report(html, out / "report.html", overwrite=overwrite)
+
+
+def _context_note(result: BenchmarkResult) -> list[str]:
+    """For context splits: the target line of each seed and the space the metrics live in."""
+    targets = {
+        seed: split.params["target_line"]
+        for seed, split in sorted(result.splits.items())
+        if "target_line" in split.params
+    }
+    if not targets:
+        return []
+    listed = ", ".join(f"seed {seed} → {line}" for seed, line in targets.items())
+    return [
+        f"Target line per seed: {listed}. Models fit on expression centred on each line's "
+        "control mean; their predictions are moved back by the target line's control mean and "
+        f"scored against its real cells (figures show seed {min(targets)})."
+    ]
 
 
 def _norman_reference_note(dataset: PerturbationDataset) -> list[str]:
