@@ -69,11 +69,11 @@ def prior_gene_table(
 ) -> pd.DataFrame:
     """Gene vectors of ``spec`` for the dataset's ``genes`` and ``perturbed`` genes.
 
-    Returns a ``(covered genes, dims)`` table with unit-length rows (sources differ in scale by
-    orders of magnitude — a diffusion map of 11k genes has entries near 1e-2 — and a ridge
-    penalty would otherwise silence the small ones); genes the source lacks are absent (the
-    caller decides between an error and a fallback). Raises :class:`PriorError` subclasses with
-    what is missing and where it was looked for.
+    Returns a ``(covered genes, dims)`` table; genes the source lacks are absent (the caller
+    decides between an error and a fallback). Registered sources get unit-length rows (they
+    differ in scale by orders of magnitude — a diffusion map of 11k genes has entries near 1e-2
+    — and a ridge penalty would otherwise silence the small ones); a user's table is used as
+    given. Raises :class:`PriorError` subclasses with what is missing and where it was looked for.
     """
     perturbed = sorted(set(perturbed))
     symbols = list(dict.fromkeys([*map(str, genes), *perturbed]))
@@ -81,7 +81,7 @@ def prior_gene_table(
         table, _ = harmonise_table(
             read_embedding_table(spec), symbols, perturbed=perturbed, source=str(spec)
         )
-        return _unit_rows(table)
+        return table.astype(np.float32)
     bundle = PriorBundle.discover(priors)
     parts = spec.split("+")
     tables = {
