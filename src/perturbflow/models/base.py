@@ -110,8 +110,8 @@ def get_model(name: str, config: Any = None) -> Model:
     """Instantiate a model by name, e.g. ``get_model("additive")`` or ``get_model("ridge[go]")``."""
     cls = model_class(name)
     if _split_variant(name)[1] is not None:
-        values = dataclasses.asdict(config) if config is not None else {}
-        config = make_config(name, {k: v for k, v in values.items() if k != cls.variant_field})
+        variant = _with_variant(name, {})
+        config = make_config(name) if config is None else dataclasses.replace(config, **variant)
     return cls(config)
 
 

@@ -84,18 +84,10 @@ def prior_gene_table(
         return table.astype(np.float32)
     bundle = PriorBundle.discover(priors)
     parts = spec.split("+")
-    tables = {
-        part: gene_embedding(part, bundle, genes=symbols, perturbed=perturbed) for part in parts
-    }
-    table = tables[parts[0]] if len(parts) == 1 else combine_embeddings(tables, "concat")
-    logger.info(
-        "gene embedding %r: %d of %d genes, %d of %d perturbed genes covered",
-        spec,
-        int(pd.Index(genes).isin(table.index).sum()),
-        len(genes),
-        int(pd.Index(perturbed).isin(table.index).sum()),
-        len(perturbed),
-    )
+    # "go+ppi" is the registry's concat source; gene_embedding logs the coverage line.
+    params = {"sources": tuple(parts)} if len(parts) > 1 else {}
+    source = "concat" if len(parts) > 1 else spec
+    table = gene_embedding(source, bundle, genes=symbols, perturbed=perturbed, **params)
     return _unit_rows(table)
 
 
