@@ -42,6 +42,7 @@ VARIANTS = {
     "no_ot_pairing": {"ot_pairing": False},
     "pca_space": {"autoencoder": "pca"},
     "no_additive_prior": {"additive_prior": False},
+    "no_calibration": {"calibrate_prior": False},
 }
 # Every mean-shift baseline: the acceptance compares scbig with each of them.
 BASELINES = ("additive", "control_mean", "linear", "ridge", "nearest_neighbor")

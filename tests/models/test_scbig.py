@@ -210,16 +210,24 @@ def test_mean_weight_is_chosen_on_validation(fitted, data, monkeypatch):
     dataset, split = data
     assert fitted.mean_weight_ in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert fitted.history_["flow_mean_weight"] == fitted.mean_weight_
-    val = list(split.val)
-    real = {name: dataset.expression(name).mean(axis=0) for name in val}
+    seen = set(fitted.seen_genes_)
+    # Judged on conditions whose genes all occur in training (training conditions stand in).
+    val = [name for name in split.train if name != "ctrl"][:4]
+    unseen = [name for name in split.test if not set(name.split("+")) <= seen][:2]
+    assert unseen
+    real = {name: dataset.expression(name).mean(axis=0) for name in val + unseen}
     # The flow's mean change overshoots the real change by 4/3: the best grid weight is 0.75.
+    # On the unseen-gene conditions it would be 0 — they must not count.
     start_cells = np.zeros((4, dataset.n_genes), np.float32)
 
     def planted(name, n_cells, generator):
-        return start_cells, np.tile(real[name] * 4 / 3, (4, 1))
+        factor = 4 / 3 if name in val else 50.0
+        return start_cells, np.tile(real[name] * factor, (4, 1))
 
     monkeypatch.setattr(fitted, "_flow_change", planted)
     assert fitted._select_mean_weight(dataset, val) == 0.75
+    assert fitted._select_mean_weight(dataset, val + unseen) == 0.75
+    assert fitted._select_mean_weight(dataset, unseen) == 0.0
     fixed = ScBIG(dataclasses.replace(TINY, flow_mean_weight=0.3))
     assert fixed._select_mean_weight(dataset, val) == 0.3
     assert fixed._select_mean_weight(dataset, []) == 0.3

@@ -68,3 +68,70 @@ def test_unseen_gene_gets_the_ridge_prediction_or_the_mean():
         np.abs(shrunk.gene_delta("NEW") - noisy_mean).max()
         < 0.3 * np.abs(loose.gene_delta("NEW") - noisy_mean).max()
     )
+
+
+def _screen(n_singles: int = 12, n_genes: int = 30, seed: int = 5):
+    rng = np.random.default_rng(seed)
+    genes = [f"S{i}" for i in range(n_singles)]
+    deltas = {g: rng.normal(size=n_genes) for g in genes}
+    return rng, genes, deltas
+
+
+def test_hidden_seen_gene_gets_the_fallback_fitted_without_it():
+    rng, genes, deltas = _screen()
+    mean_model = AdditiveShiftPrior(deltas, 30, unseen="mean")
+    others = np.mean([deltas[g] for g in genes[1:]], axis=0)
+    np.testing.assert_allclose(mean_model.gene_delta("S0", hidden=True), others, rtol=1e-5)
+    np.testing.assert_allclose(mean_model.gene_delta("S0"), deltas["S0"], rtol=1e-6)
+    prior = pd.DataFrame(rng.normal(size=(12, 3)), index=genes)
+    ridge = AdditiveShiftPrior(deltas, 30, prior, unseen="ridge", alpha=1.0)
+    for gene in ("S0", "S7"):
+        without = {g: d for g, d in deltas.items() if g != gene}
+        refit = AdditiveShiftPrior(without, 30, prior, unseen="ridge", alpha=1.0)
+        np.testing.assert_allclose(
+            ridge.gene_delta(gene, hidden=True), refit.gene_delta(gene), atol=1e-4
+        )
+
+
+def test_calibration_recovers_a_planted_combination_scale():
+    rng, genes, deltas = _screen()
+    pairs = [(genes[i], genes[j]) for i, j in [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (1, 5)]]
+    combos = {
+        f"{a}+{b}": 0.5 * (deltas[a] + deltas[b]) + 0.01 * rng.normal(size=30) for a, b in pairs
+    }
+    model = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=True)
+    assert abs(model.scales[(2, 0)] - 0.5) < 0.02
+    np.testing.assert_allclose(
+        model.shifts(["S10+S11"])[0],
+        model.scales[(2, 0)] * (deltas["S10"] + deltas["S11"]),
+        rtol=1e-5,
+    )
+    # Categories with hidden genes are fitted too; an unseen pair uses the (2, 2) scale.
+    assert {(1, 1), (2, 1), (2, 2)} <= set(model.scales)
+    assert all(0.0 <= v <= 2.0 for v in model.scales.values())
+    np.testing.assert_allclose(
+        model.shifts(["X+Y"])[0], model.scales[(2, 2)] * 2 * model.mean_delta, rtol=1e-5
+    )
+    # A seen single keeps its own delta exactly; off, the shift is the plain sum.
+    np.testing.assert_allclose(model.shifts(["S3"])[0], deltas["S3"], rtol=1e-6)
+    plain = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=False)
+    assert plain.scales == {}
+    np.testing.assert_allclose(plain.shifts(["S0+S1"])[0], deltas["S0"] + deltas["S1"], rtol=1e-5)
+
+
+def test_calibration_needs_enough_conditions_and_its_state_round_trips():
+    _, genes, deltas = _screen()
+    combos = {"S0+S1": 0.3 * (deltas["S0"] + deltas["S1"]), "S2+S3": deltas["S2"]}
+    model = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=True)
+    assert (2, 0) not in model.scales  # two combinations are too few: plain sum
+    assert model.scale(2, 0) == 1.0
+    pairs = {
+        f"S{i}+S{i + 1}": 1.5 * (deltas[f"S{i}"] + deltas[f"S{i + 1}"]) for i in range(0, 8, 2)
+    }
+    fitted = AdditiveShiftPrior(deltas, 30, combo_deltas=pairs, calibrate=True)
+    restored = AdditiveShiftPrior.from_state(fitted.state(), pd.DataFrame(), "mean")
+    assert restored.scales == fitted.scales and abs(fitted.scales[(2, 0)] - 1.5) < 1e-6
+    for condition, hide in [("S0+S9", frozenset()), ("S2+Q", frozenset({"S2"}))]:
+        np.testing.assert_allclose(
+            restored.shifts([condition], [hide]), fitted.shifts([condition], [hide]), rtol=1e-6
+        )

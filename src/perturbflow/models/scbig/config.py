@@ -27,13 +27,18 @@ class ScBIGConfig:
     attention), ``alignment=False`` (no alignment losses), ``ot_pairing=False`` (random
     pairing), ``autoencoder="pca"`` (flow in PCA space), ``additive_prior=False`` (the flow starts
     at the control cells themselves, not at control cells shifted by the summed single deltas
-    of the condition's genes; ``unseen_shift`` says what a gene without a training single adds).
+    of the condition's genes; ``unseen_shift`` says what a gene without a training single adds),
+    ``calibrate_prior=False`` (the plain sum; on, the sum is scaled per category of condition —
+    number of genes, number without a training single — by least squares on the training
+    conditions, see ``shift_prior``).
 
     ``flow_mean_weight`` scales the flow's change of the *mean* (its change of the cells around
     their mean — spread, sub-populations — is always kept): 1 keeps the flow's mean as learned,
     0 keeps the additive mean and lets the flow shape the distribution only. ``None`` (default)
-    picks it from ``MEAN_WEIGHT_GRID`` by the pseudobulk error on the validation conditions (1
-    without validation conditions). ``unseen_flow_mean_weight`` is the weight for conditions
+    picks it from ``MEAN_WEIGHT_GRID`` by the pseudobulk error on the validation conditions whose
+    genes all occur in training (1 without validation conditions; 0 when validation conditions
+    exist but each has a gene outside training, since the weight would be judged on conditions
+    it never applies to). ``unseen_flow_mean_weight`` is the weight for conditions
     with a gene outside the training conditions, which validation cannot judge: the flow's mean
     change there extrapolates from learned gene vectors, and on the simulator it doubled the
     error on combinations of two unseen genes, so it is 0 by default.
@@ -98,6 +103,7 @@ class ScBIGConfig:
     ot_pairing: bool = True
     unseen_rate: float = 0.0
     additive_prior: bool = True
+    calibrate_prior: bool = True
     unseen_shift: str = "auto"
     sigma: float = 0.0
     # Structure-aware alignment (§2.5)

@@ -254,12 +254,22 @@ class ScBIG:
         self, train: list[str], target_cells: list[torch.Tensor]
     ) -> AdditiveShiftPrior:
         deltas = {
-            next(iter(parse_condition(name))): cells.numpy().mean(axis=0) - self.control_mean_
+            name: cells.numpy().mean(axis=0) - self.control_mean_
             for name, cells in zip(train, target_cells, strict=True)
+        }
+        singles = {
+            next(iter(parse_condition(name))): delta
+            for name, delta in deltas.items()
             if len(parse_condition(name)) == 1
         }
+        combos = {name: delta for name, delta in deltas.items() if len(parse_condition(name)) > 1}
         return AdditiveShiftPrior(
-            deltas, len(self.genes_), self.prior_, unseen=self.config.unseen_shift_mode
+            singles,
+            len(self.genes_),
+            self.prior_,
+            unseen=self.config.unseen_shift_mode,
+            combo_deltas=combos,
+            calibrate=self.config.calibrate_prior,
         )
 
     def _shifts(
@@ -479,6 +489,15 @@ class ScBIG:
             return self.config.flow_mean_weight
         if not val:
             return 1.0
+        # Judge the weight only where it applies: conditions with a gene outside the training
+        # conditions use ``unseen_flow_mean_weight`` instead.
+        val = [name for name in val if parse_condition(name) <= set(self.seen_genes_)]
+        if not val:
+            logger.info(
+                "scbig: no validation condition has all its genes in training; flow mean "
+                "weight 0 (the calibrated additive mean, validated by leave-out on training)"
+            )
+            return 0.0
         generator = np.random.default_rng(self.config.seed)
         errors = dict.fromkeys(MEAN_WEIGHT_GRID, 0.0)
         for name in val:

@@ -7,10 +7,22 @@ from its prior embedding (``unseen="ridge"``, GenePert-style, fitted on the seen
 without a prior vector still get the mean). The flow then transports *shifted* control cells to
 real cells in the latent space, so it learns what additivity misses — interactions, program-level
 coordination, distribution shape — and with a zero velocity the model is exactly additive.
+
+With ``calibrate=True`` the summed shift is scaled by a factor per *category* — the number of
+genes in the condition and how many of them lack a training single — fitted by least squares on
+the training conditions themselves: each seen single left out (the fallback must predict its
+delta) for ``(1, 1)``, and each training combination with none, some or all of its genes hidden
+for ``(k, h)``. A hidden gene gets the fallback fitted *without* it (the mean of the other singles,
+or the closed-form leave-one-out ridge prediction). Summed log-expression deltas overshoot
+combinations whose effects saturate or buffer each other, and two mean deltas overshoot a pair
+of unseen genes; the scales correct both from training data alone. Categories with fewer than
+``MIN_CALIBRATION`` training conditions keep the plain sum (scale 1).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,7 +30,14 @@ import pandas as pd
 
 from perturbflow.data.conditions import parse_condition
 
+logger = logging.getLogger(__name__)
+
 UNSEEN_MODES = ("mean", "ridge")
+# Least training conditions a category needs before its scale is fitted; bounds of a scale.
+MIN_CALIBRATION = 3
+MAX_SCALE = 2.0
+# Combinations of more genes than this are not used to calibrate (2^k hiding patterns each).
+_MAX_CALIBRATION_GENES = 4
 
 
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, float("inf"))
@@ -58,6 +77,8 @@ class AdditiveShiftPrior:
         prior: pd.DataFrame | None = None,
         unseen: str = "mean",
         alpha: float | None = None,
+        combo_deltas: Mapping[str, np.ndarray] | None = None,
+        calibrate: bool = False,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -77,6 +98,14 @@ class AdditiveShiftPrior:
         self.feature_mean = np.zeros(d, np.float32)  # (d,)
         covered = [g for g in self.genes if g in self.prior.index]
         self.alpha = float("inf")
+        self._index = {g: i for i, g in enumerate(self.genes)}
+        n = len(self.genes)
+        # Fallback of each seen gene fitted without it: the mean of the other singles ...
+        self.loo_deltas = (
+            (n * self.mean_delta[None, :] - self.deltas) / (n - 1)
+            if n > 1
+            else np.zeros_like(self.deltas)
+        ).astype(np.float32)  # (S, G)
         if unseen == "ridge" and covered and d:
             features = self.prior.loc[covered].to_numpy(np.float64)  # (S', d)
             targets = np.vstack([single_deltas[g] for g in covered]).astype(np.float64)
@@ -87,12 +116,61 @@ class AdditiveShiftPrior:
             if np.isfinite(self.alpha):
                 gram = centred.T @ centred + self.alpha * np.eye(d)  # (d, d)
                 self.coef = np.linalg.solve(gram, centred.T @ residual).astype(np.float32)
-        self._index = {g: i for i, g in enumerate(self.genes)}
+                # ... or its closed-form leave-one-out ridge prediction (see loo_ridge_alpha).
+                hat = centred @ np.linalg.solve(gram, centred.T)  # (S', S')
+                error = residual - hat @ residual  # (S', G)
+                leverage = np.maximum(1.0 - np.diag(hat) - 1.0 / len(covered), 1e-6)  # (S',)
+                rows = [self._index[g] for g in covered]
+                self.loo_deltas[rows] = (targets - error / leverage[:, None]).astype(np.float32)
+        self.scales: dict[tuple[int, int], float] = (
+            self._calibrate(combo_deltas or {}) if calibrate else {}
+        )
+
+    def _calibrate(self, combo_deltas: Mapping[str, np.ndarray]) -> dict[tuple[int, int], float]:
+        """Least-squares scale per ``(genes, unseen genes)`` category from training conditions."""
+        sums: dict[tuple[int, int], list[float]] = {}
+
+        def add(key: tuple[int, int], shift: np.ndarray, target: np.ndarray) -> None:
+            entry = sums.setdefault(key, [0.0, 0.0, 0.0])
+            entry[0] += float(np.dot(shift, target))
+            entry[1] += float(np.dot(shift, shift))
+            entry[2] += 1
+
+        for gene in self.genes:  # each seen single, predicted by the fallback without it
+            add((1, 1), self.gene_delta(gene, hidden=True), self.deltas[self._index[gene]])
+        for name, target in combo_deltas.items():
+            genes = sorted(parse_condition(name))
+            if not 2 <= len(genes) <= _MAX_CALIBRATION_GENES or not set(genes) <= set(self._index):
+                continue
+            for n_hidden in range(len(genes) + 1):
+                for hide in itertools.combinations(genes, n_hidden):
+                    shift = np.sum([self.gene_delta(g, g in hide) for g in genes], axis=0)
+                    add((len(genes), n_hidden), shift, np.asarray(target, np.float64))
+        scales = {}
+        for key, (cross, norm, count) in sorted(sums.items()):
+            # A combination contributes one row per hiding pattern; count conditions, not rows.
+            n_conditions = count / max(1, len(list(itertools.combinations(range(key[0]), key[1]))))
+            if n_conditions >= MIN_CALIBRATION and norm > 0:
+                scales[key] = float(np.clip(cross / norm, 0.0, MAX_SCALE))
+        if scales:
+            logger.info(
+                "scbig: additive prior scales by (genes, unseen genes): %s",
+                ", ".join(f"{k}: {v:.2f}" for k, v in scales.items()),
+            )
+        return scales
+
+    def scale(self, n_genes: int, n_unseen: int) -> float:
+        """Calibrated scale of the summed shift of ``n_genes`` genes, ``n_unseen`` without singles."""
+        return self.scales.get((n_genes, n_unseen), 1.0)
 
     def gene_delta(self, gene: str, hidden: bool = False) -> np.ndarray:
-        """Expression shift ``(G,)`` of one gene; ``hidden`` treats it as never seen perturbed."""
-        if gene in self._index and not hidden:
-            return self.deltas[self._index[gene]]
+        """Expression shift ``(G,)`` of one gene; ``hidden`` treats it as never seen perturbed.
+
+        A hidden *seen* gene gets the fallback fitted without its own single (no leakage).
+        """
+        if gene in self._index:
+            index = self._index[gene]
+            return self.loo_deltas[index] if hidden else self.deltas[index]
         if self.unseen == "ridge" and gene in self.prior.index and self.prior.shape[1]:
             features = self.prior.loc[gene].to_numpy(np.float32) - self.feature_mean
             return features @ self.coef + self.mean_delta
@@ -101,17 +179,21 @@ class AdditiveShiftPrior:
     def shifts(
         self, conditions: Sequence[str], hidden: Sequence[frozenset[str]] | None = None
     ) -> np.ndarray:
-        """Summed shifts ``(C, G)`` of canonical condition names (control: zero).
+        """Summed (and, when calibrated, scaled) shifts ``(C, G)`` of condition names.
 
-        ``hidden[i]`` names genes of condition ``i`` to treat as never seen perturbed.
+        ``hidden[i]`` names genes of condition ``i`` to treat as never seen perturbed. Control
+        shifts by zero.
         """
         hidden = hidden if hidden is not None else [frozenset()] * len(conditions)
-        rows = [
-            np.sum([self.gene_delta(g, g in hide) for g in sorted(genes)], axis=0)
-            if (genes := parse_condition(name))
-            else np.zeros_like(self.mean_delta)
-            for name, hide in zip(conditions, hidden, strict=True)
-        ]
+        rows = []
+        for name, hide in zip(conditions, hidden, strict=True):
+            genes = sorted(parse_condition(name))
+            if not genes:
+                rows.append(np.zeros_like(self.mean_delta))
+                continue
+            unseen = sum(1 for g in genes if g in hide or g not in self._index)
+            summed = np.sum([self.gene_delta(g, g in hide) for g in genes], axis=0)
+            rows.append(self.scale(len(genes), unseen) * summed)
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, len(self.mean_delta)))
 
     def state(self) -> dict[str, np.ndarray]:
@@ -121,6 +203,9 @@ class AdditiveShiftPrior:
             "coef": self.coef,
             "feature_mean": self.feature_mean,
             "mean_delta": self.mean_delta,
+            "loo_deltas": self.loo_deltas,
+            "scale_keys": np.asarray(list(self.scales), dtype=np.int64).reshape(-1, 2),
+            "scale_values": np.asarray(list(self.scales.values()), dtype=np.float64),
         }
 
     @classmethod
@@ -134,4 +219,11 @@ class AdditiveShiftPrior:
         model.feature_mean = arrays["feature_mean"]
         model.mean_delta = arrays["mean_delta"]
         model._index = {g: i for i, g in enumerate(model.genes)}
+        # Checkpoints from before calibration: no scales, the leakier plain fallback when hidden.
+        model.loo_deltas = arrays.get(
+            "loo_deltas", np.tile(model.mean_delta, (len(model.genes), 1)).astype(np.float32)
+        )
+        keys = arrays.get("scale_keys", np.zeros((0, 2), np.int64))
+        values = arrays.get("scale_values", np.zeros(0))
+        model.scales = {(int(k[0]), int(k[1])): float(v) for k, v in zip(keys, values, strict=True)}
         return model
