@@ -143,10 +143,22 @@ def test_gi_scatter_one_panel_per_score():
         magnitude.collections[0].get_offsets(), [[1.1, 1.0], [1.9, 2.0], [3.2, 3.0]]
     )
     r = np.corrcoef([1.1, 1.9, 3.2], [1.0, 2.0, 3.0])[0, 1]
-    assert magnitude.get_title() == f"magnitude\nPearson r = {r:.3f}"
+    assert magnitude.get_title() == f"magnitude\nn = 3, Pearson r = {r:.3f}"
     assert [text.get_text() for text in magnitude.texts] == ["A+B", "C+D", "E+F"]
     x_line, y_line = _identity_line(magnitude).get_data()
     np.testing.assert_allclose(x_line, y_line)
+
+
+def test_gi_scatter_reports_no_correlation_for_two_doubles():
+    table = pd.DataFrame(
+        {
+            "condition": ["A+B", "C+D"],
+            "score": ["m", "m"],
+            "predicted": [1.0, 2.0],
+            "real": [2.0, 1.0],
+        }
+    )
+    assert gi_scatter(table).axes[0].get_title() == "m\nn = 2, Pearson r = nan"
 
 
 def test_gi_scatter_requires_its_columns():

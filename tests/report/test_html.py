@@ -95,6 +95,13 @@ def test_report_embeds_one_png_per_figure_and_nothing_remote():
     assert "<script" not in lowered  # no JavaScript at all, including the escaped note below
 
 
+def test_several_figures_of_a_section_share_a_wrapping_gallery():
+    document = _render()
+    assert document.count('<div class="gallery">') == 1  # only the two-figure section
+    gallery = document.split('<div class="gallery">', 1)[1].split("</div>", 1)[0]
+    assert gallery.count("<figure>") == 2
+
+
 def test_report_escapes_user_text():
     document = _render(
         title="a <b>bold</b> title",

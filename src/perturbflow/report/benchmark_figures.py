@@ -151,6 +151,10 @@ def delta_scatter(
     return figure
 
 
+# Fewest doubles for which a GI panel reports a correlation (two points always give ±1).
+MIN_GI_POINTS = 3
+
+
 def gi_scatter(
     table: pd.DataFrame,
     *,
@@ -164,7 +168,8 @@ def gi_scatter(
     ``table`` is long-format: one row per double × score, with the score's name in column
     ``score`` (e.g. ``magnitude``, ``dominance``), its value from predicted deltas in ``predicted``,
     from real deltas in ``real``, and the double's name in ``label``. Each panel has a y = x line,
-    labels on the points (at most 40) and the Pearson correlation in its title.
+    labels on the points (at most 40), and the number of doubles and their Pearson correlation
+    in its title (``nan`` below ``MIN_GI_POINTS`` doubles, where a correlation means nothing).
     """
     _require_columns(table, (score, predicted, real, label), "table")
     if table.empty:
@@ -179,7 +184,8 @@ def gi_scatter(
         _scatter_with_identity(axis, x, y, [str(value) for value in rows[label]])
         axis.set_xlabel(f"real {name}")
         axis.set_ylabel(f"predicted {name}")
-        axis.set_title(f"{name}\nPearson r = {_pearson(x, y):.3f}", fontsize=10)
+        r = _pearson(x, y) if len(x) >= MIN_GI_POINTS else float("nan")
+        axis.set_title(f"{name}\nn = {len(x)}, Pearson r = {r:.3f}", fontsize=10)
     return figure
 
 

@@ -56,6 +56,7 @@ td { text-align: right; font-variant-numeric: tabular-nums; }
 td.text, table.keyvalue td { text-align: left; }
 tbody tr:hover { background: #fafaf0; }
 figure { margin: 1rem 0; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0 1rem; align-items: flex-start; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; white-space: pre-wrap; }
 code { font-size: 0.85rem; word-break: break-all; }
@@ -116,6 +117,8 @@ def render_report(
         images = "\n".join(
             _figure_html(figure, f"{name} ({index + 1})", dpi) for index, figure in enumerate(group)
         )
+        if len(group) > 1:  # several small figures sit side by side, wrapping
+            images = f'<div class="gallery">\n{images}\n</div>'
         sections.append((name, images or "<p>No figure.</p>"))
     sections.append(("Reproduce", _reproduce(command, versions, data_checksums)))
 
