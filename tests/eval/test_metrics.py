@@ -270,3 +270,19 @@ def test_energy_distance_grows_with_a_shift():
     assert far > 0.5
     assert near < 0.1 < far
     assert energy_distance(x, shifted + np.array([2.0, 0, 0, 0, 0])) > far
+
+
+def test_a_change_within_float32_rounding_counts_as_no_change():
+    rng = np.random.default_rng(0)
+    ctrl = rng.uniform(0.0, 5.0, 300)
+    cells = rng.normal(ctrl, 1.0, size=(50, 300)).astype(np.float32)
+    # control cells moved onto the control mean, stored as float32: no change up to rounding
+    recentred = (cells - cells.mean(axis=0) + ctrl).astype(np.float32)
+    pred = recentred.mean(axis=0, dtype=np.float64)
+    assert 0 < np.abs(pred - ctrl).max() < 1e-5  # rounding noise, not zero
+    true = ctrl + rng.normal(0.0, 1.0, 300)
+    assert np.isnan(pearson_delta(pred, true, ctrl))
+    assert np.isnan(pearson_delta_de20(pred, true, ctrl, np.arange(20)))
+    # a real change of 1e-3 is kept
+    shifted = pred + 1e-3 * (true - ctrl)
+    assert pearson_delta(shifted, true, ctrl) == pytest.approx(1.0, abs=1e-3)

@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _asserts import assert_stored_cells_plus_one_offset
 from _configs import FAST_CONFIGS
 
 from perturbflow.data import CONDITION_COLUMN, PerturbationDataset, read
@@ -437,10 +438,13 @@ def test_mean_shift_cells_average_to_control_mean_plus_delta(fitted, simulation_
     if not isinstance(fitted, MeanShiftModel):
         pytest.skip(f"{fitted.name} is not a mean-shift model")
     name = simulation_split.test[0]
-    n_control = len(fitted.control_cells_)
-    cells = fitted.predict([name], n_cells=n_control, seed=0)  # every stored control cell once
-    expected = fitted.control_cells_.mean(axis=0) + fitted.predict_delta([name]).iloc[0]
-    np.testing.assert_allclose(cells.X.mean(axis=0), expected, atol=1e-4)
+    expected = fitted.control_mean_ + fitted.predict_delta([name]).iloc[0].to_numpy()
+    for n_cells in (1, 7):  # exact for any draw: the drawn cells are recentred
+        cells = np.asarray(fitted.predict([name], n_cells=n_cells, seed=3).X)
+        np.testing.assert_allclose(cells.mean(axis=0), expected, atol=1e-4)
+    # Each predicted cell is a stored control cell moved by one offset shared by the draw.
+    cells = np.asarray(fitted.predict([name], n_cells=7, seed=3).X)
+    assert_stored_cells_plus_one_offset(cells, fitted.control_cells_)
 
 
 def test_save_and_load_model_round_trip(fitted, simulation_split, tmp_path) -> None:

@@ -80,12 +80,32 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(xc @ yc / denominator, -1.0, 1.0))
 
 
+# Changes from control below this many float32 ulps of the largest value are rounding noise.
+_ROUNDING_ULPS = 16
+
+
+def change(mean: np.ndarray, ctrl_mean: np.ndarray) -> np.ndarray:
+    """``mean - ctrl_mean`` with changes within float32 rounding of the values set to 0.
+
+    Predicted cells are stored as float32, so a model that predicts *no* change (control cells
+    moved onto the control mean) still differs from the control mean by rounding; correlating
+    that noise would give an arbitrary number instead of ``nan``.
+    """
+    delta = mean - ctrl_mean
+    # Cells are rounded at their own magnitude, so the tolerance follows the largest value.
+    scale = max(
+        1.0, float(np.max(np.abs(mean), initial=0.0)), float(np.max(np.abs(ctrl_mean), initial=0.0))
+    )
+    delta[np.abs(delta) <= _ROUNDING_ULPS * np.finfo(np.float32).eps * scale] = 0.0
+    return delta
+
+
 def pearson_delta(pred_mean: np.ndarray, true_mean: np.ndarray, ctrl_mean: np.ndarray) -> float:
     """Pearson of predicted vs true change from control, over all genes. Best 1."""
     pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
     ctrl_mean = _vector(ctrl_mean, "ctrl_mean")
     _same_length(pred_mean=pred_mean, true_mean=true_mean, ctrl_mean=ctrl_mean)
-    return pearson(pred_mean - ctrl_mean, true_mean - ctrl_mean)
+    return pearson(change(pred_mean, ctrl_mean), change(true_mean, ctrl_mean))
 
 
 def pearson_delta_de20(
@@ -96,7 +116,7 @@ def pearson_delta_de20(
     ctrl_mean = _vector(ctrl_mean, "ctrl_mean")
     _same_length(pred_mean=pred_mean, true_mean=true_mean, ctrl_mean=ctrl_mean)
     idx = _index(de_idx, pred_mean.size)
-    return pearson(pred_mean[idx] - ctrl_mean[idx], true_mean[idx] - ctrl_mean[idx])
+    return pearson(change(pred_mean[idx], ctrl_mean[idx]), change(true_mean[idx], ctrl_mean[idx]))
 
 
 def mse_de20(pred_mean: np.ndarray, true_mean: np.ndarray, de_idx: np.ndarray) -> float:

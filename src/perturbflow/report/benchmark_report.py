@@ -136,7 +136,9 @@ def build_report(
         data_checksums=checksums,
         notes=[
             f"{len(result.splits)} seed(s): {sorted(result.splits)}; split kind {split.kind}",
-            "Subgroup sizes (conditions per seed) are in the summary's n_conditions column.",
+            "Subgroup sizes are in the summary's n_conditions column and the chart labels: "
+            "distinct conditions over all seeds (a split that changes with the seed holds out "
+            "different ones).",
             *_context_note(result),
             *_norman_reference_note(dataset),
         ],

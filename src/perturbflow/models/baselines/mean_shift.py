@@ -1,8 +1,11 @@
 """Shared machinery of mean-shift baselines: they predict a delta, cells are control + delta.
 
 A mean-shift model predicts one expression change per condition. Its predicted cells are
-training control cells shifted by that delta (not clipped at zero, so the predicted pseudobulk is
-exactly ``control mean + delta``). Subclasses implement ``_fit`` and ``_delta``.
+training control cells shifted by that delta (not clipped at zero). The drawn control cells are
+first moved as a group onto the control mean (:func:`recentre`), so the predicted pseudobulk is
+exactly ``control mean + delta``: without it, the sampling noise of 100 drawn cells swamped weak
+effects (Papalexi knock-outs: pearson_delta_de20 0.13–0.30 sampled vs 0.39–0.49 exact, same
+deltas). Subclasses implement ``_fit`` and ``_delta``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ from perturbflow.models.base import (
 logger = logging.getLogger(__name__)
 
 MAX_STORED_CONTROL_CELLS = 2000
+
+
+def recentre(cells: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``cells`` ``(n, G)`` moved by one shared offset so that their mean is exactly ``mean``.
+
+    Each cell keeps its deviation from the draw's mean (spread, correlations), only the draw's
+    sampling error in the mean is removed.
+    """
+    return (cells - cells.mean(axis=0, keepdims=True) + mean[None, :]).astype(cells.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +133,8 @@ class MeanShiftModel:
         blocks = {}
         for name, delta in deltas.iterrows():
             index = rng.choice(n_stored, n_cells, replace=n_cells > n_stored)
-            blocks[name] = self.control_cells_[index] + delta.to_numpy(dtype=np.float32)[None, :]
+            cells = recentre(self.control_cells_[index], self.control_mean_)  # (n, G)
+            blocks[name] = cells + delta.to_numpy(dtype=np.float32)[None, :]
         uns = {"model": self.name, "seed": seed, "config": dataclasses.asdict(self.config)}
         return predictions_to_anndata(blocks, self.genes_, uns)
 

@@ -36,6 +36,7 @@ from perturbflow.models.base import (
     register_model,
     write_checkpoint,
 )
+from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
 from perturbflow.models.gene_priors import (
@@ -457,7 +458,8 @@ class ScBIG:
         index = generator.choice(
             len(self.control_cells_), n_cells, replace=n_cells > len(self.control_cells_)
         )
-        source = self.control_cells_[index]  # (n, G)
+        # Drawn control cells moved onto the control mean: no sampling error in the mean.
+        source = recentre(self.control_cells_[index], self.control_mean_)  # (n, G)
         if name == CONTROL_NAME:
             return source, np.zeros_like(source)
         start = source + self._shifts([name])  # (n, G): the additive starting point
