@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -140,7 +141,9 @@ class AdditiveShiftPrior:
             add((1, 1), self.gene_delta(gene, hidden=True), self.deltas[self._index[gene]])
         for name, target in combo_deltas.items():
             genes = sorted(parse_condition(name))
-            if not 2 <= len(genes) <= _MAX_CALIBRATION_GENES or not set(genes) <= set(self._index):
+            if not 2 <= len(genes) <= _MAX_CALIBRATION_GENES or not self._index.keys() >= set(
+                genes
+            ):
                 continue
             for n_hidden in range(len(genes) + 1):
                 for hide in itertools.combinations(genes, n_hidden):
@@ -149,7 +152,7 @@ class AdditiveShiftPrior:
         scales = {}
         for key, (cross, norm, count) in sorted(sums.items()):
             # A combination contributes one row per hiding pattern; count conditions, not rows.
-            n_conditions = count / max(1, len(list(itertools.combinations(range(key[0]), key[1]))))
+            n_conditions = count / math.comb(*key)
             if n_conditions >= MIN_CALIBRATION and norm > 0:
                 scales[key] = float(np.clip(cross / norm, 0.0, MAX_SCALE))
         if scales:
