@@ -43,6 +43,7 @@ VARIANTS = {
     "pca_space": {"autoencoder": "pca"},
     "no_additive_prior": {"additive_prior": False},
     "no_calibration": {"calibrate_prior": False},
+    "no_target_aware": {"target_aware_prior": False},
 }
 # Every mean-shift baseline: the acceptance compares scbig with each of them.
 BASELINES = ("additive", "control_mean", "linear", "ridge", "nearest_neighbor")

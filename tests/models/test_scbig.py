@@ -235,13 +235,49 @@ def test_mean_weight_is_chosen_on_validation(fitted, data, monkeypatch):
     assert ScBIG(TINY)._select_mean_weight(dataset, []) == 1.0
 
 
+def test_calibrated_conditions_keep_the_calibrated_mean(fitted, data, monkeypatch):
+    dataset, split = data
+    seen = set(fitted.seen_genes_)
+    double = next(
+        name
+        for name in dataset.conditions
+        if len(name.split("+")) == 2 and set(name.split("+")) <= seen
+    )
+    category = (2, sum(g not in fitted.shift_prior_.genes for g in double.split("+")))
+    monkeypatch.setattr(fitted.shift_prior_, "scales", {category: 0.7})
+    single = next(name for name in split.train if name != "ctrl" and "+" not in name)
+    assert fitted._mean_weight(double) == fitted.config.calibrated_flow_mean_weight == 0.0
+    start, change, cells = _start_and_cells(fitted, double, 1.0)
+    np.testing.assert_allclose(cells.mean(axis=0), start.mean(axis=0), atol=1e-4)
+    assert np.abs(change.mean(axis=0)).max() > 1e-3  # the flow would move the mean
+    with monkeypatch.context() as patch:
+        patch.setattr(fitted, "mean_weight_", 0.5)
+        assert fitted._mean_weight(single) == 0.5  # a single's category (1, 0) is never calibrated
+        patch.setattr(
+            fitted, "config", dataclasses.replace(fitted.config, calibrated_flow_mean_weight=None)
+        )
+        assert fitted._mean_weight(double) == 0.5
+    # Validation judges the weight on the conditions it applies to, not the calibrated double.
+    real = {name: dataset.expression(name).mean(axis=0) for name in (single, double)}
+
+    def planted(name, n_cells, generator):
+        factor = 4 / 3 if name == single else 50.0
+        return np.zeros((4, dataset.n_genes), np.float32), np.tile(real[name] * factor, (4, 1))
+
+    monkeypatch.setattr(fitted, "_flow_change", planted)
+    assert fitted._select_mean_weight(dataset, [single, double]) == 0.75
+    assert fitted._select_mean_weight(dataset, [double]) == 0.0
+
+
 def test_mean_weight_survives_save_and_load(fitted, tmp_path):
     fitted_weight = fitted.mean_weight_
     loaded = load_model(fitted.save(tmp_path / "weight.npz"))
     assert loaded.mean_weight_ == fitted_weight
 
 
-@pytest.mark.parametrize("field", ["flow_mean_weight", "unseen_flow_mean_weight"])
+@pytest.mark.parametrize(
+    "field", ["flow_mean_weight", "unseen_flow_mean_weight", "calibrated_flow_mean_weight"]
+)
 def test_mean_weights_must_be_in_unit_interval(field):
     with pytest.raises(ValueError, match=field):
         ScBIGConfig(**{field: 1.5})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from perturbflow.models.scbig.shift_prior import AdditiveShiftPrior, loo_ridge_alpha
 
@@ -135,3 +136,81 @@ def test_calibration_needs_enough_conditions_and_its_state_round_trips():
         np.testing.assert_allclose(
             restored.shifts([condition], [hide]), fitted.shifts([condition], [hide]), rtol=1e-6
         )
+
+
+def _targeted_screen(n_singles: int = 12, n_genes: int = 30, seed: int = 5):
+    """Singles ``S0..`` that are also measured genes (columns 0..), each knocking itself down."""
+    rng, genes, deltas = _screen(n_singles, n_genes, seed)
+    var_names = genes + [f"V{i}" for i in range(n_genes - n_singles)]
+    for i, gene in enumerate(genes):
+        deltas[gene][i] = -3.0 + 0.1 * rng.normal()
+    return rng, genes, deltas, var_names
+
+
+def test_target_aware_fallback_adds_the_mean_on_target_residual():
+    _, genes, deltas, var_names = _targeted_screen()
+    unseen_names = var_names[:12] + ["NEW"] + var_names[13:]  # NEW: measured, never perturbed
+    model = AdditiveShiftPrior(deltas, 30, var_names=unseen_names, target_aware=True)
+
+    def residual(gene, without=()):
+        """A seen single's own change minus the mean of the other singles' change of that gene."""
+        i = genes.index(gene)
+        others = [deltas[g][i] for g in genes if g != gene and g not in without]
+        return deltas[gene][i] - np.mean(others)
+
+    mean_residual = np.mean([residual(g) for g in genes])
+    new = model.gene_delta("NEW")
+    assert new[12] == pytest.approx(model.mean_delta[12] + mean_residual, rel=1e-5)
+    assert mean_residual < -2.5  # the planted knock-downs
+    others = np.delete(np.arange(30), 12)
+    np.testing.assert_allclose(new[others], model.mean_delta[others], rtol=1e-6)
+    # A hidden seen gene: leave-one-out fallback plus the other singles' mean residual.
+    hidden = model.gene_delta("S3", hidden=True)
+    loo = np.mean([deltas[g] for g in genes if g != "S3"], axis=0)
+    expected = loo[3] + np.mean([residual(g) for g in genes if g != "S3"])
+    assert hidden[3] == pytest.approx(expected, rel=1e-5)
+    rest = np.delete(np.arange(30), 3)
+    np.testing.assert_allclose(hidden[rest], loo[rest], rtol=1e-5)
+    np.testing.assert_allclose(model.gene_delta("S3"), deltas["S3"], rtol=1e-6)
+    # An unmeasured gene has no column of its own: the plain fallback.
+    np.testing.assert_allclose(model.gene_delta("ABSENT"), model.mean_delta, rtol=1e-6)
+    # Off, the fallback knows nothing about a gene's own column.
+    plain = AdditiveShiftPrior(deltas, 30, var_names=unseen_names)
+    assert plain.gene_delta("NEW")[12] == pytest.approx(model.mean_delta[12], rel=1e-6)
+
+
+def test_target_aware_calibration_scales_own_columns_apart():
+    rng, genes, deltas, var_names = _targeted_screen()
+    pairs = [(genes[i], genes[j]) for i, j in [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (1, 5)]]
+    combos = {}
+    for a, b in pairs:
+        own = np.isin(np.arange(30), [genes.index(a), genes.index(b)])
+        summed = deltas[a] + deltas[b]
+        # Downstream effects buffer to half; each target keeps its full knock-down.
+        combos[f"{a}+{b}"] = np.where(own, summed, 0.5 * summed) + 0.01 * rng.normal(size=30)
+    model = AdditiveShiftPrior(
+        deltas, 30, combo_deltas=combos, calibrate=True, var_names=var_names, target_aware=True
+    )
+    assert model.scales[(2, 0)] == pytest.approx(0.5, abs=0.02)
+    assert model.target_scales[(2, 0)] == pytest.approx(1.0, abs=0.02)
+    shift = model.shifts(["S10+S11"])[0]
+    summed = deltas["S10"] + deltas["S11"]
+    np.testing.assert_allclose(shift[[10, 11]], model.target_scales[(2, 0)] * summed[[10, 11]])
+    np.testing.assert_allclose(shift[:10], model.scales[(2, 0)] * summed[:10], rtol=1e-5)
+    # One scale for all columns would sit in between and miss both.
+    single = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=True)
+    assert single.target_scales == {} and 0.5 < single.scales[(2, 0)] < 1.0
+    restored = AdditiveShiftPrior.from_state(model.state(), pd.DataFrame(), "mean", var_names)
+    assert restored.target_scales == model.target_scales and restored.target_aware
+    for condition, hide in [("S0+S9", frozenset()), ("S2+V3", frozenset({"S2"}))]:
+        np.testing.assert_allclose(
+            restored.shifts([condition], [hide]), model.shifts([condition], [hide]), rtol=1e-6
+        )
+
+
+def test_target_aware_needs_matching_var_names():
+    _, _, deltas, var_names = _targeted_screen()
+    with pytest.raises(ValueError, match="target_aware needs var_names"):
+        AdditiveShiftPrior(deltas, 30, target_aware=True)
+    with pytest.raises(ValueError, match="var_names has 29 names for 30 genes"):
+        AdditiveShiftPrior(deltas, 30, var_names=var_names[:29])

@@ -271,6 +271,8 @@ class ScBIG:
             unseen=self.config.unseen_shift_mode,
             combo_deltas=combos,
             calibrate=self.config.calibrate_prior,
+            var_names=list(self.genes_),
+            target_aware=self.config.target_aware_prior,
         )
 
     def _shifts(
@@ -483,7 +485,17 @@ class ScBIG:
         """Weight of the flow's mean change for ``name`` (see ``ScBIGConfig.flow_mean_weight``)."""
         if not parse_condition(name) <= set(self.seen_genes_):
             return self.config.unseen_flow_mean_weight
+        if self._calibrated(name) and self.config.calibrated_flow_mean_weight is not None:
+            return self.config.calibrated_flow_mean_weight
         return self.mean_weight_
+
+    def _calibrated(self, name: str) -> bool:
+        """Whether the additive prior's mean of ``name`` is calibrated on training conditions."""
+        if not (self.config.additive_prior and self.config.calibrate_prior):
+            return False
+        genes = parse_condition(name)
+        unseen = sum(1 for gene in genes if gene not in self.shift_prior_.genes)
+        return (len(genes), unseen) in self.shift_prior_.scales
 
     def _select_mean_weight(self, dataset: PerturbationDataset, val: list[str]) -> float:
         """``flow_mean_weight``, or the grid value with the least validation pseudobulk error."""
@@ -492,12 +504,17 @@ class ScBIG:
         if not val:
             return 1.0
         # Judge the weight only where it applies: conditions with a gene outside the training
-        # conditions use ``unseen_flow_mean_weight`` instead.
-        val = [name for name in val if parse_condition(name) <= set(self.seen_genes_)]
+        # conditions, or with a calibrated prior, have weights of their own.
+        val = [
+            name
+            for name in val
+            if parse_condition(name) <= set(self.seen_genes_)
+            and not (self._calibrated(name) and self.config.calibrated_flow_mean_weight is not None)
+        ]
         if not val:
             logger.info(
-                "scbig: no validation condition has all its genes in training; flow mean "
-                "weight 0 (the calibrated additive mean, validated by leave-out on training)"
+                "scbig: no validation condition is judged by the flow mean weight (each has a "
+                "gene outside training or a calibrated prior); flow mean weight 0"
             )
             return 0.0
         generator = np.random.default_rng(self.config.seed)
@@ -621,6 +638,7 @@ class ScBIG:
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("shift_prior/")},
             model.prior_,
             config.unseen_shift_mode,
+            var_names=list(model.genes_),
         )
         model.autoencoder_ = build_autoencoder(
             config, model._programs, np.zeros(len(model.genes_), dtype=np.float32)
