@@ -32,8 +32,8 @@ class ScBIGConfig:
     number of genes, number without a training single — by least squares on the training
     conditions, see ``shift_prior``), ``target_aware_prior=False`` (a perturbed gene's own
     expression is treated like any other gene; on, a gene without a training single gets the
-    mean on-target change of the seen singles as its own change, and the calibration scales the
-    perturbed genes' own columns apart from their downstream effects).
+    seen singles' mean on-target residual added to its own column, and the calibration scales
+    the perturbed genes' own columns apart from their downstream effects).
 
     ``flow_mean_weight`` scales the flow's change of the *mean* (its change of the cells around
     their mean — spread, sub-populations — is always kept): 1 keeps the flow's mean as learned,

@@ -21,11 +21,12 @@ of unseen genes; the scales correct both from training data alone. Categories wi
 With ``target_aware=True`` (needs ``var_names``) a perturbed gene's *own* expression is modelled
 apart from its downstream effects. A knock-down or activation changes its target by about the
 same amount in every screen condition, while the downstream programs buffer, saturate or
-synergise. So a measured gene without a training single gets, as its own change, the mean
-on-target change of the seen singles (its own single left out when a seen gene is hidden), not
-the mean single delta's change of that gene. (Averaging only the seen targets expressed most like
-it in control cells did not predict better on the simulator.) The calibration also fits the perturbed genes' own columns
-with a scale of their own per category (``target_scales``), next to the downstream scale.
+synergise. The fallback of a measured gene without a training single knows nothing about its
+own knock-down, so its own column gets the mean *on-target residual* of the seen singles added:
+each single's own change minus what its fallback, fitted without it, predicts there (the
+single's own residual left out when a seen gene is hidden). The calibration also fits the
+perturbed genes' own columns with a scale of their own per category (``target_scales``), next to
+the downstream scale.
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ class AdditiveShiftPrior:
             raise ValueError(f"var_names has {len(var_names)} names for {n_genes} genes")
         if target_aware and var_names is None:
             raise ValueError("target_aware needs var_names (which column is a perturbed gene)")
-
         self.genes = sorted(single_deltas)
         self.deltas = (
             np.vstack([single_deltas[g] for g in self.genes]).astype(np.float32)
