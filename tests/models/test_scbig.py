@@ -101,6 +101,12 @@ def test_save_load_round_trip(fitted, data, tmp_path):
         atol=1e-5,
     )
     assert loaded.programs_.equals(fitted.programs_)
+    # The target-aware prior (own-column scales and fill) survives too.
+    assert loaded.shift_prior_.target_aware and fitted.shift_prior_.target_aware
+    assert loaded.shift_prior_.target_scales == fitted.shift_prior_.target_scales
+    np.testing.assert_allclose(
+        loaded.shift_prior_.shifts(list(split.test)), fitted.shift_prior_.shifts(list(split.test))
+    )
     with pytest.raises(FileExistsError):
         fitted.save(path)
 
@@ -131,6 +137,8 @@ def test_unknown_gene_is_an_error_not_a_zero_vector(data):
         {"alignment": False},
         {"ot_pairing": False},
         {"additive_prior": False},
+        {"calibrate_prior": False},
+        {"target_aware_prior": False},
         {"unseen_rate": 1.0},
     ],
 )
