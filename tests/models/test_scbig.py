@@ -111,6 +111,27 @@ def test_save_load_round_trip(fitted, data, tmp_path):
         fitted.save(path)
 
 
+def test_checkpoint_from_before_target_aware_prior_keeps_its_behaviour(fitted, tmp_path):
+    from perturbflow.models.base import read_checkpoint, write_checkpoint
+
+    header, arrays = read_checkpoint(fitted.save(tmp_path / "new.npz"))
+    config = {
+        k: v
+        for k, v in header["config"].items()
+        if k not in ("target_aware_prior", "calibrated_flow_mean_weight")
+    }
+    old_state = ("target_scale_keys", "target_scale_values", "target_aware", "on_target")
+    arrays = {k: v for k, v in arrays.items() if k.split("/", 1)[-1] not in old_state}
+    path = write_checkpoint(
+        tmp_path / "old.npz", model="scbig", config=config, meta=header["meta"], arrays=arrays
+    )
+    loaded = load_model(path)
+    assert loaded.config.target_aware_prior is False
+    assert loaded.config.calibrated_flow_mean_weight is None
+    assert not loaded.shift_prior_.target_aware and loaded.shift_prior_.target_scales == {}
+    assert load_model(tmp_path / "new.npz").config == fitted.config
+
+
 def test_predict_delta_and_uncertainty(fitted, data):
     _, split = data
     test = list(split.test)[:3]

@@ -63,6 +63,8 @@ from perturbflow.programs.relations import coexpression_knn_graph
 logger = logging.getLogger(__name__)
 
 _ENCODE_BATCH = 2048
+# Values that reproduce checkpoints written before these settings existed.
+_BEFORE_SETTING = {"target_aware_prior": False, "calibrated_flow_mean_weight": None}
 _VALIDATION_CELLS = 256  # cells per validation condition when choosing the flow mean weight
 
 
@@ -619,8 +621,10 @@ class ScBIG:
         header, arrays = read_checkpoint(path)
         if header.get("model") != cls.name:
             raise CheckpointError(f"{path}: holds a {header.get('model')!r} model, not 'scbig'")
+        # Checkpoints from before a setting existed keep the behaviour they were saved with.
+        settings = {**_BEFORE_SETTING, **header["config"]}
         try:
-            config = ScBIGConfig(**header["config"])
+            config = ScBIGConfig(**settings)
         except TypeError as error:
             raise CheckpointError(
                 f"{path}: config does not match this perturbflow: {error}"
