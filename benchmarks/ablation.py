@@ -44,6 +44,8 @@ VARIANTS = {
     "no_additive_prior": {"additive_prior": False},
     "no_calibration": {"calibrate_prior": False},
     "no_target_aware": {"target_aware_prior": False},
+    # The flow's validated mean change also where the prior is calibrated (the earlier default).
+    "validated_flow_mean": {"calibrated_flow_mean_weight": None},
 }
 # Every mean-shift baseline: the acceptance compares scbig with each of them.
 BASELINES = ("additive", "control_mean", "linear", "ridge", "nearest_neighbor")
