@@ -487,9 +487,13 @@ class ScBIG:
         """Weight of the flow's mean change for ``name`` (see ``ScBIGConfig.flow_mean_weight``)."""
         if not parse_condition(name) <= set(self.seen_genes_):
             return self.config.unseen_flow_mean_weight
-        if self._calibrated(name) and self.config.calibrated_flow_mean_weight is not None:
+        if not self._uses_validated_weight(name):
             return self.config.calibrated_flow_mean_weight
         return self.mean_weight_
+
+    def _uses_validated_weight(self, name: str) -> bool:
+        """Whether ``name`` (all genes in training) takes the validated ``mean_weight_``."""
+        return not (self._calibrated(name) and self.config.calibrated_flow_mean_weight is not None)
 
     def _calibrated(self, name: str) -> bool:
         """Whether the additive prior's mean of ``name`` is calibrated on training conditions."""
@@ -510,8 +514,7 @@ class ScBIG:
         val = [
             name
             for name in val
-            if parse_condition(name) <= set(self.seen_genes_)
-            and not (self._calibrated(name) and self.config.calibrated_flow_mean_weight is not None)
+            if parse_condition(name) <= set(self.seen_genes_) and self._uses_validated_weight(name)
         ]
         if not val:
             logger.info(
