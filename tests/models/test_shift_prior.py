@@ -200,7 +200,9 @@ def test_target_aware_calibration_scales_own_columns_apart():
     # One scale for all columns would sit in between and miss both.
     single = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=True)
     assert single.target_scales == {} and 0.5 < single.scales[(2, 0)] < 1.0
-    restored = AdditiveShiftPrior.from_state(model.state(), pd.DataFrame(), "mean", var_names)
+    restored = AdditiveShiftPrior.from_state(
+        model.state(), pd.DataFrame(), "mean", var_names, target_aware=True
+    )
     assert restored.target_scales == model.target_scales and restored.target_aware
     for condition, hide in [("S0+S9", frozenset()), ("S2+V3", frozenset({"S2"}))]:
         np.testing.assert_allclose(

@@ -497,11 +497,7 @@ class ScBIG:
 
     def _calibrated(self, name: str) -> bool:
         """Whether the additive prior's mean of ``name`` is calibrated on training conditions."""
-        if not (self.config.additive_prior and self.config.calibrate_prior):
-            return False
-        genes = parse_condition(name)
-        unseen = sum(1 for gene in genes if gene not in self.shift_prior_.genes)
-        return (len(genes), unseen) in self.shift_prior_.scales
+        return self.config.additive_prior and self.shift_prior_.calibrated(name)
 
     def _select_mean_weight(self, dataset: PerturbationDataset, val: list[str]) -> float:
         """``flow_mean_weight``, or the grid value with the least validation pseudobulk error."""
@@ -646,6 +642,7 @@ class ScBIG:
             model.prior_,
             config.unseen_shift_mode,
             var_names=list(model.genes_),
+            target_aware=config.target_aware_prior,
         )
         model.autoencoder_ = build_autoencoder(
             config, model._programs, np.zeros(len(model.genes_), dtype=np.float32)

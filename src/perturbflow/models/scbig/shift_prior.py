@@ -141,17 +141,7 @@ class AdditiveShiftPrior:
                 self.loo_deltas[rows] = (targets - error / leverage[:, None]).astype(np.float32)
         self.column = {str(g): i for i, g in enumerate(var_names)} if var_names is not None else {}
         self.target_aware = target_aware
-        # What the fallback (fitted without it) misses of each seen single's own-expression
-        # change: the on-target effect beyond the gene's generic response (nan: not measured).
-        self.on_target = np.array(
-            [
-                self.deltas[i, self.column[g]] - self.loo_deltas[i, self.column[g]]
-                if g in self.column
-                else np.nan
-                for i, g in enumerate(self.genes)
-            ],
-            dtype=np.float64,
-        )  # (S,)
+        self.on_target = self._on_target_residuals()  # (S,)
         self.scales: dict[tuple[int, int], float] = {}
         self.target_scales: dict[tuple[int, int], float] = {}
         if calibrate:
@@ -204,6 +194,30 @@ class AdditiveShiftPrior:
                     ", ".join(f"{k}: {v:.2f}" for k, v in fitted.items()),
                 )
         return scales["downstream"], scales["target"]
+
+    def _on_target_residuals(self) -> np.ndarray:
+        """``(S,)`` what each seen single's fallback, fitted without it, misses of its own change.
+
+        The on-target effect beyond the gene's generic response; ``nan`` where it is not measured.
+        """
+        return np.array(
+            [
+                self.deltas[i, self.column[g]] - self.loo_deltas[i, self.column[g]]
+                if g in self.column
+                else np.nan
+                for i, g in enumerate(self.genes)
+            ],
+            dtype=np.float64,
+        )
+
+    def category(self, name: str, hide: frozenset[str] = frozenset()) -> tuple[int, int]:
+        """``(genes, genes without a training single)`` of a condition; ``hide`` counts as without."""
+        genes = parse_condition(name)
+        return len(genes), sum(1 for g in genes if g in hide or g not in self._index)
+
+    def calibrated(self, name: str) -> bool:
+        """Whether the shift of ``name`` is scaled by a calibrated (fitted) scale."""
+        return self.category(name) in self.scales
 
     def _own_mask(self, genes: Sequence[str]) -> np.ndarray:
         """``(G,)`` mask of the columns of ``genes`` that are measured."""
@@ -265,11 +279,11 @@ class AdditiveShiftPrior:
             if not genes:
                 rows.append(np.zeros_like(self.mean_delta))
                 continue
-            unseen = sum(1 for g in genes if g in hide or g not in self._index)
+            key = self.category(name, hide)
             summed = np.sum([self.gene_delta(g, g in hide) for g in genes], axis=0)
-            scaled = self.scale(len(genes), unseen) * summed
+            scaled = self.scale(*key) * summed
             own = self._own_mask(genes)
-            scaled[own] = self.target_scale(len(genes), unseen) * summed[own]
+            scaled[own] = self.target_scale(*key) * summed[own]
             rows.append(scaled)
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, len(self.mean_delta)))
 
@@ -287,8 +301,6 @@ class AdditiveShiftPrior:
                 -1, 2
             ),
             "target_scale_values": np.asarray(list(self.target_scales.values()), dtype=np.float64),
-            "target_aware": np.asarray(self.target_aware),
-            "on_target": self.on_target,
         }
 
     @classmethod
@@ -298,8 +310,17 @@ class AdditiveShiftPrior:
         prior: pd.DataFrame,
         unseen: str,
         var_names: Sequence[str] | None = None,
+        target_aware: bool = False,
     ) -> AdditiveShiftPrior:
-        model = cls({}, len(arrays["mean_delta"]), prior, unseen, var_names=var_names)
+        """A prior from :meth:`state`; ``var_names`` and ``target_aware`` as it was fitted with."""
+        model = cls(
+            {},
+            len(arrays["mean_delta"]),
+            prior,
+            unseen,
+            var_names=var_names,
+            target_aware=target_aware,
+        )
         model.genes = [str(g) for g in arrays["genes"]]
         model.deltas = arrays["deltas"]
         model.coef = arrays["coef"]
@@ -318,10 +339,7 @@ class AdditiveShiftPrior:
             arrays.get("target_scale_keys", np.zeros((0, 2), np.int64)),
             arrays.get("target_scale_values", np.zeros(0)),
         )
-        model.target_aware = bool(arrays.get("target_aware", False)) and var_names is not None
-        model.on_target = np.asarray(
-            arrays.get("on_target", np.full(len(model.genes), np.nan)), np.float64
-        )
+        model.on_target = model._on_target_residuals()
         return model
 
 
