@@ -1,16 +1,18 @@
-"""What each scbig component contributes, on the shipped synthetic data.
+"""What scbig and each of its components add, on screens with a known answer.
 
-Fits the full model and one variant per ablation switch (METHOD §2; ScBIGConfig), next to the
-additive and control-mean baselines, on the GEARS simulation split of the default simulator, for
-several seeds; evaluates every held-out condition and writes:
+Fits the full model, one variant per ablation switch (METHOD §2; ScBIGConfig) and every
+mean-shift baseline on each screen (the shipped simulator or GRN screens: registered dataset
+names or ``.h5ad`` paths), split kind and seed; evaluates every held-out condition and writes:
 
-- ``results.csv``: long format (condition, subgroup, metric, value, model, seed)
-- ``summary.csv``: mean ± sd over conditions and seeds per subgroup × variant × metric
-- ``timings.csv``: fit and predict seconds per variant and seed
-- ``table.md``: the README table — per subgroup and variant, the mean ± sd over seeds of the
-  per-seed subgroup means of the headline metrics
+- ``results.csv``: long format (condition, subgroup, metric, value, model, seed, screen, split)
+- ``summary.csv``: mean ± sd over conditions and seeds per screen × split × subgroup × model
+- ``timings.csv``: fit and predict seconds per model, screen, split and seed
+- ``table.md``: per screen, split and subgroup the mean ± sd over seeds of the per-seed subgroup
+  means of the headline metrics; the acceptance checks; and the paired differences (with a
+  bootstrap CI over seeds) of each ablation variant against the full model
 
-Run: ``.venv/bin/python benchmarks/ablation.py --out runs/ablation --seeds 1,2,3``
+Run: ``.venv/bin/python benchmarks/ablation.py --out runs/ablation --seeds 1,2,3,4,5 \
+--screens grnsim_collectri_s1,runs/screens/grnsim_dorothea_s2.h5ad --splits combo,simulation``
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from perturbflow.data import read
+from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.splits import make_split
 from perturbflow.data.synthetic import simulate
 from perturbflow.eval import evaluate, noise_ceiling, summarize
@@ -41,22 +45,44 @@ VARIANTS = {
     "no_alignment": {"alignment": False},
     "no_ot_pairing": {"ot_pairing": False},
     "pca_space": {"autoencoder": "pca"},
-    "no_additive_prior": {"additive_prior": False},
+    "control_start": {"start": "control"},
+    "combinator_start": {"start": "combinator"},
     "no_calibration": {"calibrate_prior": False},
     "no_target_aware": {"target_aware_prior": False},
-    # The flow's validated mean change also where the prior is calibrated (the earlier default).
-    "validated_flow_mean": {"calibrated_flow_mean_weight": None},
+    "no_delta_conditioning": {"delta_conditioning": False},
+    # The flow's whole mean change for every kind of condition, without cross-validation.
+    "flow_mean": {"mean_weight": 1.0},
 }
-# Every mean-shift baseline: the issue's acceptance compares scbig with each of them.
-BASELINES = ("additive", "control_mean", "linear", "ridge", "nearest_neighbor")
+# Every mean-shift baseline: the acceptance compares scbig with each of them.
+BASELINES = (
+    "additive",
+    "calibrated_additive",
+    "combinator",
+    "control_mean",
+    "linear",
+    "ridge",
+    "nearest_neighbor",
+)
+
+
+def load_screen(name: str, data_seed: int):
+    """``synthetic`` (the shipped simulator at ``data_seed``), a registered dataset or a path."""
+    if name == "synthetic":
+        return read(simulate(seed=data_seed))
+    if name in DATASETS:
+        return load_dataset(name)
+    return read(name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--screens", default="synthetic", help="comma-separated names or paths")
+    parser.add_argument("--splits", default="simulation", help="comma-separated split kinds")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated split/model seeds")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the simulated screen")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic screen")
     parser.add_argument("--n-cells", type=int, default=100, help="predicted cells per condition")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
@@ -68,44 +94,81 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     folder = prepare_output_dir(args.out, overwrite=args.overwrite)
-    dataset = read(simulate(seed=args.data_seed))
 
     frames, timings = [], []
-    for seed in seeds:
-        split = make_split("simulation", dataset.conditions, seed=seed)
-        de = de_genes(dataset, list(split.test))
-        runs = [(name, name, None) for name in BASELINES] + [
-            (variant, "scbig", dataclasses.replace(ScBIGConfig(seed=seed), **VARIANTS[variant]))
-            for variant in variants
-        ]
-        for label, model_name, config in runs:
-            start = time.perf_counter()
-            model = get_model(model_name, config).fit(dataset, split)
-            fitted = time.perf_counter()
-            predictions = model.predict(split.test, n_cells=args.n_cells, seed=seed)
-            predicted = time.perf_counter()
-            frames.append(evaluate(predictions, dataset, split, model=label, seed=seed, de=de))
-            timings.append(
-                {
-                    "model": label,
-                    "seed": seed,
-                    "fit_s": fitted - start,
-                    "predict_s": predicted - fitted,
-                }
-            )
-            logger.info("seed %d %s: fit %.1fs", seed, label, fitted - start)
-        frames.append(noise_ceiling(dataset, split, seed=seed, de=de))
-        results = pd.concat(frames, ignore_index=True)
-        # Written after every seed so an interrupted run keeps what it finished.
-        write_csv(results, folder / "results.csv", overwrite=True)
-        write_csv(summarize(results), folder / "summary.csv", overwrite=True)
-        write_csv(pd.DataFrame(timings), folder / "timings.csv", overwrite=True)
-        (folder / "table.md").write_text(
-            markdown_table(results) + "\n" + markdown_acceptance(acceptance(results))
-        )
+    for screen in [s.strip() for s in args.screens.split(",") if s.strip()]:
+        dataset = load_screen(screen, args.data_seed)
+        label = Path(screen).stem if screen.endswith(".h5ad") else screen
+        for kind in [k.strip() for k in args.splits.split(",") if k.strip()]:
+            for seed in seeds:
+                split = make_split(kind, dataset.conditions, seed=seed)
+                de = de_genes(dataset, list(split.test))
+                runs = [(name, name, None) for name in baselines] + [
+                    (
+                        variant,
+                        "scbig",
+                        dataclasses.replace(ScBIGConfig(seed=seed), **VARIANTS[variant]),
+                    )
+                    for variant in variants
+                ]
+                found = []
+                for name, model_name, config in runs:
+                    start = time.perf_counter()
+                    model = get_model(model_name, config).fit(dataset, split)
+                    fitted = time.perf_counter()
+                    predictions = model.predict(split.test, n_cells=args.n_cells, seed=seed)
+                    predicted = time.perf_counter()
+                    found.append(
+                        evaluate(predictions, dataset, split, model=name, seed=seed, de=de)
+                    )
+                    timings.append(
+                        {
+                            "screen": label,
+                            "split": kind,
+                            "model": name,
+                            "seed": seed,
+                            "fit_s": fitted - start,
+                            "predict_s": predicted - fitted,
+                        }
+                    )
+                    logger.info(
+                        "%s %s seed %d %s: fit %.1fs", label, kind, seed, name, fitted - start
+                    )
+                found.append(noise_ceiling(dataset, split, seed=seed, de=de))
+                frames += [frame.assign(screen=label, split=kind) for frame in found]
+                results = pd.concat(frames, ignore_index=True)
+                # Written after every seed so an interrupted run keeps what it finished.
+                write_csv(results, folder / "results.csv", overwrite=True)
+                write_csv(summarize_screens(results), folder / "summary.csv", overwrite=True)
+                write_csv(pd.DataFrame(timings), folder / "timings.csv", overwrite=True)
+                (folder / "table.md").write_text(report(results))
     logger.info("wrote %s", folder)
+
+
+def summarize_screens(results: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarize` per screen and split kind."""
+    parts = [
+        summarize(group.drop(columns=["screen", "split"])).assign(screen=screen, split=kind)
+        for (screen, kind), group in results.groupby(["screen", "split"], sort=False)
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def report(results: pd.DataFrame) -> str:
+    """The table, acceptance checks and paired ablation differences, per screen and split."""
+    sections = []
+    for (screen, kind), group in results.groupby(["screen", "split"], sort=False):
+        group = group.drop(columns=["screen", "split"])
+        sections += [
+            f"## {screen}, {kind} split ({group['seed'].nunique()} seeds)\n",
+            markdown_table(group),
+            markdown_acceptance(acceptance(group, kind)),
+            markdown_paired(paired_differences(group)),
+        ]
+    return "\n".join(sections)
 
 
 HEADLINE = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
@@ -137,49 +200,163 @@ def markdown_table(results: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def acceptance(results: pd.DataFrame, model: str = "scbig") -> pd.DataFrame:
-    """Issue-4 acceptance per subgroup, on means over seeds of per-seed subgroup means.
+def per_seed_means(results: pd.DataFrame) -> pd.Series:
+    """Mean over conditions per (subgroup, model, metric, seed)."""
+    return results.groupby(["subgroup", "model", "metric", "seed"])["value"].mean()
 
-    Energy distance: ``model`` below every mean-shift baseline; ``pearson_delta_de20`` on combo
-    subgroups: ``model`` at least additive's.
+
+LEARNED = ("linear", "ridge", "calibrated_additive", "combinator")
+
+
+def acceptance(results: pd.DataFrame, kind: str, model: str = "scbig") -> pd.DataFrame:
+    """The issue's acceptance checks, on means over seeds of per-seed subgroup means.
+
+    Combo split, ``combo_seen2``: pearson_delta_de20 ≥ 0.95, ≥ the combinator's − 0.01 and above
+    linear and ridge; mse_de20 ≤ 0.25 × additive's; energy distance ≤ 0.5 × additive's and below
+    every mean-shift model's. Any other split: in every subgroup pearson_delta_de20 at least the
+    best learned baseline's (linear, ridge, calibrated_additive, combinator).
     """
-    means = (
-        results.groupby(["subgroup", "model", "metric", "seed"])["value"]
-        .mean()
-        .groupby(["subgroup", "model", "metric"])
-        .mean()
-    )
+    seeds = per_seed_means(results)
+    means = seeds.groupby(["subgroup", "model", "metric"]).mean()
+
+    def value(subgroup, name, metric):
+        return means.get((subgroup, name, metric), float("nan"))
+
     rows = []
-    for subgroup in sorted(results["subgroup"].unique()):
-        if (subgroup, model, "energy_distance") not in means.index:
-            continue
-        energy = {
-            name: means.get((subgroup, name, "energy_distance"), float("nan")) for name in BASELINES
-        }
-        best = min(energy, key=energy.get)
-        ours = means[(subgroup, model, "energy_distance")]
+
+    def check(subgroup, text, ours, reference, holds):
         rows.append(
             {
                 "subgroup": subgroup,
-                "check": "energy below every mean-shift baseline",
+                "check": text,
                 "scbig": ours,
-                "reference": f"{best} {energy[best]:.3f}",
-                "holds": bool(ours < energy[best]),
+                "reference": reference,
+                "holds": bool(holds),
             }
         )
-        if subgroup.startswith("combo"):
-            ours = means[(subgroup, model, "pearson_delta_de20")]
-            additive = means[(subgroup, "additive", "pearson_delta_de20")]
+
+    for subgroup in sorted(results["subgroup"].unique()):
+        if (subgroup, model, "pearson_delta_de20") not in means.index:
+            continue
+        pearson = value(subgroup, model, "pearson_delta_de20")
+        if kind == "combo" and subgroup == "combo_seen2":
+            check(subgroup, "pearson_delta_de20 ≥ 0.95", pearson, "0.95", pearson >= 0.95)
+            combinator = value(subgroup, "combinator", "pearson_delta_de20")
+            check(
+                subgroup,
+                "pearson_delta_de20 ≥ combinator − 0.01",
+                pearson,
+                f"combinator {combinator:.3f}",
+                pearson >= combinator - 0.01,
+            )
+            for name in ("linear", "ridge"):
+                other = value(subgroup, name, "pearson_delta_de20")
+                check(
+                    subgroup,
+                    f"pearson_delta_de20 above {name}",
+                    pearson,
+                    f"{name} {other:.3f}",
+                    pearson > other,
+                )
+            mse = value(subgroup, model, "mse_de20")
+            additive = value(subgroup, "additive", "mse_de20")
+            check(
+                subgroup,
+                "mse_de20 ≤ 0.25 × additive",
+                mse,
+                f"additive {additive:.3f}",
+                mse <= 0.25 * additive,
+            )
+            energy = value(subgroup, model, "energy_distance")
+            additive = value(subgroup, "additive", "energy_distance")
+            check(
+                subgroup,
+                "energy ≤ 0.5 × additive",
+                energy,
+                f"additive {additive:.3f}",
+                energy <= 0.5 * additive,
+            )
+            others = {
+                name: value(subgroup, name, "energy_distance")
+                for name in BASELINES
+                if (subgroup, name, "energy_distance") in means.index
+            }
+            best = min(others, key=others.get)
+            check(
+                subgroup,
+                "energy below every mean-shift model",
+                energy,
+                f"{best} {others[best]:.3f}",
+                energy < others[best],
+            )
+        elif kind != "combo":
+            others = {
+                name: value(subgroup, name, "pearson_delta_de20")
+                for name in LEARNED
+                if (subgroup, name, "pearson_delta_de20") in means.index
+            }
+            if not others:
+                continue
+            best = max(others, key=others.get)
+            check(
+                subgroup,
+                "pearson_delta_de20 ≥ best learned baseline",
+                pearson,
+                f"{best} {others[best]:.3f}",
+                pearson >= others[best],
+            )
+    return pd.DataFrame(rows, columns=["subgroup", "check", "scbig", "reference", "holds"])
+
+
+def paired_differences(
+    results: pd.DataFrame, reference: str = "scbig", n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Each other model minus ``reference``, paired by seed, per subgroup and headline metric.
+
+    Columns: subgroup, model, metric, mean difference, 95% bootstrap CI over seeds, n_seeds.
+    """
+    seeds = per_seed_means(results[results["metric"].isin(HEADLINE)])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (subgroup, metric), block in seeds.groupby(["subgroup", "metric"]):
+        table = block.droplevel(["subgroup", "metric"]).unstack("model")  # (seeds, models)
+        if reference not in table:
+            continue
+        for name in table.columns:
+            if name == reference:
+                continue
+            difference = (table[name] - table[reference]).dropna().to_numpy()
+            if not len(difference):
+                continue
+            boot = rng.choice(difference, (n_boot, len(difference))).mean(axis=1)
             rows.append(
                 {
                     "subgroup": subgroup,
-                    "check": "pearson_delta_de20 at least additive's",
-                    "scbig": ours,
-                    "reference": f"additive {additive:.3f}",
-                    "holds": bool(ours >= additive),
+                    "model": name,
+                    "metric": metric,
+                    "difference": float(difference.mean()),
+                    "ci_low": float(np.quantile(boot, 0.025)),
+                    "ci_high": float(np.quantile(boot, 0.975)),
+                    "n_seeds": len(difference),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        rows,
+        columns=["subgroup", "model", "metric", "difference", "ci_low", "ci_high", "n_seeds"],
+    )
+
+
+def markdown_paired(table: pd.DataFrame) -> str:
+    lines = [
+        "| subgroup | model − scbig | metric | difference | 95% CI | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        lines.append(
+            f"| {row.subgroup} | {row.model} | {row.metric} | {row.difference:+.3f} | "
+            f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}] | {row.n_seeds} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown_acceptance(table: pd.DataFrame) -> str:

@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py: the acceptance check on a hand-made results table."""
+"""benchmarks/ablation.py: the acceptance checks and paired differences on hand-made results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
 
@@ -17,24 +18,70 @@ def _load():
     return module
 
 
-def test_acceptance_compares_with_the_best_mean_shift_baseline():
-    ablation = _load()
-    energy = {"scbig": 2.0, "additive": 3.0, "control_mean": 4.0, "linear": 1.5, "ridge": 5.0}
-    energy["nearest_neighbor"] = 6.0
-    rows = [
-        ("combo_seen2", model, "energy_distance", value, seed)
-        for model, value in energy.items()
-        for seed in (1, 2)
+def _rows(subgroup, values, seeds=(1, 2)):
+    return [
+        (subgroup, model, metric, value, seed)
+        for (model, metric), value in values.items()
+        for seed in seeds
     ]
-    rows += [
-        ("combo_seen2", "scbig", "pearson_delta_de20", 0.9, 1),
-        ("combo_seen2", "additive", "pearson_delta_de20", 0.8, 1),
-        ("unseen_single", "scbig", "energy_distance", 1.0, 1),
-    ] + [("unseen_single", m, "energy_distance", 2.0, 1) for m in ablation.BASELINES]
+
+
+def test_combo_acceptance_compares_with_the_combinator_and_every_mean_shift_model():
+    ablation = _load()
+    values = {
+        ("scbig", "pearson_delta_de20"): 0.96,
+        ("combinator", "pearson_delta_de20"): 0.975,
+        ("linear", "pearson_delta_de20"): 0.9,
+        ("ridge", "pearson_delta_de20"): 0.97,
+        ("scbig", "mse_de20"): 0.2,
+        ("additive", "mse_de20"): 1.0,
+        ("scbig", "energy_distance"): 1.0,
+        ("additive", "energy_distance"): 3.0,
+        ("combinator", "energy_distance"): 0.8,
+        ("linear", "energy_distance"): 1.5,
+    }
+    results = pd.DataFrame(
+        _rows("combo_seen2", values), columns=["subgroup", "model", "metric", "value", "seed"]
+    )
+    table = ablation.acceptance(results, "combo").set_index("check")["holds"].to_dict()
+    assert table["pearson_delta_de20 ≥ 0.95"]
+    assert not table["pearson_delta_de20 ≥ combinator − 0.01"]  # 0.96 < 0.965
+    assert table["pearson_delta_de20 above linear"]
+    assert not table["pearson_delta_de20 above ridge"]
+    assert table["mse_de20 ≤ 0.25 × additive"]
+    assert table["energy ≤ 0.5 × additive"]
+    assert not table["energy below every mean-shift model"]  # the combinator's 0.8
+    assert "**no**" in ablation.markdown_acceptance(ablation.acceptance(results, "combo"))
+
+
+def test_simulation_acceptance_uses_the_best_learned_baseline_per_subgroup():
+    ablation = _load()
+    rows = _rows("combo_seen0", {("scbig", "pearson_delta_de20"): 0.5})
+    rows += _rows("combo_seen0", {("linear", "pearson_delta_de20"): 0.6})
+    rows += _rows("unseen_single", {("scbig", "pearson_delta_de20"): 0.7})
+    rows += _rows("unseen_single", {("ridge", "pearson_delta_de20"): 0.65})
+    rows += _rows("unseen_single", {("additive", "pearson_delta_de20"): 0.9})  # not learned
     results = pd.DataFrame(rows, columns=["subgroup", "model", "metric", "value", "seed"])
-    table = ablation.acceptance(results).set_index(["subgroup", "check"])
-    energy_check = table.loc[("combo_seen2", "energy below every mean-shift baseline")]
-    assert not energy_check["holds"] and energy_check["reference"] == "linear 1.500"
-    assert table.loc[("combo_seen2", "pearson_delta_de20 at least additive's"), "holds"]
-    assert table.loc[("unseen_single", "energy below every mean-shift baseline"), "holds"]
-    assert "**no**" in ablation.markdown_acceptance(table.reset_index())
+    table = ablation.acceptance(results, "simulation").set_index("subgroup")
+    assert not table.loc["combo_seen0", "holds"] and table.loc["combo_seen0", "reference"] == (
+        "linear 0.600"
+    )
+    assert table.loc["unseen_single", "holds"]
+
+
+def test_paired_differences_pair_by_seed():
+    ablation = _load()
+    rows = [
+        ("combo_seen2", "scbig", "energy_distance", value, seed)
+        for seed, value in [(1, 1.0), (2, 2.0), (3, 3.0)]
+    ] + [
+        ("combo_seen2", "no_grc", "energy_distance", value, seed)
+        for seed, value in [(1, 1.5), (2, 2.5), (3, 3.5)]
+    ]
+    results = pd.DataFrame(rows, columns=["subgroup", "model", "metric", "value", "seed"])
+    table = ablation.paired_differences(results)
+    row = table.iloc[0]
+    assert row["model"] == "no_grc" and row["n_seeds"] == 3
+    # Every seed differs by exactly +0.5, so the bootstrap CI collapses onto it.
+    assert row["difference"] == pytest.approx(0.5)
+    assert row["ci_low"] == pytest.approx(0.5) and row["ci_high"] == pytest.approx(0.5)

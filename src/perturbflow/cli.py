@@ -502,6 +502,121 @@ def benchmark(
     console.print(f"results and report.html written to [bold]{folder}[/]")
 
 
+# CLI size options → each engine's config fields.
+_SIMULATION_SIZES = {
+    "synthetic": {
+        "singles": "n_perturbed",
+        "doubles": "n_doubles",
+        "cells": "n_cells_per_condition",
+        "genes": "n_genes",
+        "control_cells": "n_control_cells",
+    },
+    "sergio": {
+        "singles": "n_singles",
+        "doubles": "n_doubles",
+        "cells": "n_cells",
+        "genes": "n_genes",
+        "control_cells": "n_control_cells",
+    },
+}
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output .h5ad of the simulated screen.")],
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'synthetic' (built-in program simulator, log-normalised X) or 'sergio' "
+            "(GRN knock-outs with sergio-rs, raw counts; needs the sim extra)."
+        ),
+    ] = "synthetic",
+    network: Annotated[
+        str | None,
+        typer.Option(
+            help="sergio only: collectri, dorothea or a CSV/TSV with source, target, sign "
+            "columns (default collectri)."
+        ),
+    ] = None,
+    singles: Annotated[
+        int | None,
+        typer.Option(
+            help="Single perturbations (sergio: knocked-out regulators, default 50; synthetic: "
+            "measured perturbed genes, plus its unmeasured targets)."
+        ),
+    ] = None,
+    doubles: Annotated[int | None, typer.Option(help="Double perturbations.")] = None,
+    cells: Annotated[int | None, typer.Option(help="Cells per perturbation.")] = None,
+    genes: Annotated[int | None, typer.Option(help="Genes measured.")] = None,
+    control_cells: Annotated[int | None, typer.Option(help="Control cells.")] = None,
+    regulators: Annotated[
+        int | None,
+        typer.Option(help="sergio only: regulators in the sub-network (default 60)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed (default: the engine's, synthetic 0, sergio 1).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="sergio only: data folder holding priors/ (default $PERTURBFLOW_DATA_DIR, "
+            "else ../shared/data)."
+        ),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar (sergio).")
+    ] = True,
+    overwrite: Overwrite = False,
+) -> None:
+    """Simulate a Perturb-seq screen with known ground truth and write it as .h5ad.
+
+    `synthetic` plants gene programs and interaction types; `sergio` knocks out regulators of a
+    CollecTRI/DoRothEA sub-network and records the true network in uns["grn_edges"].
+    """
+    from perturbflow.outputs import write_h5ad
+
+    sizes = {
+        "singles": singles,
+        "doubles": doubles,
+        "cells": cells,
+        "genes": genes,
+        "control_cells": control_cells,
+    }
+    try:
+        if engine not in _SIMULATION_SIZES:
+            raise ValueError(f"unknown engine {engine!r}; choose {' or '.join(_SIMULATION_SIZES)}")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        names = _SIMULATION_SIZES[engine]
+        options = {names[size]: value for size, value in sizes.items() if value is not None}
+        if seed is not None:
+            options["seed"] = seed
+        sergio_only = {"--network": network, "--regulators": regulators, "--data-dir": data_dir}
+        if engine == "synthetic":
+            from perturbflow.data.synthetic import simulate as simulate_synthetic
+
+            given = [flag for flag, value in sergio_only.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to --engine sergio")
+            adata = simulate_synthetic(**options)
+        else:
+            from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
+
+            for key, value in (("network", network), ("n_regulators", regulators)):
+                if value is not None:
+                    options[key] = value
+            config = GRNScreenConfig(**options)
+            adata = simulate_grn_screen(config, data_dir=data_dir, progress=progress)
+        write_h5ad(adata, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as error:
+        _fail(error)
+    n_conditions = adata.obs["condition"].nunique()
+    console.print(
+        f"{adata.n_obs} cells × {adata.n_vars} genes, {n_conditions} conditions ({engine}) "
+        f"→ [bold]{out}[/]"
+    )
+
+
 def _benchmark_data(name, path, data_dir, download, condition_key, control, gene_key, separator):
     if path is not None:
         return _read(path, condition_key, control, gene_key, separator)

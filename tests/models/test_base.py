@@ -20,7 +20,15 @@ from perturbflow.models.base import (
 )
 from perturbflow.models.baselines import EmbeddingConfig, LinearConfig, MeanShiftConfig
 
-BASELINES = ("additive", "control_mean", "linear", "nearest_neighbor", "ridge")
+BASELINES = (
+    "additive",
+    "calibrated_additive",
+    "combinator",
+    "control_mean",
+    "linear",
+    "nearest_neighbor",
+    "ridge",
+)
 
 # --- registry ----------------------------------------------------------------------------------
 

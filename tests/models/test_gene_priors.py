@@ -197,7 +197,7 @@ def test_planted_embedding_beats_the_data_embedding_on_unseen_genes(screen, tmp_
     fast = dataclasses.replace(TINY_SCBIG, flow_steps=6)
     scbig_data = ScBIG(fast).fit(dataset, split)
     scbig_planted = ScBIG(dataclasses.replace(fast, gene_embedding=table)).fit(dataset, split)
-    assert scbig_planted.config.unseen_shift_mode == "ridge"
+    assert scbig_planted.start_.additive.config.unseen_mode == "ridge"
     assert (
         _unseen_pearson(scbig_planted, adata, split)
         > _unseen_pearson(scbig_data, adata, split) + 0.2

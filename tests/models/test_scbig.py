@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _asserts import assert_stored_cells_plus_one_offset
@@ -16,6 +17,8 @@ from perturbflow.data.synthetic import simulate
 from perturbflow.models import MODELS, get_model, load_model
 from perturbflow.models.condition_encoder import UnknownGeneError
 from perturbflow.models.scbig import ScBIG, ScBIGConfig, plans
+from perturbflow.models.scbig.model import _FlowData
+from perturbflow.models.scbig.modules import pooled_program_deltas
 
 TINY = TINY_SCBIG
 
@@ -101,35 +104,46 @@ def test_save_load_round_trip(fitted, data, tmp_path):
         atol=1e-5,
     )
     assert loaded.programs_.equals(fitted.programs_)
-    # The target-aware prior (own-column scales and fill) survives too.
-    assert loaded.shift_prior_.target_aware and fitted.shift_prior_.target_aware
-    assert loaded.shift_prior_.target_scales == fitted.shift_prior_.target_scales
-    np.testing.assert_allclose(
-        loaded.shift_prior_.shifts(list(split.test)), fitted.shift_prior_.shifts(list(split.test))
+    assert loaded.mean_weights_ == fitted.mean_weights_
+    assert loaded.mean_weight_cv_ == fitted.mean_weight_cv_
+    # The start model (calibrated scales, target-aware fill) survives too.
+    assert (
+        loaded.start_.additive.estimator_.target_scales
+        == fitted.start_.additive.estimator_.target_scales
+    )
+    pd.testing.assert_frame_equal(
+        loaded.start_.additive.predict_delta(list(split.test)),
+        fitted.start_.additive.predict_delta(list(split.test)),
     )
     with pytest.raises(FileExistsError):
         fitted.save(path)
 
 
-def test_checkpoint_from_before_target_aware_prior_keeps_its_behaviour(fitted, tmp_path):
-    from perturbflow.models.base import read_checkpoint, write_checkpoint
+def test_checkpoint_with_an_unknown_setting_is_refused(fitted, tmp_path):
+    from perturbflow.models.base import CheckpointError, read_checkpoint, write_checkpoint
 
     header, arrays = read_checkpoint(fitted.save(tmp_path / "new.npz"))
-    config = {
-        k: v
-        for k, v in header["config"].items()
-        if k not in ("target_aware_prior", "calibrated_flow_mean_weight")
-    }
-    old_state = ("target_scale_keys", "target_scale_values", "target_aware", "on_target")
-    arrays = {k: v for k, v in arrays.items() if k.split("/", 1)[-1] not in old_state}
+    config = {**header["config"], "flow_mean_weight": 0.5}
     path = write_checkpoint(
         tmp_path / "old.npz", model="scbig", config=config, meta=header["meta"], arrays=arrays
     )
-    loaded = load_model(path)
-    assert loaded.config.target_aware_prior is False
-    assert loaded.config.calibrated_flow_mean_weight is None
-    assert not loaded.shift_prior_.target_aware and loaded.shift_prior_.target_scales == {}
-    assert load_model(tmp_path / "new.npz").config == fitted.config
+    with pytest.raises(CheckpointError, match="flow_mean_weight"):
+        load_model(path)
+
+
+def test_zero_velocity_predicts_the_calibrated_additive_means(data):
+    dataset, split = data
+    model = ScBIG(dataclasses.replace(TINY, flow_steps=2, ae_epochs=1)).fit(dataset, split)
+    with torch.no_grad():
+        model.velocity_.output.weight.zero_()
+        model.velocity_.output.bias.zero_()
+    model.mean_weights_ = dict.fromkeys(model.mean_weights_, 1.0)  # the flow's mean, all of it
+    baseline = get_model("calibrated_additive").fit(dataset, split)
+    test = list(split.test)
+    expected = baseline.predict_delta(test)
+    predicted = model.predict_delta(test, n_cells=37, seed=4)
+    np.testing.assert_allclose(predicted.to_numpy(), expected.to_numpy(), atol=2e-5)
+    assert np.abs(expected.to_numpy()).max() > 0.1  # the start is not trivially zero
 
 
 def test_predict_delta_and_uncertainty(fitted, data):
@@ -157,7 +171,9 @@ def test_unknown_gene_is_an_error_not_a_zero_vector(data):
         {"autoencoder": "pca"},
         {"alignment": False},
         {"ot_pairing": False},
-        {"additive_prior": False},
+        {"start": "control"},
+        {"start": "combinator"},
+        {"delta_conditioning": False},
         {"calibrate_prior": False},
         {"target_aware_prior": False},
         {"unseen_rate": 1.0},
@@ -192,7 +208,7 @@ def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeyp
     monkeypatch.setattr(plans.FlowPlan, "training_step", crash_at_step_9)
     with pytest.raises(RuntimeError, match="node preempted"):
         ScBIG(config).fit(dataset, split, checkpoint_dir=tmp_path)
-    assert (tmp_path / "flow" / "last.ckpt").exists()
+    assert (tmp_path / "flow_cv" / "last.ckpt").exists()  # the cross-validation flow died
     monkeypatch.setattr(plans.FlowPlan, "training_step", original)
     resumed = ScBIG(config).fit(dataset, split, checkpoint_dir=tmp_path)
 
@@ -201,25 +217,23 @@ def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeyp
         torch.testing.assert_close(resumed.velocity_.state_dict()[key], value)
 
 
-def _start_and_cells(model, name, weight, n_cells=40):
+def _start_and_cells(model, name, weight, monkeypatch, n_cells=40):
     """Start cells, the flow's change and predicted cells for one fixed draw, at ``weight``."""
-    previous = model.mean_weight_
-    model.mean_weight_ = weight
-    try:
-        start, change = model._flow_change(name, n_cells, np.random.default_rng(5))
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "_mean_weight", lambda _: weight)
+        parts = (model.start_, model.condition_model_, model.velocity_)
+        start, change = model._flow_change(name, n_cells, np.random.default_rng(5), *parts)
         cells = model._predict_cells(name, n_cells, np.random.default_rng(5))
-    finally:
-        model.mean_weight_ = previous
     return start, change, cells
 
 
-def test_flow_mean_weight_scales_only_the_mean_change(fitted, data):
+def test_mean_weight_scales_only_the_mean_change(fitted, data, monkeypatch):
     _, split = data
     seen = next(name for name in split.train if name != "ctrl" and len(name.split("+")) == 1)
-    start, change, kept = _start_and_cells(fitted, seen, 1.0)
+    start, change, kept = _start_and_cells(fitted, seen, 1.0, monkeypatch)
     np.testing.assert_allclose(kept, start + change, atol=1e-5)
-    start, change, shaped = _start_and_cells(fitted, seen, 0.0)
-    # Weight 0: the additive mean, with the flow's reshaping around it.
+    start, change, shaped = _start_and_cells(fitted, seen, 0.0, monkeypatch)
+    # Weight 0: the start's mean, with the flow's reshaping around it.
     np.testing.assert_allclose(shaped.mean(axis=0), start.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(
         shaped - shaped.mean(axis=0), (start + change) - (start + change).mean(axis=0), atol=1e-4
@@ -227,86 +241,96 @@ def test_flow_mean_weight_scales_only_the_mean_change(fitted, data):
     assert np.abs(change).max() > 1e-3  # the flow does move cells, so the test can fail
 
 
-def test_unseen_gene_conditions_use_the_unseen_weight(fitted, data):
+def test_each_condition_takes_its_kind_s_weight(fitted, data, monkeypatch):
     dataset, split = data
-    seen = set(fitted.seen_genes_)
-    unseen = next(name for name in split.test if not set(name.split("+")) <= seen)
-    assert fitted._mean_weight(unseen) == fitted.config.unseen_flow_mean_weight == 0.0
-    start, _, cells = _start_and_cells(fitted, unseen, 1.0)
-    np.testing.assert_allclose(cells.mean(axis=0), start.mean(axis=0), atol=1e-4)
-
-
-def test_mean_weight_is_chosen_on_validation(fitted, data, monkeypatch):
-    dataset, split = data
-    assert fitted.mean_weight_ in (0.0, 0.25, 0.5, 0.75, 1.0)
-    assert fitted.history_["flow_mean_weight"] == fitted.mean_weight_
-    seen = set(fitted.seen_genes_)
-    # Judged on conditions whose genes all occur in training (training conditions stand in).
-    val = [name for name in split.train if name != "ctrl"][:4]
-    unseen = [name for name in split.test if not set(name.split("+")) <= seen][:2]
-    assert unseen
-    real = {name: dataset.expression(name).mean(axis=0) for name in val + unseen}
-    # The flow's mean change overshoots the real change by 4/3: the best grid weight is 0.75.
-    # On the unseen-gene conditions it would be 0 — they must not count.
-    start_cells = np.zeros((4, dataset.n_genes), np.float32)
-
-    def planted(name, n_cells, generator):
-        factor = 4 / 3 if name in val else 50.0
-        return start_cells, np.tile(real[name] * factor, (4, 1))
-
-    monkeypatch.setattr(fitted, "_flow_change", planted)
-    assert fitted._select_mean_weight(dataset, val) == 0.75
-    assert fitted._select_mean_weight(dataset, val + unseen) == 0.75
-    assert fitted._select_mean_weight(dataset, unseen) == 0.0
-    fixed = ScBIG(dataclasses.replace(TINY, flow_mean_weight=0.3))
-    assert fixed._select_mean_weight(dataset, val) == 0.3
-    assert fixed._select_mean_weight(dataset, []) == 0.3
-    assert ScBIG(TINY)._select_mean_weight(dataset, []) == 1.0
-
-
-def test_calibrated_conditions_keep_the_calibrated_mean(fitted, data, monkeypatch):
-    dataset, split = data
-    seen = set(fitted.seen_genes_)
-    double = next(
-        name
-        for name in dataset.conditions
-        if len(name.split("+")) == 2 and set(name.split("+")) <= seen
-    )
-    category = (2, sum(g not in fitted.shift_prior_.genes for g in double.split("+")))
-    monkeypatch.setattr(fitted.shift_prior_, "scales", {category: 0.7})
+    weights = {"seen_single": 0.1, "unseen_single": 0.2, "combo_seen0": 0.3}
+    weights |= {"combo_seen1": 0.4, "combo_seen2": 0.5}
+    monkeypatch.setattr(fitted, "mean_weights_", weights)
+    for name in split.test:
+        assert fitted._mean_weight(name) == weights[split.subgroups[name]]
     single = next(name for name in split.train if name != "ctrl" and "+" not in name)
-    assert fitted._mean_weight(double) == fitted.config.calibrated_flow_mean_weight == 0.0
-    start, change, cells = _start_and_cells(fitted, double, 1.0)
-    np.testing.assert_allclose(cells.mean(axis=0), start.mean(axis=0), atol=1e-4)
-    assert np.abs(change.mean(axis=0)).max() > 1e-3  # the flow would move the mean
-    with monkeypatch.context() as patch:
-        patch.setattr(fitted, "mean_weight_", 0.5)
-        assert fitted._mean_weight(single) == 0.5  # a single's category (1, 0) is never calibrated
-        patch.setattr(
-            fitted, "config", dataclasses.replace(fitted.config, calibrated_flow_mean_weight=None)
-        )
-        assert fitted._mean_weight(double) == 0.5
-    # Validation judges the weight on the conditions it applies to, not the calibrated double.
-    real = {name: dataset.expression(name).mean(axis=0) for name in (single, double)}
+    assert fitted._mean_weight(single) == 0.1
 
-    def planted(name, n_cells, generator):
-        factor = 4 / 3 if name == single else 50.0
+
+def test_cv_fold_hides_genes_and_doubles_of_training_only(data):
+    dataset, split = data
+    model = ScBIG(dataclasses.replace(TINY, cv_hidden_genes=0.25, cv_doubles=0.5))
+    train = [name for name in split.train if name != "ctrl"]
+    inner, held = model._cv_fold(train)
+    assert sorted(inner + held) == sorted(train) and not set(inner) & set(held)
+    hidden = {n for n in held if "+" not in n}
+    assert hidden, "some seen genes are hidden"
+    # No inner condition touches a hidden gene; every held-out double either touches one or is
+    # a double of genes still seen.
+    assert not any(set(n.split("+")) & hidden for n in inner)
+    assert model._cv_fold(train) == (inner, held)  # deterministic per seed
+    none = ScBIG(dataclasses.replace(TINY, cv_hidden_genes=0.0, cv_doubles=0.0))
+    assert none._cv_fold(train) == (train, [])
+
+
+def test_mean_weights_are_chosen_per_kind_on_held_out_training_conditions(data, monkeypatch):
+    dataset, split = data
+    config = dataclasses.replace(TINY, cv_hidden_genes=0.25, cv_doubles=0.5, cv_min_conditions=2)
+    model = ScBIG(config)
+    train = [name for name in split.train if name != "ctrl"]
+    _, held = model._cv_fold(train)
+    real = {name: dataset.expression(name).mean(axis=0) for name in held}
+
+    def fake_train_flow(start, inner, val, data, folder, stage):
+        assert stage == "flow_cv" and not set(inner) & set(held)
+        assert not start.seen & {name for name in held if "+" not in name}  # hidden genes
+        return None, None
+
+    def planted(name, n_cells, generator, start, condition_model, velocity):
+        # Singles: the flow's mean change overshoots the real mean by 4/3 (best weight 0.75);
+        # combinations: it points the wrong way (best weight 0).
+        factor = 4 / 3 if "+" not in name else -3.0
         return np.zeros((4, dataset.n_genes), np.float32), np.tile(real[name] * factor, (4, 1))
 
-    monkeypatch.setattr(fitted, "_flow_change", planted)
-    assert fitted._select_mean_weight(dataset, [single, double]) == 0.75
-    assert fitted._select_mean_weight(dataset, [double]) == 0.0
+    monkeypatch.setattr(model, "_train_flow", fake_train_flow)
+    monkeypatch.setattr(model, "_flow_change", planted)
+    model.genes_ = dataset.genes
+    model.control_mean_ = dataset.control_expression().mean(axis=0)
+    cells = {name: dataset.expression(name) for name in train}
+    weights = model._choose_mean_weights(dataset, train, [], _FlowData(cells, {}), None)
+    counts = {kind: row["n_conditions"] for kind, row in model.mean_weight_cv_.items()}
+    assert counts["unseen_single"] >= 2
+    assert weights["unseen_single"] == 0.75
+    assert weights["seen_single"] == 0.0  # no held-out condition can judge it
+    for kind in counts:
+        if kind.startswith("combo"):
+            assert weights[kind] == 0.0
+    fixed = ScBIG(dataclasses.replace(TINY, mean_weight=0.3))
+    assert set(fixed._choose_mean_weights(dataset, train, [], None, None).values()) == {0.3}
 
 
-def test_mean_weight_survives_save_and_load(fitted, tmp_path):
-    fitted_weight = fitted.mean_weight_
-    loaded = load_model(fitted.save(tmp_path / "weight.npz"))
-    assert loaded.mean_weight_ == fitted_weight
+def test_pooled_deltas_are_order_free_and_see_interactions():
+    rng = np.random.default_rng(0)
+    membership = np.repeat(np.eye(3), 4, axis=1) / 4  # (3 programs, 12 genes)
+    a, b = rng.normal(size=(2, 12))
+    both = pooled_program_deltas(np.vstack([a, b]), membership)
+    np.testing.assert_allclose(both, pooled_program_deltas(np.vstack([b, a]), membership))
+    za, zb = membership @ a, membership @ b
+    np.testing.assert_allclose(both[:3], za + zb)
+    np.testing.assert_allclose(both[3:6], za * zb)
+    np.testing.assert_allclose(both[6:9], np.maximum(za, zb))
+    single = pooled_program_deltas(a[None], membership)
+    np.testing.assert_allclose(single[3:6], 0.0)
 
 
-@pytest.mark.parametrize(
-    "field", ["flow_mean_weight", "unseen_flow_mean_weight", "calibrated_flow_mean_weight"]
-)
-def test_mean_weights_must_be_in_unit_interval(field):
+def test_delta_conditioning_changes_the_condition_embedding(fitted, data):
+    _, split = data
+    assert fitted.condition_model_.delta_mlp is not None
+    names = [n for n in split.test][:3]
+    with_deltas = fitted.condition_model_.encode(names)
+    without = fitted.condition_model_.encoder.encode(names)
+    assert not torch.allclose(with_deltas, without)
+    plain = ScBIG(dataclasses.replace(TINY, delta_conditioning=False, flow_steps=2, ae_epochs=1))
+    dataset, split = data
+    assert plain.fit(dataset, split).condition_model_.delta_mlp is None
+
+
+@pytest.mark.parametrize("field", ["mean_weight", "cv_hidden_genes", "cv_doubles"])
+def test_mean_weight_settings_are_checked(field):
     with pytest.raises(ValueError, match=field):
         ScBIGConfig(**{field: 1.5})

@@ -239,6 +239,38 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
         DatasetSpec(
+            name="grnsim_collectri_s1",
+            description=(
+                "Knock-out screen simulated with sergio-rs on a 250-gene CollecTRI sub-network: "
+                "control + 50 singles + 100 doubles, 12,300 cells, raw counts (normalised on "
+                "load); true network in uns['grn_edges']"
+            ),
+            citation=(
+                "Simulated with sergio-rs 0.2.3 (github.com/rainx0r/sergio_rs), a Rust "
+                "implementation of SERGIO: Dibaeinia P, Sinha S. SERGIO: a single-cell expression "
+                "simulator guided by gene regulatory networks. Cell Systems 11:252-271 (2020). "
+                "doi:10.1016/j.cels.2020.08.003. Network: CollecTRI, Müller-Dott S, et al. "
+                "Expanding the coverage of regulons from high-confidence prior knowledge for "
+                "accurate estimation of transcription factor activities. Nucleic Acids Research "
+                "51:10934-10949 (2023). doi:10.1093/nar/gkad841."
+            ),
+            perturbation_type="CRISPRko",
+            condition_key="condition",
+            control="ctrl",
+            local_path="grnsim_collectri_s1/screen.h5ad",
+            default_split="combo",
+            notes=(
+                "Oracle network: CollecTRI generated this screen, so CollecTRI and DoRothEA "
+                "(which overlaps it) are not a fair prior for models evaluated on it; label such "
+                "runs 'oracle network'. Recipe in grnsim_collectri_s1/PROVENANCE.md. Caveat: its "
+                "conditions were simulated on one re-used sergio-rs network, and "
+                "GRN.ko_perturbation mutates the network it is called on, so knock-outs "
+                "accumulate in simulation order (single effects grow along obs; the doubles' "
+                "deltas correlate ~0.96 with each other). `perturbflow simulate --engine sergio` "
+                "rebuilds the network for every condition."
+            ),
+        ),
+        DatasetSpec(
             name="norman19_scperturb",
             description=(
                 "Norman 2019 K562 CRISPRa, full filtered data: 111,445 cells x 33,694 genes, "

@@ -1,5 +1,11 @@
 """Baselines every benchmark must include (METHOD §3), behind the one model interface."""
 
+from perturbflow.models.baselines.calibrated import (
+    AdditiveShiftPrior,
+    CalibratedAdditive,
+    CalibratedAdditiveConfig,
+)
+from perturbflow.models.baselines.combinator import Combinator, CombinatorConfig
 from perturbflow.models.baselines.embedding import (
     EmbeddingConfig,
     MissingEmbeddingError,
@@ -10,11 +16,24 @@ from perturbflow.models.baselines.linear import Linear, LinearConfig
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel
 from perturbflow.models.baselines.simple import Additive, ControlMean
 
-BASELINES = ("control_mean", "additive", "linear", "ridge", "nearest_neighbor")
+BASELINES = (
+    "control_mean",
+    "additive",
+    "calibrated_additive",
+    "linear",
+    "ridge",
+    "nearest_neighbor",
+    "combinator",
+)
 
 __all__ = [
     "BASELINES",
     "Additive",
+    "AdditiveShiftPrior",
+    "CalibratedAdditive",
+    "CalibratedAdditiveConfig",
+    "Combinator",
+    "CombinatorConfig",
     "ControlMean",
     "EmbeddingConfig",
     "Linear",

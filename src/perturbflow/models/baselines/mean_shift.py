@@ -160,9 +160,10 @@ class MeanShiftModel:
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore model-specific arrays."""
 
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything a fitted model needs to predict, as arrays (its checkpoint's content)."""
         self._check_fitted()
-        arrays = {
+        return {
             "genes": np.asarray(self.genes_, dtype=str),
             "control_cells": self.control_cells_,
             "control_mean": self.control_mean_,
@@ -170,6 +171,24 @@ class MeanShiftModel:
             "train_deltas": self.train_deltas_.to_numpy(),
             **self._state(),
         }
+
+    @classmethod
+    def from_state_arrays(cls, config: Any, arrays: dict[str, np.ndarray]) -> MeanShiftModel:
+        """A fitted model from :meth:`state_arrays` and its config."""
+        model = cls(config)
+        model.genes_ = pd.Index(arrays["genes"].astype(str))
+        model.control_cells_ = arrays["control_cells"]
+        model.control_mean_ = arrays["control_mean"]
+        model.train_deltas_ = pd.DataFrame(
+            arrays["train_deltas"],
+            index=arrays["train_conditions"].astype(str),
+            columns=model.genes_,
+        )
+        model._set_state(arrays)
+        return model
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        arrays = self.state_arrays()
         meta = {
             "perturbflow_version": __version__,
             "n_genes": len(self.genes_),
@@ -189,20 +208,10 @@ class MeanShiftModel:
         header, arrays = read_checkpoint(path)
         if header["model"] != cls.name:
             raise CheckpointError(f"{path}: holds a {header['model']!r} model, not {cls.name!r}")
-        model = cls(_config_from_dict(cls.config_class, header["config"]))
-        model.genes_ = pd.Index(arrays["genes"].astype(str))
-        model.control_cells_ = arrays["control_cells"]
-        model.control_mean_ = arrays["control_mean"]
-        model.train_deltas_ = pd.DataFrame(
-            arrays["train_deltas"],
-            index=arrays["train_conditions"].astype(str),
-            columns=model.genes_,
-        )
-        model._set_state(arrays)
-        return model
+        return cls.from_state_arrays(config_from_dict(cls.config_class, header["config"]), arrays)
 
 
-def _config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     unknown = set(values) - set(fields)
     if unknown:

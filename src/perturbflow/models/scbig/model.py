@@ -9,6 +9,7 @@ the requested condition (seen, new combination or unseen gene) and decodes whole
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import warnings
@@ -26,7 +27,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from perturbflow import __version__
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.data.io import PerturbationDataset
-from perturbflow.data.splits import Split
+from perturbflow.data.splits import Split, combo_subgroup
 from perturbflow.models.base import (
     CheckpointError,
     ModelNotFittedError,
@@ -36,6 +37,8 @@ from perturbflow.models.base import (
     register_model,
     write_checkpoint,
 )
+from perturbflow.models.baselines.calibrated import CalibratedAdditive, CalibratedAdditiveConfig
+from perturbflow.models.baselines.combinator import Combinator, CombinatorConfig
 from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
@@ -46,9 +49,14 @@ from perturbflow.models.gene_priors import (
     with_data_embedding,
 )
 from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, ScBIGConfig
-from perturbflow.models.scbig.modules import PCAAutoencoder, build_autoencoder
+from perturbflow.models.scbig.modules import (
+    N_DELTA_POOLS,
+    ConditionModel,
+    PCAAutoencoder,
+    build_autoencoder,
+    pooled_program_deltas,
+)
 from perturbflow.models.scbig.plans import AutoencoderPlan, FlowPlan
-from perturbflow.models.scbig.shift_prior import AdditiveShiftPrior
 from perturbflow.programs.embeddings import correlation_embedding
 from perturbflow.programs.genesets import gene_sets_to_membership, read_gmt
 from perturbflow.programs.grc import (
@@ -63,9 +71,60 @@ from perturbflow.programs.relations import coexpression_knn_graph
 logger = logging.getLogger(__name__)
 
 _ENCODE_BATCH = 2048
-# Values that reproduce checkpoints written before these settings existed.
-_BEFORE_SETTING = {"target_aware_prior": False, "calibrated_flow_mean_weight": None}
-_VALIDATION_CELLS = 256  # cells per validation condition when choosing the flow mean weight
+_VALIDATION_CELLS = 256  # cells per held-out condition when choosing the flow mean weights
+CONDITION_KINDS = ("seen_single", "unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
+
+
+def condition_kind(name: str, seen: frozenset[str]) -> str:
+    """``seen_single`` / ``unseen_single`` for one gene, else ``combo_seen{k}`` (``k`` genes with a
+    training single among ``seen``), as the split subgroups count them."""
+    genes = parse_condition(name)
+    if len(genes) == 1:
+        return "seen_single" if genes <= seen else "unseen_single"
+    return combo_subgroup(genes, seen)
+
+
+@dataclasses.dataclass
+class FlowStart:
+    """Where the flow starts (``ScBIGConfig.start``) and the calibrated additive model whose single
+    deltas condition the flow and whose seen genes define the condition kinds."""
+
+    kind: str
+    additive: CalibratedAdditive
+    combinator: Combinator | None = None
+
+    @property
+    def seen(self) -> frozenset[str]:
+        """Genes with a training single."""
+        return frozenset(self.additive.estimator_.genes)
+
+    def shifts(
+        self, conditions: list[str], hidden: list[frozenset[str]] | None = None
+    ) -> np.ndarray:
+        """The start model's deltas ``(C, G)``; ``hidden`` genes are treated as never perturbed."""
+        if self.kind == "control" or not conditions:
+            return np.zeros((len(conditions), len(self.additive.genes_)), np.float32)
+        if self.kind == "combinator":
+            return self.combinator.shifts(conditions, hidden)
+        return self.additive.estimator_.shifts(conditions, hidden)
+
+
+def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays stored under ``prefix/``, keys without the prefix."""
+    return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{prefix}/")}
+
+
+@dataclasses.dataclass
+class _FlowData:
+    """Cells of training and validation conditions, and their latent codes once encoded."""
+
+    cells: dict[str, np.ndarray]  # name -> (n, G)
+    latents: dict[str, torch.Tensor]  # name -> (n, L)
+
+    def latent(self, name: str, encode) -> torch.Tensor:
+        if name not in self.latents:
+            self.latents[name] = encode(self.cells[name])
+        return self.latents[name]
 
 
 @contextlib.contextmanager
@@ -161,58 +220,118 @@ class ScBIG:
         )
         self.control_cells_ = control_cells[np.sort(keep)].astype(np.float32)  # (n_ctrl, G)
         self.control_mean_ = control_cells.mean(axis=0)
-        target_cells = [torch.from_numpy(dataset.expression(name)) for name in train]
-        target_latent = [self._encode(cells.numpy()) for cells in target_cells]
-        self.shift_prior_ = self._fit_shift_prior(train, target_cells)
-        sources = self.control_cells_[
-            rng.choice(len(self.control_cells_), min(len(self.control_cells_), 512), replace=False)
-        ]  # (n_src, G): control cells every condition's flow starts from
-        source_latent = self._source_latents(sources, train)
-        hidden_views = (
-            self._hidden_views(sources, train) if cfg.unseen_rate > 0 else [[]] * len(train)
+        data = _FlowData(
+            cells={name: dataset.expression(name) for name in [*train, *val]},
+            latents={},
         )
-        self._build_flow_networks()
-        val_sources = sources[: min(len(sources), 256)]
-        val_start = torch.from_numpy(val_sources.mean(axis=0) + self._shifts(val))  # (V, G)
-        val_means = torch.from_numpy(dataset.mean_expression(val).to_numpy(np.float32))
-        plan = FlowPlan(
-            self.velocity_,
-            self.encoder_,
-            self.autoencoder_,
-            source_latent,
-            target_latent,
-            target_cells,
-            train,
-            self._membership(),
-            hidden_views,
-            val,
-            self._source_latents(val_sources, val),
-            val_start if val else None,
-            val_means if val else None,
-            conditions_per_batch=cfg.flow_conditions_per_batch,
-            cells_per_condition=cfg.flow_cells_per_condition,
-            lr=cfg.flow_lr,
-            ot_pairing=cfg.ot_pairing,
-            sigma=cfg.sigma,
-            unseen_rate=cfg.unseen_rate,
-            alignment=cfg.alignment,
-            align_every=cfg.align_every,
-            cluster_corr_weight=cfg.cluster_corr_weight,
-            pathway_ot_weight=cfg.pathway_ot_weight,
-            align_ode_steps=cfg.align_ode_steps,
-            steps_per_epoch=min(cfg.val_every, cfg.flow_steps),
-            seed=cfg.seed,
-            pathway_membership=self._pathway_membership(),
+        self.start_ = self._fit_start(dataset, train)
+        self.mean_weights_ = self._choose_mean_weights(dataset, train, val, data, folder)
+        self.condition_model_, self.velocity_ = self._train_flow(
+            self.start_, train, val, data, folder, "flow"
         )
-        self._run(plan, "flow", folder, has_val=bool(val), max_steps=cfg.flow_steps)
-        if plan.best_state is not None:
-            plan.trainable().load_state_dict(plan.best_state)
-        self.velocity_.eval()
-        self.encoder_.eval()
-        self.history_["flow_best_val"] = plan.best_val
-        self.mean_weight_ = self._select_mean_weight(dataset, val)
-        self.history_["flow_mean_weight"] = self.mean_weight_
         return self
+
+    def _start_config(self) -> CalibratedAdditiveConfig:
+        cfg = self.config
+        return CalibratedAdditiveConfig(
+            calibrate=cfg.calibrate_prior,
+            target_aware=cfg.target_aware_prior,
+            unseen=cfg.unseen_shift,
+            embedding=cfg.gene_embedding,
+            n_components=cfg.embedding_components,
+            priors=cfg.priors,
+            max_control_cells=cfg.max_control_cells,
+            seed=cfg.seed,
+        )
+
+    def _fit_start(self, dataset: PerturbationDataset, train: list[str]) -> FlowStart:
+        """The flow's start point fitted on ``train`` (+ control)."""
+        inner = Split(
+            kind="scbig_start", seed=self.config.seed, train=[CONTROL_NAME, *train], val=(), test=()
+        )
+        additive = CalibratedAdditive(self._start_config()).fit(dataset, inner)
+        combinator = None
+        if self.config.start == "combinator":
+            combinator = Combinator(CombinatorConfig(seed=self.config.seed)).fit(dataset, inner)
+        return FlowStart(self.config.start, additive, combinator)
+
+    def _cv_fold(self, train: list[str]) -> tuple[list[str], list[str]]:
+        """Training conditions split into (inner training, held out) for the mean weights.
+
+        Held out: every condition touching ``cv_hidden_genes`` of the genes with a training
+        single (their singles become ``unseen_single``, their combinations ``combo_seen0/1``),
+        and ``cv_doubles`` of the remaining combinations (``combo_seen2``).
+        """
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed + 1)
+        singles = sorted(
+            {g for name in train if len(genes := parse_condition(name)) == 1 for g in genes}
+        )
+        n_hide = round(cfg.cv_hidden_genes * len(singles))
+        if cfg.cv_hidden_genes > 0 and len(singles) >= 4:
+            n_hide = max(n_hide, 1)
+        hidden = set(rng.choice(singles, n_hide, replace=False)) if n_hide else set()
+        combos = [
+            name
+            for name in train
+            if len(parse_condition(name)) > 1 and not parse_condition(name) & hidden
+        ]
+        n_doubles = round(cfg.cv_doubles * len(combos))
+        held_doubles = set(rng.choice(combos, n_doubles, replace=False)) if n_doubles else set()
+        held = [name for name in train if parse_condition(name) & hidden or name in held_doubles]
+        inner = [name for name in train if name not in set(held)]
+        return inner, held
+
+    def _choose_mean_weights(
+        self,
+        dataset: PerturbationDataset,
+        train: list[str],
+        val: list[str],
+        data: _FlowData,
+        folder: Path | None,
+    ) -> dict[str, float]:
+        """Weight of the flow's mean change per condition kind (see ``ScBIGConfig``)."""
+        cfg = self.config
+        self.mean_weight_cv_ = {}
+        if cfg.mean_weight is not None:
+            return dict.fromkeys(CONDITION_KINDS, cfg.mean_weight)
+        inner, held = self._cv_fold(train)
+        if not held or not inner:
+            logger.info("scbig: no training conditions to cross-validate on; flow mean weight 0")
+            return dict.fromkeys(CONDITION_KINDS, 0.0)
+        start = self._fit_start(dataset, inner)
+        condition_model, velocity = self._train_flow(start, inner, val, data, folder, "flow_cv")
+        seen = start.seen
+        generator = np.random.default_rng(cfg.seed)
+        errors: dict[str, dict[float, list[float]]] = {}
+        for name in held:
+            start_cells, change = self._flow_change(
+                name, _VALIDATION_CELLS, generator, start, condition_model, velocity
+            )  # (n, G) each
+            real_mean = data.cells[name].mean(axis=0)  # (G,)
+            kind = condition_kind(name, seen)
+            for weight in MEAN_WEIGHT_GRID:
+                predicted = start_cells.mean(axis=0) + weight * change.mean(axis=0)  # (G,)
+                error = float(np.mean((predicted - real_mean) ** 2))
+                errors.setdefault(kind, {}).setdefault(weight, []).append(error)
+        weights = dict.fromkeys(CONDITION_KINDS, 0.0)
+        report = {}
+        for kind, by_weight in sorted(errors.items()):
+            mse = {weight: float(np.mean(values)) for weight, values in by_weight.items()}
+            count = len(by_weight[0.0])
+            # String keys: the report is stored as JSON in checkpoints.
+            report[kind] = {"n_conditions": count, "mse": {f"{w:g}": e for w, e in mse.items()}}
+            if count >= cfg.cv_min_conditions:
+                weights[kind] = min(mse, key=lambda weight: (mse[weight], weight))
+            logger.info(
+                "scbig: %s: flow mean weight %.2f (%d held-out training conditions; MSE %s)",
+                kind,
+                weights[kind],
+                count,
+                ", ".join(f"{w:g}: {e:.4f}" for w, e in mse.items()),
+            )
+        self.mean_weight_cv_ = report
+        return weights
 
     def _learn_programs(
         self, train_cells: np.ndarray, genes: pd.Index, embedding: pd.DataFrame
@@ -233,73 +352,134 @@ class ScBIG:
             embedding, adjacency, GRCConfig(n_clusters=n_programs, seed=cfg.seed), genes=genes
         )
 
-    def _build_flow_networks(self) -> None:
-        """Fresh condition encoder and velocity field from the config (fit and load share it)."""
+    def _train_flow(
+        self,
+        start: FlowStart,
+        train: list[str],
+        val: list[str],
+        data: _FlowData,
+        folder: Path | None,
+        stage: str,
+    ) -> tuple[ConditionModel, VelocityField]:
+        """Train a condition model and velocity field from ``start`` on ``train`` conditions."""
         cfg = self.config
-        self.encoder_ = ConditionEncoder(
+        rng = np.random.default_rng(cfg.seed)
+        sources = self.control_cells_[
+            rng.choice(len(self.control_cells_), min(len(self.control_cells_), 512), replace=False)
+        ]  # (n_src, G): control cells every condition's flow starts from
+        source_latent = self._source_latents(start, sources, train)
+        target_latent = [data.latent(name, self._encode) for name in train]
+        target_cells = [torch.from_numpy(data.cells[name]) for name in train]
+        hidden_views = (
+            self._hidden_views(start, sources, train) if cfg.unseen_rate > 0 else [[]] * len(train)
+        )
+        seen = sorted({g for name in train for g in parse_condition(name)})
+        condition_model, velocity = self._build_flow_networks(start, seen)
+        val_sources = sources[: min(len(sources), 256)]
+        val_start = torch.from_numpy(val_sources.mean(axis=0) + start.shifts(val))  # (V, G)
+        val_means = torch.from_numpy(np.vstack([data.cells[n].mean(axis=0) for n in val]))
+        plan = FlowPlan(
+            velocity,
+            condition_model,
+            self.autoencoder_,
+            source_latent,
+            target_latent,
+            target_cells,
+            train,
+            self._membership(),
+            hidden_views,
+            val,
+            self._source_latents(start, val_sources, val),
+            val_start if val else None,
+            val_means if val else None,
+            conditions_per_batch=cfg.flow_conditions_per_batch,
+            cells_per_condition=cfg.flow_cells_per_condition,
+            lr=cfg.flow_lr,
+            ot_pairing=cfg.ot_pairing,
+            sigma=cfg.sigma,
+            unseen_rate=cfg.unseen_rate,
+            alignment=cfg.alignment,
+            align_every=cfg.align_every,
+            cluster_corr_weight=cfg.cluster_corr_weight,
+            pathway_ot_weight=cfg.pathway_ot_weight,
+            align_ode_steps=cfg.align_ode_steps,
+            steps_per_epoch=min(cfg.val_every, cfg.flow_steps),
+            seed=cfg.seed,
+            pathway_membership=self._pathway_membership(),
+        )
+        self._run(plan, stage, folder, has_val=bool(val), max_steps=cfg.flow_steps)
+        if plan.best_state is not None:
+            plan.trainable().load_state_dict(plan.best_state)
+        velocity.eval()
+        condition_model.eval()
+        self.history_[f"{stage}_best_val"] = plan.best_val
+        return condition_model, velocity
+
+    def _build_flow_networks(
+        self, start: FlowStart, seen_genes: list[str]
+    ) -> tuple[ConditionModel, VelocityField]:
+        """Fresh condition model and velocity field from the config (fit and load share it)."""
+        cfg = self.config
+        encoder = ConditionEncoder(
             self.prior_,
-            self.seen_genes_,
+            seen_genes,
             ConditionEncoderConfig(
                 embedding_dim=cfg.gene_embedding_dim,
                 output_dim=cfg.condition_dim,
                 missing=cfg.missing_gene,
             ),
         )
-        self.velocity_ = VelocityField(
+        features = self._delta_features(start) if cfg.delta_conditioning else None
+        n_features = N_DELTA_POOLS * self._programs.n_clusters
+        condition_model = ConditionModel(encoder, features, n_features)
+        velocity = VelocityField(
             cfg.latent_dim,
             cfg.condition_dim,
             hidden_dim=cfg.flow_hidden,
             n_layers=cfg.flow_layers,
             dropout=cfg.flow_dropout,
         )
+        return condition_model, velocity
 
-    def _fit_shift_prior(
-        self, train: list[str], target_cells: list[torch.Tensor]
-    ) -> AdditiveShiftPrior:
-        deltas = {
-            name: cells.numpy().mean(axis=0) - self.control_mean_
-            for name, cells in zip(train, target_cells, strict=True)
-        }
-        singles = {
-            next(iter(parse_condition(name))): delta
-            for name, delta in deltas.items()
-            if len(parse_condition(name)) == 1
-        }
-        combos = {name: delta for name, delta in deltas.items() if len(parse_condition(name)) > 1}
-        return AdditiveShiftPrior(
-            singles,
-            len(self.genes_),
-            self.prior_,
-            unseen=self.config.unseen_shift_mode,
-            combo_deltas=combos,
-            calibrate=self.config.calibrate_prior,
-            var_names=list(self.genes_),
-            target_aware=self.config.target_aware_prior,
-        )
+    def _delta_features(self, start: FlowStart):
+        """``(names, hidden) -> (B, 4K)``: pooled program-space single deltas of ``start``."""
+        membership = self._membership().numpy()  # (K, G)
+        membership = membership / np.maximum(membership.sum(axis=1, keepdims=True), 1.0)
+        cache: dict[tuple[str, frozenset[str]], np.ndarray] = {}
 
-    def _shifts(
-        self, conditions: list[str], hidden: list[frozenset[str]] | None = None
-    ) -> np.ndarray:
-        """Gene-space starting shifts ``(C, G)``: additive prior, or zeros when switched off."""
-        if not self.config.additive_prior:
-            return np.zeros((len(conditions), len(self.genes_)), np.float32)
-        return self.shift_prior_.shifts(conditions, hidden)
+        def features(names, hidden) -> np.ndarray:
+            rows = []
+            for name, hide in zip(names, hidden, strict=True):
+                key = (name, frozenset(hide))
+                if key not in cache:
+                    deltas = np.vstack(
+                        [
+                            start.additive.estimator_.gene_delta(g, g in hide)
+                            for g in sorted(parse_condition(name))
+                        ]
+                    )  # (k, G)
+                    cache[key] = pooled_program_deltas(deltas, membership)
+                rows.append(cache[key])
+            return np.vstack(rows).astype(np.float32)  # (B, 4K)
+
+        return features
 
     def _source_latents(
         self,
+        start: FlowStart,
         sources: np.ndarray,
         conditions: list[str],
         hidden: list[frozenset[str]] | None = None,
     ) -> list[torch.Tensor]:
-        """Latent codes of ``sources`` shifted by each condition's prior, one tensor each."""
-        if not self.config.additive_prior:
+        """Latent codes of ``sources`` shifted by each condition's start delta, one tensor each."""
+        if start.kind == "control":
             latent = self._encode(sources)
             return [latent for _ in conditions]
-        shifts = self._shifts(conditions, hidden)  # (C, G)
+        shifts = start.shifts(conditions, hidden)  # (C, G)
         return [self._encode(sources + shift) for shift in shifts]
 
     def _hidden_views(
-        self, sources: np.ndarray, conditions: list[str]
+        self, start: FlowStart, sources: np.ndarray, conditions: list[str]
     ) -> list[list[tuple[frozenset[str], torch.Tensor]]]:
         """For each condition, each one of its genes hidden: (that gene, shifted source latents)."""
         sources = sources[: min(len(sources), 256)]
@@ -308,7 +488,7 @@ class ScBIG:
             for gene in sorted(parse_condition(name)):
                 names.append(name)
                 hides.append(frozenset({gene}))
-        latents = iter(self._source_latents(sources, names, hides))
+        latents = iter(self._source_latents(start, sources, names, hides))
         views: dict[str, list] = {name: [] for name in conditions}
         for name, hide in zip(names, hides, strict=True):
             views[name].append((hide, next(latents)))
@@ -449,16 +629,24 @@ class ScBIG:
 
     def _predict_cells(self, name: str, n_cells: int, generator: np.random.Generator) -> np.ndarray:
         """``n_cells`` predicted cells ``(n, G)``: start cells moved by the weighted flow change."""
-        start, change = self._flow_change(name, n_cells, generator)  # (n, G), (n, G)
+        start, change = self._flow_change(
+            name, n_cells, generator, self.start_, self.condition_model_, self.velocity_
+        )  # (n, G), (n, G)
         weight = self._mean_weight(name)
         # Keep the flow's reshaping of the cells around their mean; scale its change of the mean.
         return start + change - (1.0 - weight) * change.mean(axis=0, keepdims=True)
 
     @torch.no_grad()
     def _flow_change(
-        self, name: str, n_cells: int, generator: np.random.Generator
+        self,
+        name: str,
+        n_cells: int,
+        generator: np.random.Generator,
+        start_model: FlowStart,
+        condition_model: ConditionModel,
+        velocity: VelocityField,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Start cells (control + additive shift) and the flow's change of each, both ``(n, G)``."""
+        """Start cells (control + start delta) and the flow's change of each, both ``(n, G)``."""
         index = generator.choice(
             len(self.control_cells_), n_cells, replace=n_cells > len(self.control_cells_)
         )
@@ -466,11 +654,11 @@ class ScBIG:
         source = recentre(self.control_cells_[index], self.control_mean_)  # (n, G)
         if name == CONTROL_NAME:
             return source, np.zeros_like(source)
-        start = source + self._shifts([name])  # (n, G): the additive starting point
+        start = source + start_model.shifts([name])  # (n, G): the flow's start point
         latent = self._encode(start)  # (n, L)
-        condition = self.encoder_.encode([name]).expand(n_cells, -1)  # (n, E)
+        condition = condition_model.encode([name]).expand(n_cells, -1)  # (n, E)
         moved = integrate(
-            self.velocity_,
+            velocity,
             latent,
             condition,
             n_steps=self.config.ode_steps,
@@ -484,55 +672,9 @@ class ScBIG:
         return start, decoded - start
 
     def _mean_weight(self, name: str) -> float:
-        """Weight of the flow's mean change for ``name`` (see ``ScBIGConfig.flow_mean_weight``)."""
-        if not parse_condition(name) <= set(self.seen_genes_):
-            return self.config.unseen_flow_mean_weight
-        if not self._uses_validated_weight(name):
-            return self.config.calibrated_flow_mean_weight
-        return self.mean_weight_
-
-    def _uses_validated_weight(self, name: str) -> bool:
-        """Whether ``name`` (all genes in training) takes the validated ``mean_weight_``."""
-        return not (self._calibrated(name) and self.config.calibrated_flow_mean_weight is not None)
-
-    def _calibrated(self, name: str) -> bool:
-        """Whether the additive prior's mean of ``name`` is calibrated on training conditions."""
-        return self.config.additive_prior and self.shift_prior_.calibrated(name)
-
-    def _select_mean_weight(self, dataset: PerturbationDataset, val: list[str]) -> float:
-        """``flow_mean_weight``, or the grid value with the least validation pseudobulk error."""
-        if self.config.flow_mean_weight is not None:
-            return self.config.flow_mean_weight
-        if not val:
-            return 1.0
-        # Judge the weight only where it applies: conditions with a gene outside the training
-        # conditions, or with a calibrated prior, have weights of their own.
-        val = [
-            name
-            for name in val
-            if parse_condition(name) <= set(self.seen_genes_) and self._uses_validated_weight(name)
-        ]
-        if not val:
-            logger.info(
-                "scbig: no validation condition is judged by the flow mean weight (each has a "
-                "gene outside training or a calibrated prior); flow mean weight 0"
-            )
-            return 0.0
-        generator = np.random.default_rng(self.config.seed)
-        errors = dict.fromkeys(MEAN_WEIGHT_GRID, 0.0)
-        for name in val:
-            start, change = self._flow_change(name, _VALIDATION_CELLS, generator)  # (n, G) each
-            real_mean = dataset.expression(name).mean(axis=0)  # (G,)
-            for weight in MEAN_WEIGHT_GRID:
-                predicted = start.mean(axis=0) + weight * change.mean(axis=0)  # (G,)
-                errors[weight] += float(np.mean((predicted - real_mean) ** 2)) / len(val)
-        best = min(errors, key=lambda weight: (errors[weight], weight))
-        logger.info(
-            "scbig: flow mean weight %.2f (validation pseudobulk MSE %s)",
-            best,
-            ", ".join(f"{w:g}: {e:.4f}" for w, e in errors.items()),
-        )
-        return best
+        """Weight of the flow's mean change for ``name``: its kind's cross-validated weight."""
+        kind = condition_kind(name, self.start_.seen)
+        return self.mean_weights_.get(kind, 0.0)
 
     def predict(self, conditions: Iterable[str], n_cells: int = 100, seed: int = 0) -> ad.AnnData:
         """Predicted single cells: ``n_cells`` per condition (control cells moved by the flow)."""
@@ -581,7 +723,7 @@ class ScBIG:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """One self-describing file: config, genes, programs, vocabulary, prior and weights."""
+        """One self-describing file: config, genes, programs, vocabulary, start model, weights."""
         self._check_fitted()
         arrays = {
             "genes": np.asarray(self.genes_, dtype=str),
@@ -589,12 +731,16 @@ class ScBIG:
             "control_mean": self.control_mean_,
             "prior": self.prior_.to_numpy(),
             "prior_genes": np.asarray(self.prior_.index, dtype=str),
-            **{f"shift_prior/{k}": v for k, v in self.shift_prior_.state().items()},
+            **{f"additive/{k}": v for k, v in self.start_.additive.state_arrays().items()},
         }
+        if self.start_.combinator is not None:
+            arrays |= {
+                f"combinator/{k}": v for k, v in self.start_.combinator.state_arrays().items()
+            }
         for prefix, module in (
             ("autoencoder", self.autoencoder_),
             ("velocity", self.velocity_),
-            ("encoder", self.encoder_),
+            ("condition", self.condition_model_),
         ):
             for key, tensor in module.state_dict().items():
                 if tensor is not None:
@@ -604,7 +750,8 @@ class ScBIG:
             "programs": self._programs.to_dict(),
             "vocabulary": self.seen_genes_,
             "history": {k: float(v) for k, v in self.history_.items()},
-            "flow_mean_weight": self.mean_weight_,
+            "mean_weights": self.mean_weights_,
+            "mean_weight_cv": self.mean_weight_cv_,
         }
         return write_checkpoint(
             path,
@@ -620,43 +767,45 @@ class ScBIG:
         header, arrays = read_checkpoint(path)
         if header.get("model") != cls.name:
             raise CheckpointError(f"{path}: holds a {header.get('model')!r} model, not 'scbig'")
-        # Checkpoints from before a setting existed keep the behaviour they were saved with.
-        settings = {**_BEFORE_SETTING, **header["config"]}
         try:
-            config = ScBIGConfig(**settings)
+            config = ScBIGConfig(**header["config"])
         except TypeError as error:
             raise CheckpointError(
                 f"{path}: config does not match this perturbflow: {error}"
             ) from error
         model = cls(config)
+        meta = header["meta"]
         model.genes_ = pd.Index(arrays["genes"].astype(str))
         model.control_cells_ = arrays["control_cells"]
         model.control_mean_ = arrays["control_mean"]
         model.prior_ = pd.DataFrame(arrays["prior"], index=arrays["prior_genes"].astype(str))
-        model._programs = GenePrograms.from_dict(header["meta"]["programs"])
-        model.seen_genes_ = list(header["meta"]["vocabulary"])
-        model.history_ = dict(header["meta"].get("history", {}))
-        model.mean_weight_ = float(header["meta"].get("flow_mean_weight", 1.0))
-        model.shift_prior_ = AdditiveShiftPrior.from_state(
-            {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("shift_prior/")},
-            model.prior_,
-            config.unseen_shift_mode,
-            var_names=list(model.genes_),
-            target_aware=config.target_aware_prior,
+        model._programs = GenePrograms.from_dict(meta["programs"])
+        model.seen_genes_ = list(meta["vocabulary"])
+        model.history_ = dict(meta["history"])
+        model.mean_weights_ = {kind: float(w) for kind, w in meta["mean_weights"].items()}
+        model.mean_weight_cv_ = meta["mean_weight_cv"]
+        additive = CalibratedAdditive.from_state_arrays(
+            model._start_config(), _prefixed(arrays, "additive")
         )
+        combinator = None
+        if config.start == "combinator":
+            combinator = Combinator.from_state_arrays(
+                CombinatorConfig(seed=config.seed), _prefixed(arrays, "combinator")
+            )
+        model.start_ = FlowStart(config.start, additive, combinator)
         model.autoencoder_ = build_autoencoder(
             config, model._programs, np.zeros(len(model.genes_), dtype=np.float32)
         )
-        model._build_flow_networks()
+        model.condition_model_, model.velocity_ = model._build_flow_networks(
+            model.start_, model.seen_genes_
+        )
         for prefix, module in (
             ("autoencoder", model.autoencoder_),
             ("velocity", model.velocity_),
-            ("encoder", model.encoder_),
+            ("condition", model.condition_model_),
         ):
             state = {
-                key.split("/", 1)[1]: torch.from_numpy(value)
-                for key, value in arrays.items()
-                if key.startswith(f"{prefix}/")
+                key: torch.from_numpy(value) for key, value in _prefixed(arrays, prefix).items()
             }
             module.load_state_dict(state)
             module.eval()

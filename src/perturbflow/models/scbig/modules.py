@@ -1,12 +1,16 @@
-"""Autoencoder choices for the latent space: GCAE, the MLP ablation, and fixed PCA."""
+"""Autoencoder choices for the latent space (GCAE, the MLP ablation, fixed PCA) and the
+condition model (gene vectors plus the start model's single deltas)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from perturbflow.models.autoencoders import MLPAEConfig, MLPAutoencoder
+from perturbflow.models.condition_encoder import ConditionEncoder
 from perturbflow.models.gcae import GCAE, GCAEConfig
 from perturbflow.models.scbig.config import ScBIGConfig
 from perturbflow.programs.grc import GenePrograms
@@ -89,3 +93,57 @@ def build_autoencoder(
         latent_dim=config.latent_dim,
     )
     return Centred(GCAE(n_genes, programs.order, cluster_embedding, gcae_config), gene_mean)
+
+
+N_DELTA_POOLS = 4  # sum, pairwise product, max, min
+
+
+def pooled_program_deltas(deltas: np.ndarray, membership: np.ndarray) -> np.ndarray:
+    """Order-free pools ``(4K,)`` of a condition's single deltas ``(k, G)`` in program space.
+
+    ``membership`` ``(K, G)`` averages genes into programs; the pools are the sum, the sum of
+    pairwise products, the max and the min over the ``k`` genes — what a combinator of single
+    responses sees, so the flow can learn interactions and not only a scale.
+    """
+    programs = deltas @ membership.T  # (k, K)
+    total = programs.sum(axis=0)  # (K,)
+    pairwise = 0.5 * (total**2 - (programs**2).sum(axis=0))  # (K,): Σ_{i<j} z_i z_j
+    return np.concatenate([total, pairwise, programs.max(axis=0), programs.min(axis=0)])
+
+
+class ConditionModel(nn.Module):
+    """Condition embedding ``(B, E)``: the gene-set encoder plus an MLP over pooled deltas.
+
+    ``delta_features(names, hidden) -> (B, F)`` gives the start model's pooled single deltas
+    (None: gene vectors only). The MLP's output layer starts at zero, so training begins from the
+    gene-vector embedding.
+    """
+
+    def __init__(
+        self,
+        encoder: ConditionEncoder,
+        delta_features: Callable[[Sequence[str], Sequence[frozenset[str]]], np.ndarray] | None,
+        n_features: int,
+        hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.delta_features = delta_features
+        self.delta_mlp = None
+        if delta_features is not None:
+            output = nn.Linear(hidden_dim, encoder.config.output_dim)
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+            self.delta_mlp = nn.Sequential(nn.Linear(n_features, hidden_dim), nn.SiLU(), output)
+
+    def encode(
+        self, conditions: Sequence[str], hidden: Sequence[frozenset[str]] | None = None
+    ) -> torch.Tensor:
+        embedding = self.encoder.encode(conditions, hidden=hidden)  # (B, E)
+        if self.delta_mlp is None:
+            return embedding
+        hidden = hidden if hidden is not None else [frozenset()] * len(conditions)
+        features = torch.as_tensor(
+            self.delta_features(conditions, hidden), dtype=embedding.dtype
+        ).to(embedding.device)  # (B, F)
+        return embedding + self.delta_mlp(features)  # (B, E)

@@ -1,4 +1,5 @@
-"""The additive starting point of scbig: per-gene shifts and the unseen-gene ridge fallback."""
+"""calibrated_additive: per-gene shifts, calibrated scales, the unseen-gene fallbacks and the
+model behind the one interface (scbig's starting point)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbflow.models.scbig.shift_prior import AdditiveShiftPrior, loo_ridge_alpha
+from perturbflow.data import read
+from perturbflow.data.splits import make_split
+from perturbflow.data.synthetic import simulate
+from perturbflow.models import get_model, load_model
+from perturbflow.models.baselines.calibrated import (
+    AdditiveShiftPrior,
+    CalibratedAdditiveConfig,
+    loo_ridge_alpha,
+)
 
 
 def _singles(features: np.ndarray, coef: np.ndarray, noise: float, seed: int = 0):
@@ -120,7 +129,7 @@ def test_calibration_recovers_a_planted_combination_scale():
     np.testing.assert_allclose(plain.shifts(["S0+S1"])[0], deltas["S0"] + deltas["S1"], rtol=1e-5)
 
 
-def test_calibration_needs_enough_conditions_and_its_state_round_trips():
+def test_calibration_needs_enough_conditions():
     _, genes, deltas = _screen()
     combos = {"S0+S1": 0.3 * (deltas["S0"] + deltas["S1"]), "S2+S3": deltas["S2"]}
     model = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=True)
@@ -130,12 +139,10 @@ def test_calibration_needs_enough_conditions_and_its_state_round_trips():
         f"S{i}+S{i + 1}": 1.5 * (deltas[f"S{i}"] + deltas[f"S{i + 1}"]) for i in range(0, 8, 2)
     }
     fitted = AdditiveShiftPrior(deltas, 30, combo_deltas=pairs, calibrate=True)
-    restored = AdditiveShiftPrior.from_state(fitted.state(), pd.DataFrame(), "mean")
-    assert restored.scales == fitted.scales and abs(fitted.scales[(2, 0)] - 1.5) < 1e-6
-    for condition, hide in [("S0+S9", frozenset()), ("S2+Q", frozenset({"S2"}))]:
-        np.testing.assert_allclose(
-            restored.shifts([condition], [hide]), fitted.shifts([condition], [hide]), rtol=1e-6
-        )
+    assert abs(fitted.scales[(2, 0)] - 1.5) < 1e-6
+    np.testing.assert_allclose(
+        fitted.shifts(["S0+S9"])[0], 1.5 * (deltas["S0"] + deltas["S9"]), rtol=1e-5
+    )
 
 
 def _targeted_screen(n_singles: int = 12, n_genes: int = 30, seed: int = 5):
@@ -200,14 +207,6 @@ def test_target_aware_calibration_scales_own_columns_apart():
     # One scale for all columns would sit in between and miss both.
     single = AdditiveShiftPrior(deltas, 30, combo_deltas=combos, calibrate=True)
     assert single.target_scales == {} and 0.5 < single.scales[(2, 0)] < 1.0
-    restored = AdditiveShiftPrior.from_state(
-        model.state(), pd.DataFrame(), "mean", var_names, target_aware=True
-    )
-    assert restored.target_scales == model.target_scales and restored.target_aware
-    for condition, hide in [("S0+S9", frozenset()), ("S2+V3", frozenset({"S2"}))]:
-        np.testing.assert_allclose(
-            restored.shifts([condition], [hide]), model.shifts([condition], [hide]), rtol=1e-6
-        )
 
 
 def test_target_aware_needs_matching_var_names():
@@ -216,3 +215,63 @@ def test_target_aware_needs_matching_var_names():
         AdditiveShiftPrior(deltas, 30, target_aware=True)
     with pytest.raises(ValueError, match="var_names has 29 names for 30 genes"):
         AdditiveShiftPrior(deltas, 30, var_names=var_names[:29])
+
+
+@pytest.fixture(scope="module")
+def screen():
+    adata = simulate(
+        n_genes=40,
+        n_programs=4,
+        n_perturbed=10,
+        n_unmeasured=0,
+        n_doubles=14,
+        n_control_cells=150,
+        n_cells_per_condition=25,
+        seed=3,
+    )
+    dataset = read(adata)
+    return dataset, make_split("simulation", dataset.conditions, seed=1)
+
+
+def test_model_predicts_the_estimator_s_shifts_and_round_trips(screen, tmp_path):
+    dataset, split = screen
+    model = get_model("calibrated_additive").fit(dataset, split)
+    test = list(split.test)
+    deltas = model.predict_delta(test)
+    np.testing.assert_allclose(deltas.to_numpy(), model.estimator_.shifts(test), rtol=1e-6)
+    assert model.estimator_.scales, "the simulator's training doubles calibrate a scale"
+    cells = model.predict(test, n_cells=9, seed=1)
+    means = (
+        pd.DataFrame(np.asarray(cells.X))
+        .groupby(cells.obs["perturbflow_condition"].to_numpy())
+        .mean()
+    )
+    np.testing.assert_allclose(
+        means.loc[test].to_numpy(), model.control_mean_ + deltas.to_numpy(), atol=1e-4
+    )
+    loaded = load_model(model.save(tmp_path / "calibrated.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), deltas)
+    assert loaded.estimator_.scales == model.estimator_.scales
+
+
+def test_calibration_switch_changes_combination_predictions(screen):
+    dataset, split = screen
+    doubles = [name for name in split.test if "+" in name]
+    calibrated = get_model("calibrated_additive").fit(dataset, split).predict_delta(doubles)
+    plain_model = get_model(
+        "calibrated_additive", CalibratedAdditiveConfig(calibrate=False, target_aware=False)
+    ).fit(dataset, split)
+    additive = get_model("additive").fit(dataset, split).predict_delta(doubles)
+    # Without calibration or target-aware fill it is exactly the additive baseline ...
+    np.testing.assert_allclose(plain_model.predict_delta(doubles), additive, atol=1e-6)
+    # ... and the calibration moves the combinations.
+    assert np.abs(calibrated.to_numpy() - additive.to_numpy()).max() > 1e-2
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="unseen"):
+        CalibratedAdditiveConfig(unseen="median")
+    with pytest.raises(ValueError, match="n_components"):
+        CalibratedAdditiveConfig(n_components=0)
+    assert CalibratedAdditiveConfig().unseen_mode == "mean"
+    assert CalibratedAdditiveConfig(embedding="go").unseen_mode == "ridge"

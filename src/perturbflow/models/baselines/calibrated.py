@@ -1,12 +1,11 @@
-"""The additive starting point of the flow: control cells shifted by the condition's genes.
+"""``calibrated_additive``: the summed single deltas, scaled per category of condition.
 
 For a condition ``S`` the shift is ``Σ_{g∈S} delta(g)`` in gene space, where ``delta(g)`` is the
 mean expression change of gene ``g``'s training single. A gene without a training single gets the
 mean single delta (``unseen="mean"``, the additive baseline's convention) or a ridge prediction
-from its prior embedding (``unseen="ridge"``, GenePert-style, fitted on the seen singles; genes
-without a prior vector still get the mean). The flow then transports *shifted* control cells to
-real cells in the latent space, so it learns what additivity misses — interactions, program-level
-coordination, distribution shape — and with a zero velocity the model is exactly additive.
+from its gene embedding (``unseen="ridge"``, GenePert-style, fitted on the seen singles; genes
+without a vector still get the mean). scbig starts its flow from this estimator, so with a zero
+velocity scbig predicts exactly its means; the benchmark shows it as a row of its own.
 
 With ``calibrate=True`` the summed shift is scaled by a factor per *category* — the number of
 genes in the condition and how many of them lack a training single — fitted by least squares on
@@ -31,6 +30,7 @@ the downstream scale.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -39,7 +39,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from perturbflow.data.conditions import parse_condition
+from perturbflow.data.conditions import CONTROL_NAME, parse_condition
+from perturbflow.models.base import canonical_conditions, register_model
+from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
+from perturbflow.models.gene_priors import (
+    check_embedding_spec,
+    prior_gene_table,
+    with_data_embedding,
+)
+from perturbflow.programs.embeddings import correlation_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +197,7 @@ class AdditiveShiftPrior:
         for part, fitted in scales.items():
             if fitted:
                 logger.info(
-                    "scbig: additive prior %s scales by (genes, unseen genes): %s",
+                    "calibrated_additive: %s scales by (genes, unseen genes): %s",
                     part,
                     ", ".join(f"{k}: {v:.2f}" for k, v in fitted.items()),
                 )
@@ -287,61 +295,113 @@ class AdditiveShiftPrior:
             rows.append(scaled)
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, len(self.mean_delta)))
 
-    def state(self) -> dict[str, np.ndarray]:
+
+@dataclasses.dataclass(frozen=True)
+class CalibratedAdditiveConfig(MeanShiftConfig):
+    """Options of :class:`CalibratedAdditive` (see the module docstring).
+
+    ``unseen``: fallback of a gene without a training single — ``mean``, ``ridge`` or ``auto``
+    (``ridge`` with a prior ``embedding``, ``mean`` with ``"data"``). ``embedding``: ``"data"``
+    (correlation embedding of the training cells, ``n_components`` wide), a registered prior
+    source (``go``, ``ppi``, ``text``, …) or a table path, used next to the data embedding; the
+    name ``calibrated_additive[go]`` sets it. ``priors``: the data folder holding ``priors/``.
+    """
+
+    calibrate: bool = True
+    target_aware: bool = True
+    unseen: str = "auto"
+    embedding: str = "data"
+    n_components: int = 32
+    priors: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.unseen not in (*UNSEEN_MODES, "auto"):
+            raise ValueError(
+                f"CalibratedAdditiveConfig.unseen must be one of {(*UNSEEN_MODES, 'auto')}, "
+                f"got {self.unseen!r}"
+            )
+        if self.n_components < 1:
+            raise ValueError(
+                f"CalibratedAdditiveConfig.n_components must be at least 1, got {self.n_components}"
+            )
+        check_embedding_spec(self.embedding, "CalibratedAdditiveConfig.embedding")
+
+    @property
+    def unseen_mode(self) -> str:
+        """``unseen`` with ``auto`` resolved."""
+        if self.unseen != "auto":
+            return self.unseen
+        return "mean" if self.embedding == "data" else "ridge"
+
+
+@register_model("calibrated_additive")
+class CalibratedAdditive(MeanShiftModel):
+    """Summed single deltas scaled per condition category, fitted on training conditions only."""
+
+    config_class = CalibratedAdditiveConfig
+    variant_field = "embedding"
+
+    def _fit(self, dataset, train) -> None:
+        cfg = self.config
+        self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))
+        if cfg.unseen_mode == "ridge" or cfg.embedding != "data":
+            cells = dataset.expression(train)  # (N_train, G): control + training conditions
+            table = correlation_embedding(cells, dataset.genes, cfg.n_components)
+            if cfg.embedding != "data":
+                prior = prior_gene_table(
+                    cfg.embedding, dataset.genes, dataset.perturbed_genes, cfg.priors
+                )
+                table = with_data_embedding(prior, table)
+            self.table_ = table
+        self._build_estimator()
+
+    def _build_estimator(self) -> None:
+        singles, combos = {}, {}
+        for name, row in self.train_deltas_.iterrows():
+            if name == CONTROL_NAME:
+                continue
+            gene = single_gene(name)
+            if gene is None:
+                combos[name] = row.to_numpy()
+            else:
+                singles[gene] = row.to_numpy()
+        self.estimator_ = AdditiveShiftPrior(
+            singles,
+            len(self.genes_),
+            self.table_,
+            unseen=self.config.unseen_mode,
+            combo_deltas=combos,
+            calibrate=self.config.calibrate,
+            var_names=list(self.genes_),
+            target_aware=self.config.target_aware,
+        )
+
+    def _state(self) -> dict[str, np.ndarray]:
+        # The estimator is refitted from the stored training deltas and this table on load: the
+        # fit is closed-form and deterministic, so a checkpoint needs no estimator format.
         return {
-            "genes": np.asarray(self.genes, dtype=str),
-            "deltas": self.deltas,
-            "coef": self.coef,
-            "feature_mean": self.feature_mean,
-            "mean_delta": self.mean_delta,
-            "loo_deltas": self.loo_deltas,
-            "scale_keys": np.asarray(list(self.scales), dtype=np.int64).reshape(-1, 2),
-            "scale_values": np.asarray(list(self.scales.values()), dtype=np.float64),
-            "target_scale_keys": np.asarray(list(self.target_scales), dtype=np.int64).reshape(
-                -1, 2
-            ),
-            "target_scale_values": np.asarray(list(self.target_scales.values()), dtype=np.float64),
+            "table": self.table_.to_numpy(np.float64),
+            "table_genes": np.asarray(self.table_.index, dtype=str),
         }
 
-    @classmethod
-    def from_state(
-        cls,
-        arrays: Mapping[str, np.ndarray],
-        prior: pd.DataFrame,
-        unseen: str,
-        var_names: Sequence[str] | None = None,
-        target_aware: bool = False,
-    ) -> AdditiveShiftPrior:
-        """A prior from :meth:`state`; ``var_names`` and ``target_aware`` as it was fitted with."""
-        model = cls(
-            {},
-            len(arrays["mean_delta"]),
-            prior,
-            unseen,
-            var_names=var_names,
-            target_aware=target_aware,
-        )
-        model.genes = [str(g) for g in arrays["genes"]]
-        model.deltas = arrays["deltas"]
-        model.coef = arrays["coef"]
-        model.feature_mean = arrays["feature_mean"]
-        model.mean_delta = arrays["mean_delta"]
-        model._index = {g: i for i, g in enumerate(model.genes)}
-        # Checkpoints from before calibration: no scales, the leakier plain fallback when hidden.
-        model.loo_deltas = arrays.get(
-            "loo_deltas", np.tile(model.mean_delta, (len(model.genes), 1)).astype(np.float32)
-        )
-        keys = arrays.get("scale_keys", np.zeros((0, 2), np.int64))
-        values = arrays.get("scale_values", np.zeros(0))
-        model.scales = _scale_dict(keys, values)
-        # Checkpoints from before target-aware shifts: one scale for every column, no own fill.
-        model.target_scales = _scale_dict(
-            arrays.get("target_scale_keys", np.zeros((0, 2), np.int64)),
-            arrays.get("target_scale_values", np.zeros(0)),
-        )
-        model.on_target = model._on_target_residuals()
-        return model
+    def _set_state(self, arrays) -> None:
+        self.table_ = pd.DataFrame(arrays["table"], index=arrays["table_genes"].astype(str))
+        self._build_estimator()
 
+    def predict_delta(self, conditions):
+        names = canonical_conditions(conditions)
+        self._check_fitted()
+        known = set(self.estimator_.genes)
+        unseen = sorted({g for n in names for g in parse_condition(n)} - known)
+        if unseen:
+            logger.info(
+                "calibrated_additive: %d gene(s) have no training single and use the %s "
+                "fallback: %s",
+                len(unseen),
+                self.config.unseen_mode,
+                ", ".join(unseen[:10]) + (" …" if len(unseen) > 10 else ""),
+            )
+        return super().predict_delta(names)
 
-def _scale_dict(keys: np.ndarray, values: np.ndarray) -> dict[tuple[int, int], float]:
-    return {(int(k[0]), int(k[1])): float(v) for k, v in zip(keys, values, strict=True)}
+    def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
+        return self.estimator_.shifts([name])[0]
