@@ -7,6 +7,8 @@ names or ``.h5ad`` paths), split kind and seed; evaluates every held-out conditi
 - ``results.csv``: long format (condition, subgroup, metric, value, model, seed, screen, split)
 - ``summary.csv``: mean ± sd over conditions and seeds per screen × split × subgroup × model
 - ``timings.csv``: fit and predict seconds per model, screen, split and seed
+- ``mean_weights.csv``: the flow mean weight scbig chose per condition kind, with the
+  cross-validation error of every candidate weight
 - ``table.md``: per screen, split and subgroup the mean ± sd over seeds of the per-seed subgroup
   means of the headline metrics; the acceptance checks; and the paired differences (with a
   bootstrap CI over seeds) of each ablation variant against the full model
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +50,7 @@ VARIANTS = {
     "pca_space": {"autoencoder": "pca"},
     "control_start": {"start": "control"},
     "combinator_start": {"start": "combinator"},
+    "additive_start": {"calibrate_prior": False, "target_aware_prior": False},
     "no_calibration": {"calibrate_prior": False},
     "no_target_aware": {"target_aware_prior": False},
     "no_delta_conditioning": {"delta_conditioning": False},
@@ -85,7 +89,14 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic screen")
     parser.add_argument("--n-cells", type=int, default=100, help="predicted cells per condition")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="rewrite OUT/table.md from OUT/results.csv"
+    )
     args = parser.parse_args()
+    if args.tables_only:
+        results = pd.read_csv(args.out / "results.csv")
+        (args.out / "table.md").write_text(report(results))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "perturbflow.models.baselines"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -97,8 +108,9 @@ def main() -> None:
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(" ".join(["benchmarks/ablation.py", *sys.argv[1:]]) + "\n")
 
-    frames, timings = [], []
+    frames, timings, weights = [], [], []
     for screen in [s.strip() for s in args.screens.split(",") if s.strip()]:
         dataset = load_screen(screen, args.data_seed)
         label = Path(screen).stem if screen.endswith(".h5ad") else screen
@@ -137,6 +149,20 @@ def main() -> None:
                     logger.info(
                         "%s %s seed %d %s: fit %.1fs", label, kind, seed, name, fitted - start
                     )
+                    # What the cross-validation chose for the flow's mean change, per kind.
+                    for condition_kind, row in getattr(model, "mean_weight_cv_", {}).items():
+                        weights.append(
+                            {
+                                "screen": label,
+                                "split": kind,
+                                "model": name,
+                                "seed": seed,
+                                "kind": condition_kind,
+                                "weight": model.mean_weights_[condition_kind],
+                                "n_conditions": row["n_conditions"],
+                                **{f"mse_w{w}": e for w, e in row["mse"].items()},
+                            }
+                        )
                 found.append(noise_ceiling(dataset, split, seed=seed, de=de))
                 frames += [frame.assign(screen=label, split=kind) for frame in found]
                 results = pd.concat(frames, ignore_index=True)
@@ -144,6 +170,8 @@ def main() -> None:
                 write_csv(results, folder / "results.csv", overwrite=True)
                 write_csv(summarize_screens(results), folder / "summary.csv", overwrite=True)
                 write_csv(pd.DataFrame(timings), folder / "timings.csv", overwrite=True)
+                if weights:
+                    write_csv(pd.DataFrame(weights), folder / "mean_weights.csv", overwrite=True)
                 (folder / "table.md").write_text(report(results))
     logger.info("wrote %s", folder)
 
@@ -166,12 +194,13 @@ def report(results: pd.DataFrame) -> str:
             f"## {screen}, {kind} split ({group['seed'].nunique()} seeds)\n",
             markdown_table(group),
             markdown_acceptance(acceptance(group, kind)),
-            markdown_paired(paired_differences(group)),
+            markdown_paired(paired_differences(group[group["model"].isin(PAIRED)])),
         ]
     return "\n".join(sections)
 
 
 HEADLINE = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
+PAIRED_METRICS = ("pearson_delta_de20", "mse_de20", "energy_distance")
 
 
 def markdown_table(results: pd.DataFrame) -> str:
@@ -206,6 +235,8 @@ def per_seed_means(results: pd.DataFrame) -> pd.Series:
 
 
 LEARNED = ("linear", "ridge", "calibrated_additive", "combinator")
+# Paired against scbig in table.md: its variants and the baselines it can start from.
+PAIRED = (*VARIANTS, "additive", "calibrated_additive", "combinator")
 
 
 def acceptance(results: pd.DataFrame, kind: str, model: str = "scbig") -> pd.DataFrame:
@@ -315,7 +346,7 @@ def paired_differences(
 
     Columns: subgroup, model, metric, mean difference, 95% bootstrap CI over seeds, n_seeds.
     """
-    seeds = per_seed_means(results[results["metric"].isin(HEADLINE)])
+    seeds = per_seed_means(results[results["metric"].isin(PAIRED_METRICS)])
     rng = np.random.default_rng(seed)
     rows = []
     for (subgroup, metric), block in seeds.groupby(["subgroup", "metric"]):

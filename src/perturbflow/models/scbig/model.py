@@ -1,9 +1,12 @@
 """scBIG-style module-inductive flow matching behind the one model interface.
 
 ``fit`` learns gene programs (GRC) from training cells, trains an autoencoder whose encoder is
-aware of those programs (GCAE), then a conditional flow in its latent space from control cells to
-the cells of each training condition. ``predict`` encodes control cells, integrates the flow for
-the requested condition (seen, new combination or unseen gene) and decodes whole cells.
+aware of those programs (GCAE), fits the start model (a baseline's prediction per condition),
+then a conditional flow in the latent space from start cells (control cells shifted by the
+start's delta) to the cells of each training condition. How much of the flow's mean change to keep
+is chosen per condition kind on an inner cross-validation fold of the training conditions.
+``predict`` encodes start cells, integrates the flow for the requested condition (seen, new
+combination or unseen gene) and decodes whole cells.
 """
 
 from __future__ import annotations
