@@ -108,7 +108,9 @@ def main() -> None:
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     folder = prepare_output_dir(args.out, overwrite=args.overwrite)
-    (folder / "command.txt").write_text(" ".join(["benchmarks/ablation.py", *sys.argv[1:]]) + "\n")
+    (folder / "command.txt").write_text(
+        " ".join([".venv/bin/python benchmarks/ablation.py", *sys.argv[1:]]) + "\n"
+    )
 
     frames, timings, weights = [], [], []
     for screen in [s.strip() for s in args.screens.split(",") if s.strip()]:

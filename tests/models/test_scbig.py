@@ -334,3 +334,21 @@ def test_delta_conditioning_changes_the_condition_embedding(fitted, data):
 def test_mean_weight_settings_are_checked(field):
     with pytest.raises(ValueError, match=field):
         ScBIGConfig(**{field: 1.5})
+
+
+def test_combinator_start_round_trips_and_shifts_by_the_combinator(data, tmp_path):
+    dataset, split = data
+    config = dataclasses.replace(TINY, start="combinator", flow_steps=2, ae_epochs=1)
+    model = ScBIG(config).fit(dataset, split)
+    test = list(split.test)
+    combinator = get_model("combinator").fit(dataset, split)
+    np.testing.assert_allclose(
+        model.start_.shifts(test), combinator.predict_delta(test).to_numpy(), atol=1e-5
+    )
+    loaded = load_model(model.save(tmp_path / "combinator_start.npz"))
+    assert loaded.start_.combinator is not None
+    np.testing.assert_allclose(
+        loaded.predict(test, n_cells=5, seed=1).X,
+        model.predict(test, n_cells=5, seed=1).X,
+        atol=1e-5,
+    )

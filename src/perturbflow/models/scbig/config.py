@@ -25,10 +25,11 @@ class ScBIGConfig:
     :class:`~perturbflow.models.baselines.CalibratedAdditive` prediction, configured by
     ``calibrate_prior``, ``target_aware_prior`` and ``unseen_shift``), ``combinator`` (shifted by
     the :class:`~perturbflow.models.baselines.Combinator` prediction, default settings) or
-    ``control`` (the control cells themselves). It learns the residual over that start for every kind of condition.
-    ``mean_weight`` scales the flow's change of the *mean* (its reshaping of the cells around
-    their mean is always kept); ``None`` chooses a weight per condition kind (``combo_seen0/1/2``,
-    ``unseen_single``) from ``MEAN_WEIGHT_GRID`` by cross-validation on training conditions: a
+    ``control`` (the control cells themselves). The flow learns the residual over that start for
+    every kind of condition. ``mean_weight`` scales the flow's change of the *mean* (its
+    reshaping of the cells around their mean is always kept); ``None`` chooses a weight per
+    condition kind (``seen_single``, ``unseen_single``, ``combo_seen0/1/2``) from
+    ``MEAN_WEIGHT_GRID`` by cross-validation on training conditions: a
     flow is fitted without ``cv_hidden_genes`` of the seen genes (their singles and combinations)
     and ``cv_doubles`` of the remaining training combinations, and each weight is scored on
     those held-out conditions. A kind with fewer than ``cv_min_conditions`` held-out conditions
