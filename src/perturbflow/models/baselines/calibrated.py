@@ -391,16 +391,7 @@ class CalibratedAdditive(MeanShiftModel):
     def predict_delta(self, conditions):
         names = canonical_conditions(conditions)
         self._check_fitted()
-        known = set(self.estimator_.genes)
-        unseen = sorted({g for n in names for g in parse_condition(n)} - known)
-        if unseen:
-            logger.info(
-                "calibrated_additive: %d gene(s) have no training single and use the %s "
-                "fallback: %s",
-                len(unseen),
-                self.config.unseen_mode,
-                ", ".join(unseen[:10]) + (" …" if len(unseen) > 10 else ""),
-            )
+        self._log_genes_without_single(names, f"the {self.config.unseen_mode} fallback")
         return super().predict_delta(names)
 
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:

@@ -254,13 +254,7 @@ class Combinator(MeanShiftModel):
     def predict_delta(self, conditions):
         names = canonical_conditions(conditions)
         self._check_fitted()
-        unseen = sorted({g for n in names for g in parse_condition(n)} - set(self.single_deltas_))
-        if unseen:
-            logger.info(
-                "combinator: %d gene(s) have no training single and use the mean single delta: %s",
-                len(unseen),
-                ", ".join(unseen[:10]) + (" …" if len(unseen) > 10 else ""),
-            )
+        self._log_genes_without_single(names, "the mean single delta")
         # One thread: each call predicts G rows only, where OpenMP start-up costs more than it saves.
         with threadpool_limits(limits=1, user_api="openmp"):
             return super().predict_delta(names)

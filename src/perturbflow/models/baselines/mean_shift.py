@@ -142,6 +142,18 @@ class MeanShiftModel:
         if self.genes_ is None:
             raise ModelNotFittedError(f"{self.name} model is not fitted; call fit() or load()")
 
+    def _log_genes_without_single(self, names: list[str], fallback: str) -> None:
+        """One INFO line naming the genes of ``names`` without a training single."""
+        unseen = sorted({g for name in names for g in parse_condition(name)} - self.seen_genes_)
+        if unseen:
+            logger.info(
+                "%s: %d gene(s) have no training single and use %s: %s",
+                self.name,
+                len(unseen),
+                fallback,
+                ", ".join(unseen[:10]) + (" …" if len(unseen) > 10 else ""),
+            )
+
     @property
     def seen_genes_(self) -> frozenset[str]:
         """Genes with a single perturbation among the training conditions."""

@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 
-from perturbflow.data.conditions import parse_condition
 from perturbflow.models.base import canonical_conditions, register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftModel, single_gene
 
@@ -46,13 +45,7 @@ class Additive(MeanShiftModel):
     def predict_delta(self, conditions):
         names = canonical_conditions(conditions)
         self._check_fitted()
-        unseen = sorted({g for n in names for g in parse_condition(n)} - set(self.single_deltas_))
-        if unseen:
-            logger.info(
-                "additive: %d gene(s) have no training single and add the mean single delta: %s",
-                len(unseen),
-                ", ".join(unseen[:10]) + (" …" if len(unseen) > 10 else ""),
-            )
+        self._log_genes_without_single(names, "the mean single delta")
         return super().predict_delta(names)
 
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
