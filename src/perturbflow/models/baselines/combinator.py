@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from perturbflow.data.conditions import parse_condition
 from perturbflow.models.base import canonical_conditions, register_model
-from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
+from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel
 
 logger = logging.getLogger(__name__)
 
@@ -155,15 +155,7 @@ class Combinator(MeanShiftModel):
     config_class = CombinatorConfig
 
     def _fit(self, dataset, train) -> None:
-        singles = {single_gene(name): name for name in self.train_deltas_.index}
-        singles.pop(None, None)
-        self.single_deltas_ = {
-            gene: self.train_deltas_.loc[name].to_numpy() for gene, name in singles.items()
-        }
-        if self.single_deltas_:
-            self.mean_single_delta_ = np.mean(list(self.single_deltas_.values()), axis=0)
-        else:
-            self.mean_single_delta_ = np.zeros(len(self.genes_))
+        self.single_deltas_, self.mean_single_delta_ = self._single_deltas()
         self._gene_position = {gene: i for i, gene in enumerate(self.genes_)}
         doubles = [
             name

@@ -142,6 +142,16 @@ class MeanShiftModel:
         if self.genes_ is None:
             raise ModelNotFittedError(f"{self.name} model is not fitted; call fit() or load()")
 
+    def _single_deltas(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each training single's delta ``(G,)`` by gene, and their mean (zeros without singles)."""
+        deltas = {
+            gene: self.train_deltas_.loc[name].to_numpy()
+            for name in self.train_deltas_.index
+            if (gene := single_gene(name)) is not None
+        }
+        mean = np.mean(list(deltas.values()), axis=0) if deltas else np.zeros(len(self.genes_))
+        return deltas, mean
+
     def _log_genes_without_single(self, names: list[str], fallback: str) -> None:
         """One INFO line naming the genes of ``names`` without a training single."""
         unseen = sorted({g for name in names for g in parse_condition(name)} - self.seen_genes_)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from perturbflow.models.base import canonical_conditions, register_model
-from perturbflow.models.baselines.mean_shift import MeanShiftModel, single_gene
+from perturbflow.models.baselines.mean_shift import MeanShiftModel
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,7 @@ class Additive(MeanShiftModel):
     """
 
     def _fit(self, dataset, train) -> None:
-        singles = {single_gene(name): name for name in self.train_deltas_.index}
-        singles.pop(None, None)
-        self.single_deltas_ = {
-            gene: self.train_deltas_.loc[name].to_numpy() for gene, name in singles.items()
-        }
-        if self.single_deltas_:
-            self.mean_single_delta_ = np.mean(list(self.single_deltas_.values()), axis=0)
-        else:
-            self.mean_single_delta_ = np.zeros(len(self.genes_))
+        self.single_deltas_, self.mean_single_delta_ = self._single_deltas()
 
     def _set_state(self, arrays) -> None:
         self._fit(None, None)
