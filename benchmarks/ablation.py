@@ -1,6 +1,6 @@
 """What scbig and each of its components add, on screens with a known answer.
 
-Fits the full model, one variant per ablation switch (METHOD §2; ScBIGConfig) and every
+Fits the full model, one variant per ablation switch (docs/method.md §2; ScBIGConfig) and every
 mean-shift baseline on each screen (the shipped simulator or GRN screens: registered dataset
 names or ``.h5ad`` paths), split kind and seed; evaluates every held-out condition and writes:
 
@@ -31,13 +31,13 @@ import pandas as pd
 
 from perturbflow.data import read
 from perturbflow.data.datasets import DATASETS, load_dataset
+from perturbflow.data.outputs import prepare_output_dir, write_csv
 from perturbflow.data.splits import make_split
 from perturbflow.data.synthetic import simulate
 from perturbflow.eval import evaluate, noise_ceiling, summarize
 from perturbflow.eval.de import de_genes
 from perturbflow.models import get_model
 from perturbflow.models.scbig import ScBIGConfig
-from perturbflow.outputs import prepare_output_dir, write_csv
 
 logger = logging.getLogger("ablation")
 

@@ -38,8 +38,8 @@ import pandas as pd
 
 from perturbflow.data import CONTROL_NAME
 from perturbflow.data.datasets import dataset_spec, load_dataset
+from perturbflow.data.outputs import prepare_output_dir, write_csv
 from perturbflow.data.splits import make_split
-from perturbflow.outputs import prepare_output_dir, write_csv
 from perturbflow.programs import (
     GRCConfig,
     PriorBundle,

@@ -157,11 +157,11 @@ def demo(
     into OUT and prints a table of mean metrics per test subgroup and model.
     """
     from perturbflow.data import read
+    from perturbflow.data.outputs import prepare_output_dir, write_csv, write_figure
     from perturbflow.data.splits import make_split
     from perturbflow.data.synthetic import simulate
     from perturbflow.eval.benchmark import resolve_models, run_models
     from perturbflow.eval.evaluate import summarize
-    from perturbflow.outputs import prepare_output_dir, write_csv, write_figure
     from perturbflow.report.figures import metric_bars
 
     try:
@@ -316,9 +316,9 @@ def predict(
     overwrite: Overwrite = False,
 ) -> None:
     """Predict cells for conditions (seen, new combinations or unseen genes) from a checkpoint."""
+    from perturbflow.data.outputs import write_h5ad
     from perturbflow.data.splits import Split
     from perturbflow.models import load_model
-    from perturbflow.outputs import write_h5ad
 
     try:
         if (conditions is None) == (split is None):
@@ -359,15 +359,15 @@ def evaluate(
     separator: Separator = "+",
     overwrite: Overwrite = False,
 ) -> None:
-    """Score predicted cells against real cells with every metric of METHOD §5."""
+    """Score predicted cells against real cells with every metric of docs/method.md §5."""
     import anndata as ad
     import pandas as pd
 
+    from perturbflow.data.outputs import write_csv
     from perturbflow.data.splits import Split
     from perturbflow.eval.de import de_genes
     from perturbflow.eval.evaluate import evaluate as run_evaluate
     from perturbflow.eval.evaluate import noise_ceiling
-    from perturbflow.outputs import write_csv
 
     try:
         if out.exists() and not overwrite:
@@ -448,9 +448,9 @@ def benchmark(
     """
     import sys
 
+    from perturbflow.data.outputs import prepare_output_dir
     from perturbflow.eval.benchmark import resolve_models
     from perturbflow.eval.multiseed import run_benchmark
-    from perturbflow.outputs import prepare_output_dir
     from perturbflow.report.benchmark_report import build_report
 
     try:
@@ -573,7 +573,7 @@ def simulate(
     `synthetic` plants gene programs and interaction types; `sergio` knocks out regulators of a
     CollecTRI/DoRothEA sub-network and records the true network in uns["grn_edges"].
     """
-    from perturbflow.outputs import write_h5ad
+    from perturbflow.data.outputs import write_h5ad
 
     sizes = {
         "singles": singles,

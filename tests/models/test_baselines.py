@@ -1,4 +1,4 @@
-"""The baselines of METHOD §3: reference cases with known answers, then the shared interface.
+"""The baselines of docs/method.md §3: reference cases with known answers, then the shared interface.
 
 Reference datasets are built by hand: every perturbed condition's cells are the control cells
 shifted by a planted delta, so condition means (and hence the training deltas) are exact.

@@ -1,4 +1,4 @@
-"""The GCAE (METHOD §2.2) and the MLP ablation: shapes, gene order, padding, attention, accuracy.
+"""The GCAE (docs/method.md §2.2) and the MLP ablation: shapes, gene order, padding, attention, accuracy.
 
 Models are tiny (chunks of 8 genes, 32-d tokens) so every test runs in well under a few seconds on
 one CPU thread; the accuracy test trains for a few hundred steps and must beat PCA on held-out

@@ -16,7 +16,7 @@ from perturbflow.data.splits import make_split
 from perturbflow.data.synthetic import simulate
 from perturbflow.models import MODELS, get_model, load_model
 from perturbflow.models.condition_encoder import UnknownGeneError
-from perturbflow.models.scbig import ScBIG, ScBIGConfig, plans
+from perturbflow.models.scbig import ScBIG, ScBIGConfig, objectives
 from perturbflow.models.scbig.model import _FlowData
 from perturbflow.models.scbig.modules import pooled_program_deltas
 
@@ -198,18 +198,18 @@ def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeyp
     config = dataclasses.replace(TINY, flow_steps=12, val_every=4, alignment=False)
     reference = ScBIG(config).fit(dataset, split)
 
-    original = plans.FlowPlan.training_step
+    original = objectives.FlowObjective.training_loss
 
-    def crash_at_step_9(self, batch, batch_idx):
-        if self.global_step == 9:
+    def crash_at_step_9(self, step, *args):
+        if step == 9:
             raise RuntimeError("node preempted")  # the job dies mid-way through stage 2
-        return original(self, batch, batch_idx)
+        return original(self, step, *args)
 
-    monkeypatch.setattr(plans.FlowPlan, "training_step", crash_at_step_9)
+    monkeypatch.setattr(objectives.FlowObjective, "training_loss", crash_at_step_9)
     with pytest.raises(RuntimeError, match="node preempted"):
         ScBIG(config).fit(dataset, split, checkpoint_dir=tmp_path)
     assert (tmp_path / "flow_cv" / "last.ckpt").exists()  # the cross-validation flow died
-    monkeypatch.setattr(plans.FlowPlan, "training_step", original)
+    monkeypatch.setattr(objectives.FlowObjective, "training_loss", original)
     resumed = ScBIG(config).fit(dataset, split, checkpoint_dir=tmp_path)
 
     assert resumed.history_["flow_steps"] == reference.history_["flow_steps"] == 12

@@ -2,7 +2,7 @@
 
 Each condition is compared with the reference (control) by scanpy's ``rank_genes_groups`` with the
 t-test on log-normalised expression, genes ranked by the absolute t-score; the top ``n_top`` (20 in
-GEARS and METHOD §5) are the condition's DE genes. Computed on real cells only.
+GEARS and docs/method.md §5) are the condition's DE genes. Computed on real cells only.
 """
 
 from __future__ import annotations

@@ -29,13 +29,13 @@ import pandas as pd
 
 from perturbflow.data.contexts import cross_cell_line_task
 from perturbflow.data.io import PerturbationDataset
+from perturbflow.data.outputs import write_csv
 from perturbflow.data.splits import CROSS_CELL_LINE, Split, make_split
 from perturbflow.eval.benchmark import resolve_models, seeded_config
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import NOISE_CEILING_MODEL, RESULT_COLUMNS, evaluate, noise_ceiling
 from perturbflow.eval.metrics import METRICS
 from perturbflow.models.base import get_model
-from perturbflow.outputs import write_csv
 
 logger = logging.getLogger(__name__)
 

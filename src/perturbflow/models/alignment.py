@@ -1,4 +1,4 @@
-"""Structure-aware alignment losses (METHOD §2.5): keep program-level coordination.
+"""Structure-aware alignment losses (docs/method.md §2.5): keep program-level coordination.
 
 Both compare a batch of *predicted* cells with a batch of *real* cells of the same condition, in a
 program (or pathway) summary space; both are differentiable in the predicted cells and exactly

@@ -1,6 +1,6 @@
 """The autoencoder protocol, the plain MLP autoencoder ablation and the reconstruction loss.
 
-Every expression autoencoder (the GCAE of METHOD §2.2 in :mod:`perturbflow.models.gcae`, or the
+Every expression autoencoder (the GCAE of docs/method.md §2.2 in :mod:`perturbflow.models.gcae`, or the
 MLP ablation "no module attention" here) is a pure torch module on tensors: ``encode`` maps cells ×
 genes to cells × latent, ``decode`` maps back, ``forward`` returns both the reconstruction and the
 latent code. The training plan only sees this protocol.
@@ -37,7 +37,7 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MLPAEConfig:
-    """The plain MLP autoencoder (the "no module attention" ablation of METHOD §2.2).
+    """The plain MLP autoencoder (the "no module attention" ablation of docs/method.md §2.2).
 
     Attributes:
         hidden_dims: widths of the encoder's hidden layers, genes → ... → latent; the decoder

@@ -1,4 +1,4 @@
-"""The Gene-Cluster-Aware AutoEncoder (GCAE) of METHOD §2.2, a pure torch module on tensors.
+"""The Gene-Cluster-Aware AutoEncoder (GCAE) of docs/method.md §2.2, a pure torch module on tensors.
 
 Genes are put in Gene-Relation-Clustering order (genes sorted by cluster), zero-padded to a
 multiple of ``chunk_size`` and cut into chunks; each chunk becomes one token. A relational

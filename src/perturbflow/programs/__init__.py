@@ -1,7 +1,5 @@
 """Gene programs and gene embeddings."""
 
-from perturbflow.programs.embeddings import correlation_embedding
-from perturbflow.programs.gene_embeddings import gene_embedding, list_embedding_sources
 from perturbflow.programs.genesets import (
     GeneSetFileNotFoundError,
     GeneSetFormatError,
@@ -17,7 +15,13 @@ from perturbflow.programs.grc import (
     random_programs,
     round_transport,
 )
-from perturbflow.programs.priors import PriorBundle, PriorError
+from perturbflow.programs.priors import (
+    PriorBundle,
+    PriorError,
+    correlation_embedding,
+    gene_embedding,
+    list_embedding_sources,
+)
 from perturbflow.programs.quality import (
     ProgramQualityError,
     enrichment_summary,

@@ -1,6 +1,6 @@
 """Gene-Relation Clustering (GRC): balanced gene programs from embeddings and a relation graph.
 
-Implements METHOD §2.1: KMeans on L2-normalised gene embeddings, balanced cluster capacities,
+Implements docs/method.md §2.1: KMeans on L2-normalised gene embeddings, balanced cluster capacities,
 then a few rounds of optimal-transport refinement whose cost mixes cosine distance to the cluster
 centroid with the fraction of the cluster that is *not* a graph neighbour of the gene, followed
 by capacity-constrained rounding. The result, :class:`GenePrograms`, is self-describing and
@@ -228,7 +228,7 @@ def gene_relation_clustering(
     *,
     genes: Sequence[str] | None = None,
 ) -> GenePrograms:
-    """Cluster genes into balanced programs (METHOD §2.1 steps 3–5).
+    """Cluster genes into balanced programs (docs/method.md §2.1 steps 3–5).
 
     ``embedding`` is ``(G, d)``: a DataFrame indexed by gene (reordered to ``genes`` when given)
     or an array (genes named by ``genes``, else ``gene0, gene1, …``). ``adjacency`` is a binary

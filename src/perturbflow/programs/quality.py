@@ -1,4 +1,4 @@
-"""How biologically meaningful gene programs are (METHOD §2.1 step 5).
+"""How biologically meaningful gene programs are (docs/method.md §2.1 step 5).
 
 Pure functions of programs and prior knowledge, long-format outputs:
 
@@ -8,7 +8,7 @@ Pure functions of programs and prior knowledge, long-format outputs:
   against label-shuffled programs of the same sizes.
 
 Gene symbols are matched exactly: harmonise gene sets and graphs onto the dataset's genes first
-(:func:`~perturbflow.programs.priors.harmonise_symbols`).
+(:func:`~perturbflow.programs.priors.tables.harmonise_symbols`).
 """
 
 from __future__ import annotations

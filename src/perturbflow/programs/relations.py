@@ -1,4 +1,4 @@
-"""Gene relation graphs for GRC (METHOD §2.1 step 2).
+"""Gene relation graphs for GRC (docs/method.md §2.1 step 2).
 
 Every source returns the same thing: a binary, symmetric ``(genes, genes)`` adjacency as a
 ``scipy.sparse.csr_matrix`` of booleans with an empty diagonal, rows and columns in the order of

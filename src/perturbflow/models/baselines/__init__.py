@@ -1,4 +1,4 @@
-"""Baselines every benchmark must include (METHOD §3), behind the one model interface."""
+"""Baselines every benchmark must include (docs/method.md §3), behind the one model interface."""
 
 from perturbflow.models.baselines.calibrated import (
     AdditiveShiftPrior,

@@ -42,12 +42,12 @@ import pandas as pd
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import canonical_conditions, register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
-from perturbflow.models.gene_priors import (
+from perturbflow.programs.priors import (
     check_embedding_spec,
+    correlation_embedding,
     prior_gene_table,
     with_data_embedding,
 )
-from perturbflow.programs.embeddings import correlation_embedding
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,8 +19,11 @@ import pandas as pd
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftModel
-from perturbflow.models.gene_priors import check_embedding_spec, prior_gene_table
-from perturbflow.programs.embeddings import correlation_embedding
+from perturbflow.programs.priors import (
+    check_embedding_spec,
+    correlation_embedding,
+    prior_gene_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class EmbeddingConfig:
 
     embedding: ``"data"``, a registered prior source (``go``, ``ppi``, ``text``, ``concat``,
     ``mean``; several joined by ``+``) or a path to a gene-embedding table (CSV/TSV/parquet,
-    first column = symbol); see :mod:`perturbflow.models.gene_priors`. The model name
+    first column = symbol); see :mod:`perturbflow.programs.priors.resolver`. The model name
     ``ridge[go]`` is ``ridge`` with ``embedding="go"``. priors: the data folder holding
     ``priors/`` (default: ``$PERTURBFLOW_DATA_DIR``, else ``../shared/data``).
     n_components: size of the data-derived embedding. alpha: ridge penalty.
@@ -58,29 +60,6 @@ class EmbeddingConfig:
         if self.missing not in ("mean", "error"):
             raise ValueError(f"missing must be 'mean' or 'error', got {self.missing!r}")
         check_embedding_spec(self.embedding, "embedding")
-
-
-def load_embedding_table(path: str | Path) -> pd.DataFrame:
-    """Read a gene-embedding table (CSV/TSV/parquet, gene symbols in the first column)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: embedding table not found")
-    if path.suffix == ".parquet":
-        table = pd.read_parquet(path)
-    else:
-        table = pd.read_csv(path, sep="\t" if path.suffix in (".tsv", ".txt") else ",", index_col=0)
-    if table.index.has_duplicates:
-        duplicated = list(table.index[table.index.duplicated()][:5])
-        raise ValueError(f"{path}: duplicate gene symbols in the first column: {duplicated}")
-    non_numeric = [
-        column for column in table.columns if not pd.api.types.is_numeric_dtype(table[column])
-    ]
-    if non_numeric:
-        raise ValueError(
-            f"{path}: embedding columns must be numeric; non-numeric: {non_numeric[:5]}"
-        )
-    table.index = table.index.astype(str)
-    return table.astype(float)
 
 
 class _EmbeddingModel(MeanShiftModel):

@@ -1,4 +1,4 @@
-"""Control mean and additive baselines (METHOD §3)."""
+"""Control mean and additive baselines (docs/method.md §3)."""
 
 from __future__ import annotations
 

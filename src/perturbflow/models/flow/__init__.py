@@ -1,4 +1,4 @@
-"""Flow matching in latent space (METHOD §2.4): matching, OT pairing, velocity field, solvers."""
+"""Flow matching in latent space (docs/method.md §2.4): matching, OT pairing, velocity field, solvers."""
 
 from perturbflow.models.flow.matching import (
     VelocityModel,

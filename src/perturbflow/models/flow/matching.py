@@ -1,4 +1,4 @@
-"""Conditional flow matching: sample times, interpolate, target velocity, loss (METHOD §2.4).
+"""Conditional flow matching: sample times, interpolate, target velocity, loss (docs/method.md §2.4).
 
 Stateless functions on tensors. Randomness is explicit: pass a ``torch.Generator`` (or the noise
 itself); nothing here draws from torch's global generator.

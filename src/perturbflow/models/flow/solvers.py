@@ -1,7 +1,7 @@
 """Fixed-step ODE solvers for ``dx/dt = v(x, t, condition)`` and a registry of them.
 
 Everything is differentiable: nothing here disables autograd, so the structure-aware losses of
-METHOD §2.5 can backpropagate through an integration. Callers that only predict wrap the call in
+docs/method.md §2.5 can backpropagate through an integration. Callers that only predict wrap the call in
 ``torch.no_grad()`` (and put the model in ``eval()`` mode) themselves.
 
 Shapes: ``B`` batch, ``D`` state dimension, ``C`` condition dimension, ``S`` steps.

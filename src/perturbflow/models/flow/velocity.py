@@ -1,4 +1,4 @@
-"""The conditional velocity field ``v(x_t, t, condition)`` of METHOD §2.4 (a torch module).
+"""The conditional velocity field ``v(x_t, t, condition)`` of docs/method.md §2.4 (a torch module).
 
 Shapes: ``B`` batch, ``D`` latent dimension, ``C`` condition-embedding dimension, ``T`` time
 embedding dimension, ``H`` hidden width.

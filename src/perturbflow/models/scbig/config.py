@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from perturbflow.models.gene_priors import RELATION_GRAPHS, check_embedding_spec
+from perturbflow.programs.priors import RELATION_GRAPHS, check_embedding_spec
 
 PROGRAM_SOURCES = ("grc", "random")
 AUTOENCODERS = ("gcae", "mlp", "pca")
@@ -16,7 +16,7 @@ STARTS = ("calibrated_additive", "combinator", "control")
 
 @dataclass(frozen=True)
 class ScBIGConfig:
-    """Every setting of :class:`~perturbflow.models.scbig.ScBIG` (METHOD §2).
+    """Every setting of :class:`~perturbflow.models.scbig.ScBIG` (docs/method.md §2).
 
     Defaults fit a CPU budget of minutes (scBIG's GPU settings are a config away: 256-d tokens,
     3 blocks, a 1024-wide velocity MLP, 500k flow iterations).

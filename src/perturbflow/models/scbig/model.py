@@ -11,11 +11,8 @@ combination or unseen gene) and decodes whole cells.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import tempfile
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +22,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from perturbflow import __version__
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
@@ -45,12 +41,6 @@ from perturbflow.models.baselines.combinator import Combinator, CombinatorConfig
 from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
-from perturbflow.models.gene_priors import (
-    is_table_path,
-    prior_gene_table,
-    relation_graph,
-    with_data_embedding,
-)
 from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, ScBIGConfig
 from perturbflow.models.scbig.modules import (
     N_DELTA_POOLS,
@@ -59,8 +49,7 @@ from perturbflow.models.scbig.modules import (
     build_autoencoder,
     pooled_program_deltas,
 )
-from perturbflow.models.scbig.plans import AutoencoderPlan, FlowPlan
-from perturbflow.programs.embeddings import correlation_embedding
+from perturbflow.models.scbig.objectives import AutoencoderObjective, FlowObjective
 from perturbflow.programs.genesets import gene_sets_to_membership, read_gmt
 from perturbflow.programs.grc import (
     GenePrograms,
@@ -68,8 +57,16 @@ from perturbflow.programs.grc import (
     gene_relation_clustering,
     random_programs,
 )
-from perturbflow.programs.priors import PriorBundle
+from perturbflow.programs.priors import (
+    PriorBundle,
+    correlation_embedding,
+    is_table_path,
+    prior_gene_table,
+    relation_graph,
+    with_data_embedding,
+)
 from perturbflow.programs.relations import coexpression_knn_graph
+from perturbflow.train import StepPlan, TrainerSettings, fit_objective
 
 logger = logging.getLogger(__name__)
 
@@ -130,29 +127,9 @@ class _FlowData:
         return self.latents[name]
 
 
-@contextlib.contextmanager
-def _quiet_lightning(quiet: bool):
-    """Silence Lightning's INFO chatter (device summary, tips) while training, unless progress
-    output was asked for; Lightning resets its logger levels on import, so this is done here."""
-    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
-    previous = {name: logging.getLogger(name).level for name in names}
-    if quiet:
-        for name in names:
-            logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in previous.items():
-            logging.getLogger(name).setLevel(level)
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped before the end (Ctrl-C, a killed job); it can resume from checkpoints."""
-
-
 @register_model("scbig")
 class ScBIG:
-    """Module-inductive conditional flow matching (scBIG, METHOD §2)."""
+    """Module-inductive conditional flow matching (scBIG, docs/method.md §2)."""
 
     name: ClassVar[str] = "scbig"
     config_class: ClassVar[type] = ScBIGConfig
@@ -381,7 +358,7 @@ class ScBIG:
         val_sources = sources[: min(len(sources), 256)]
         val_start = torch.from_numpy(val_sources.mean(axis=0) + start.shifts(val))  # (V, G)
         val_means = torch.from_numpy(np.vstack([data.cells[n].mean(axis=0) for n in val]))
-        plan = FlowPlan(
+        objective = FlowObjective(
             velocity,
             condition_model,
             self.autoencoder_,
@@ -397,7 +374,6 @@ class ScBIG:
             val_means if val else None,
             conditions_per_batch=cfg.flow_conditions_per_batch,
             cells_per_condition=cfg.flow_cells_per_condition,
-            lr=cfg.flow_lr,
             ot_pairing=cfg.ot_pairing,
             sigma=cfg.sigma,
             unseen_rate=cfg.unseen_rate,
@@ -410,9 +386,17 @@ class ScBIG:
             seed=cfg.seed,
             pathway_membership=self._pathway_membership(),
         )
-        self._run(plan, stage, folder, has_val=bool(val), max_steps=cfg.flow_steps)
+        plan = self._run(
+            objective,
+            stage,
+            folder,
+            lr=cfg.flow_lr,
+            has_val=bool(val),
+            max_steps=cfg.flow_steps,
+            grad_clip=cfg.grad_clip,
+        )
         if plan.best_state is not None:
-            plan.trainable().load_state_dict(plan.best_state)
+            objective.trainable().load_state_dict(plan.best_state)
         velocity.eval()
         condition_model.eval()
         self.history_[f"{stage}_best_val"] = plan.best_val
@@ -528,90 +512,60 @@ class ScBIG:
         if cfg.ae_epochs == 0:
             return
         val_cells = torch.from_numpy(dataset.expression(val)) if val else None
-        plan = AutoencoderPlan(
+        objective = AutoencoderObjective(
             self.autoencoder_,
             torch.from_numpy(train_cells),
             val_cells,
             batch_size=cfg.ae_batch_size,
-            lr=cfg.ae_lr,
             seed=cfg.seed,
         )
-        self._run(plan, "autoencoder", folder, has_val=bool(val), max_epochs=cfg.ae_epochs)
+        plan = self._run(
+            objective,
+            "autoencoder",
+            folder,
+            lr=cfg.ae_lr,
+            has_val=bool(val),
+            max_epochs=cfg.ae_epochs,
+        )
         if plan.best_state is not None:
             self.autoencoder_.load_state_dict(plan.best_state)
         self.history_["autoencoder_best_val"] = plan.best_val
 
     def _run(
         self,
-        plan: L.LightningModule,
+        objective: torch.nn.Module,
         stage: str,
         folder: Path | None,
         *,
+        lr: float,
         has_val: bool,
         max_steps: int = -1,
         max_epochs: int | None = None,
-    ) -> None:
+        grad_clip: float | None = None,
+    ) -> StepPlan:
         cfg = self.config
-        callbacks: list = []
-        if has_val:
-            callbacks.append(
-                EarlyStopping(
-                    monitor="val_loss",
-                    patience=cfg.patience,
-                    mode="min",
-                    check_on_train_epoch_end=False,
-                )
-            )
-        resume = None
-        if folder is not None:
-            stage_dir = folder / stage
-            # One "epoch" is one validation period: a crash loses at most that much work, and
-            # the replay is exact because batches are drawn from the step number.
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=stage_dir,
-                    filename="latest",
-                    save_last=True,
-                    every_n_epochs=1,
-                    save_top_k=1,  # without a monitor: keep only the most recent
-                    save_on_train_epoch_end=True,
-                )
-            )
-            last = stage_dir / "last.ckpt"
-            resume = str(last) if last.exists() else None
-            if resume:
-                logger.info("scbig: resuming %s from %s", stage, last)
-        with warnings.catch_warnings(), _quiet_lightning(not cfg.progress):
-            # Built inside: the Trainer logs its device summary and batch notes on creation.
-            trainer = L.Trainer(
-                accelerator=cfg.accelerator,
-                devices=cfg.devices,
-                strategy=cfg.strategy,
-                max_steps=max_steps,
-                max_epochs=max_epochs,
-                gradient_clip_val=cfg.grad_clip if stage == "flow" else None,
-                callbacks=callbacks,
-                enable_checkpointing=folder is not None,
-                enable_progress_bar=cfg.progress,
-                enable_model_summary=False,
-                logger=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=1 if has_val else 0,
-                default_root_dir=str(folder) if folder else tempfile.gettempdir(),
-            )
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning
-            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-            trainer.fit(plan, ckpt_path=resume)
-        if trainer.interrupted:
-            hint = (
-                f"; call fit again with checkpoint_dir={str(folder)!r} to resume"
-                if folder is not None
-                else "; pass checkpoint_dir to make training resumable"
-            )
-            raise TrainingInterrupted(f"scbig {stage} training was interrupted{hint}")
-        self.history_[f"{stage}_steps"] = int(trainer.global_step)
+        settings = TrainerSettings(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            strategy=cfg.strategy,
+            patience=cfg.patience,
+            progress=cfg.progress,
+        )
+        plan = fit_objective(
+            objective,
+            settings,
+            stage=stage,
+            lr=lr,
+            seed=cfg.seed,
+            has_val=has_val,
+            folder=folder,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            grad_clip=grad_clip,
+            owner="scbig",
+        )
+        self.history_[f"{stage}_steps"] = plan.steps
+        return plan
 
     @torch.no_grad()
     def _encode(self, cells: np.ndarray) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from perturbflow.outputs import OutputExistsError, prepare_output_dir, write_csv
+from perturbflow.data.outputs import OutputExistsError, prepare_output_dir, write_csv
 
 
 def test_prepare_output_dir_creates_and_accepts_empty(tmp_path):

