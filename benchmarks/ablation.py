@@ -20,10 +20,8 @@ Run: ``.venv/bin/python benchmarks/ablation.py --out runs/ablation --seeds 1,2,3
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +30,9 @@ import pandas as pd
 from perturbflow.data import read
 from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.outputs import prepare_output_dir, write_csv
-from perturbflow.data.splits import make_split
 from perturbflow.data.synthetic import simulate
-from perturbflow.eval import evaluate, noise_ceiling, summarize
-from perturbflow.eval.de import de_genes
-from perturbflow.models import get_model
-from perturbflow.models.scbig import ScBIGConfig
+from perturbflow.eval import summarize
+from perturbflow.eval.loop import RunSpec, run
 
 logger = logging.getLogger("ablation")
 
@@ -113,65 +108,51 @@ def main() -> None:
     )
 
     frames, timings, weights = [], [], []
+    runs = [RunSpec(name, name) for name in baselines] + [
+        RunSpec(variant, "scbig", VARIANTS[variant]) for variant in variants
+    ]
     for screen in [s.strip() for s in args.screens.split(",") if s.strip()]:
         dataset = load_screen(screen, args.data_seed)
         label = Path(screen).stem if screen.endswith(".h5ad") else screen
         for kind in [k.strip() for k in args.splits.split(",") if k.strip()]:
             for seed in seeds:
-                split = make_split(kind, dataset.conditions, seed=seed)
-                de = de_genes(dataset, list(split.test))
-                runs = [(name, name, None) for name in baselines] + [
-                    (
-                        variant,
-                        "scbig",
-                        dataclasses.replace(ScBIGConfig(seed=seed), **VARIANTS[variant]),
-                    )
-                    for variant in variants
-                ]
-                found = []
-                for name, model_name, config in runs:
-                    start = time.perf_counter()
-                    model = get_model(model_name, config).fit(dataset, split)
-                    fitted = time.perf_counter()
-                    predictions = model.predict(split.test, n_cells=args.n_cells, seed=seed)
-                    predicted = time.perf_counter()
-                    found.append(
-                        evaluate(predictions, dataset, split, model=name, seed=seed, de=de)
-                    )
-                    timings.append(
-                        {
-                            "screen": label,
-                            "split": kind,
-                            "model": name,
-                            "seed": seed,
-                            "fit_s": fitted - start,
-                            "predict_s": predicted - fitted,
-                        }
-                    )
-                    logger.info(
-                        "%s %s seed %d %s: fit %.1fs", label, kind, seed, name, fitted - start
-                    )
+
+                def chosen_weights(spec, replicate, model, kind=kind, label=label):
                     # What the cross-validation chose for the flow's mean change, per kind.
                     for condition_kind, row in getattr(model, "mean_weight_cv_", {}).items():
                         weights.append(
                             {
                                 "screen": label,
                                 "split": kind,
-                                "model": name,
-                                "seed": seed,
+                                "model": spec.label,
+                                "seed": replicate.split,
                                 "kind": condition_kind,
                                 "weight": model.mean_weights_[condition_kind],
                                 "n_conditions": row["n_conditions"],
                                 **{f"mse_w{w}": e for w, e in row["mse"].items()},
                             }
                         )
-                found.append(noise_ceiling(dataset, split, seed=seed, de=de))
-                frames += [frame.assign(screen=label, split=kind) for frame in found]
+
+                result = run(
+                    dataset,
+                    kind,
+                    runs,
+                    [seed],
+                    n_cells=args.n_cells,
+                    on_fitted=chosen_weights,
+                    progress=lambda text, label=label, kind=kind: logger.info(
+                        "%s %s %s", label, kind, text
+                    ),
+                )
+                frames.append(result.results.assign(screen=label, split=kind))
+                timings.append(result.timings.assign(screen=label, split=kind))
                 results = pd.concat(frames, ignore_index=True)
                 # Written after every seed so an interrupted run keeps what it finished.
                 write_csv(results, folder / "results.csv", overwrite=True)
                 write_csv(summarize_screens(results), folder / "summary.csv", overwrite=True)
-                write_csv(pd.DataFrame(timings), folder / "timings.csv", overwrite=True)
+                write_csv(
+                    pd.concat(timings, ignore_index=True), folder / "timings.csv", overwrite=True
+                )
                 if weights:
                     write_csv(pd.DataFrame(weights), folder / "mean_weights.csv", overwrite=True)
                 (folder / "table.md").write_text(report(results))

@@ -15,7 +15,6 @@ import json
 import logging
 import multiprocessing as mp
 import resource
-import time
 from pathlib import Path
 
 logger = logging.getLogger("speed")
@@ -27,9 +26,8 @@ SCBIG_OPTIONS = {"ae_epochs": 1, "flow_steps": 200, "val_every": 100}
 
 def _measure(model_name: str, n_cells: int, n_genes: int, queue) -> None:
     from perturbflow.data import read
-    from perturbflow.data.splits import make_split
     from perturbflow.data.synthetic import simulate
-    from perturbflow.eval.benchmark import seeded_config
+    from perturbflow.eval.loop import RunSpec, Seeds, run
 
     n_conditions = 1 + 40 + 60
     per_condition = max(10, n_cells // n_conditions)
@@ -44,16 +42,17 @@ def _measure(model_name: str, n_cells: int, n_genes: int, queue) -> None:
         seed=0,
     )
     dataset = read(adata)
-    split = make_split("combo", dataset.conditions, seed=1)
-    options = SCBIG_OPTIONS if model_name == "scbig" else None
-    from perturbflow.models import get_model
-
-    start = time.perf_counter()
-    model = get_model(model_name, seeded_config(model_name, 1, options)).fit(dataset, split)
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    predictions = model.predict(split.test, n_cells=100, seed=0)
-    predict_s = time.perf_counter() - start
+    options = SCBIG_OPTIONS if model_name == "scbig" else {}
+    result = run(
+        dataset,
+        "combo",
+        [RunSpec(model_name, model_name, options)],
+        [Seeds(split=1, model=1, sampling=0)],
+        n_cells=100,
+        score=False,
+    )
+    fit_s, predict_s = (float(v) for v in result.timings.loc[0, ["fit_s", "predict_s"]])
+    n_predicted = 100 * len(result.splits[1].test)
     queue.put(
         {
             "model": model_name,
@@ -62,7 +61,7 @@ def _measure(model_name: str, n_cells: int, n_genes: int, queue) -> None:
             "fit_s": fit_s,
             "predict_s": predict_s,
             "fit_cells_per_s": dataset.adata.n_obs / fit_s,
-            "predict_cells_per_s": predictions.n_obs / predict_s,
+            "predict_cells_per_s": n_predicted / predict_s,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "options": options or {},
         }

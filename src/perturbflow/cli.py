@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import anndata as ad
+import pandas as pd
 import typer
 import yaml
 from rich.console import Console
@@ -15,6 +18,16 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from perturbflow import __version__
+from perturbflow.data import ReadOptions, read
+from perturbflow.data.datasets import list_datasets as dataset_table
+from perturbflow.data.datasets import load_dataset
+from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
+from perturbflow.data.outputs import prepare_output_dir, write_csv, write_figure, write_h5ad
+from perturbflow.data.splits import Split, make_split
+from perturbflow.data.synthetic import simulate as simulate_synthetic
+
+# perturbflow.programs, .models, .eval and .report import torch, Lightning and scanpy, which takes
+# seconds: commands import them where they need them, so `perturbflow --help` answers at once.
 
 app = typer.Typer(
     name="perturbflow",
@@ -92,19 +105,44 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=1)
 
 
-def _read(
-    path: Path, condition_key: str, control: str | None, gene_key: str | None, separator: str
+def _model_runs(
+    models: str,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ):
-    from perturbflow.data import read
+    """The runs of a command: ``--models`` (``all`` expanded), each model's YAML options, then
+    command-line values. ``defaults`` fill fields the YAML leaves out, ``overrides`` replace
+    them; both reach only models whose config has the field, and ``None`` means not given.
+    ``gene_embedding`` goes to the model's gene-vector field (``variant_field``)."""
+    from perturbflow.eval.loop import RunSpec, model_runs  # heavy: torch
+    from perturbflow.models.base import make_config, model_class
 
-    return read(
-        path, condition_key=condition_key, control=control, gene_key=gene_key, separator=separator
-    )
+    for name, values in (options or {}).items():
+        make_config(name, dict(values))  # validate before any training starts
+    runs = []
+    for spec in model_runs(models, options):
+        cls = model_class(spec.model)
+        config_class = getattr(cls, "config_class", None)
+        fields = {f.name for f in dataclasses.fields(config_class)} if config_class else set()
+        rename = {"gene_embedding": getattr(cls, "variant_field", "gene_embedding")}
+
+        def given(values, rename=rename, fields=fields):
+            named = {rename.get(key, key): value for key, value in (values or {}).items()}
+            return {k: v for k, v in named.items() if v is not None and k in fields}
+
+        values = {k: v for k, v in given(defaults).items() if k not in spec.options}
+        values = {**values, **spec.options, **given(overrides)}
+        run_spec = RunSpec(spec.label, spec.model, values)
+        run_spec.config(0)
+        runs.append(run_spec)
+    return runs
 
 
 def summary_table(results, title: str) -> Table:
     """Rich table: mean of each metric per subgroup and model."""
-    from perturbflow.eval.metrics import METRICS
+    from perturbflow.eval.metrics import METRICS  # heavy: torch
 
     shown = [metric for metric in SUMMARY_METRICS if metric in set(results["metric"])]
     pivot = results.pivot_table(
@@ -156,31 +194,26 @@ def demo(
     Writes results.csv (long format), summary.csv, split.json, timings.csv and metrics.png
     into OUT and prints a table of mean metrics per test subgroup and model.
     """
-    from perturbflow.data import read
-    from perturbflow.data.outputs import prepare_output_dir, write_csv, write_figure
-    from perturbflow.data.splits import make_split
-    from perturbflow.data.synthetic import simulate
-    from perturbflow.eval.benchmark import resolve_models, run_models
-    from perturbflow.eval.evaluate import summarize
+    from perturbflow.eval.evaluate import summarize  # heavy: torch
+    from perturbflow.eval.loop import run
     from perturbflow.report.figures import metric_bars
 
     try:
-        names = resolve_models(models)
+        runs = _model_runs(models)
         folder = prepare_output_dir(out, overwrite=overwrite)
-    except (KeyError, FileExistsError) as error:
+    except (KeyError, ValueError, FileExistsError) as error:
         _fail(error)
     with console.status("simulating a screen") as status:
-        dataset = read(simulate(seed=seed))
-        split = make_split(split_kind, dataset.conditions, seed=seed)
-        split.save(folder / "split.json", overwrite=True)
-        result = run_models(
+        dataset = read(simulate_synthetic(seed=seed))
+        result = run(
             dataset,
-            split,
-            names,
-            seed=seed,
+            split_kind,
+            runs,
+            seeds=[seed],
             n_cells=n_cells,
             progress=lambda text: status.update(text),
         )
+        result.splits[seed].save(folder / "split.json", overwrite=True)
     write_csv(result.results, folder / "results.csv", overwrite=True)
     write_csv(summarize(result.results), folder / "summary.csv", overwrite=True)
     write_csv(result.timings, folder / "timings.csv", overwrite=True)
@@ -249,39 +282,33 @@ def fit(
     overwrite: Overwrite = False,
 ) -> None:
     """Fit a model on the training conditions of a split and save a self-describing checkpoint."""
-    from perturbflow.data.splits import Split, make_split
-    from perturbflow.models import get_model
-    from perturbflow.models.base import make_config, model_class
+    from perturbflow.models import get_model  # heavy: torch
     from perturbflow.programs.priors import PriorError
 
     try:
         options = _read_yaml(config) if config else {}
-        hardware = {
-            "accelerator": accelerator,
-            "devices": devices,
-            "strategy": strategy,
-            "progress": progress,
-            "seed": seed,
-        }
-        prior_options = {
-            "priors": str(priors) if priors is not None else None,
-            getattr(model_class(model), "variant_field", "gene_embedding"): gene_embedding,
-            "relation_graph": relation_graph,
-        }
-        options = {**options, **{k: v for k, v in prior_options.items() if v is not None}}
-        model_config = make_config(model, options)
-        if model_config is not None:
-            fields = {f.name for f in dataclasses.fields(model_config)}
-            chosen_options = {
-                key: value
-                for key, value in hardware.items()
-                if value is not None and key in fields and key not in options
-            }
-            model_config = dataclasses.replace(model_config, **chosen_options)
+        if "," in model or model == "all":
+            raise ValueError(f"--model takes one model name, got {model!r}")
+        (spec,) = _model_runs(
+            model,
+            {model: options},
+            defaults={
+                "accelerator": accelerator,
+                "devices": devices,
+                "strategy": strategy,
+                "progress": progress,
+            },
+            overrides={
+                "priors": str(priors) if priors is not None else None,
+                "gene_embedding": gene_embedding,
+                "relation_graph": relation_graph,
+            },
+        )
+        model_config = spec.config(seed)
         for path in (out, split_out or out.with_suffix(".split.json")):
             if path.exists() and not overwrite and not (split is not None and path != out):
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-        dataset = _read(data, condition_key, control, gene_key, separator)
+        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
         if split is not None:
             chosen = Split.load(split)
         else:
@@ -290,7 +317,7 @@ def fit(
         estimator = get_model(model, model_config)
         extra = {}
         if checkpoint_dir is not None:
-            if "checkpoint_dir" not in inspect.signature(estimator.fit).parameters:
+            if not getattr(estimator, "resumable", False):
                 raise ValueError(f"model {model!r} trains in one pass; drop --checkpoint-dir")
             extra["checkpoint_dir"] = checkpoint_dir
         console.print(f"fitting {model} on {len(chosen.train)} training conditions")
@@ -316,9 +343,7 @@ def predict(
     overwrite: Overwrite = False,
 ) -> None:
     """Predict cells for conditions (seen, new combinations or unseen genes) from a checkpoint."""
-    from perturbflow.data.outputs import write_h5ad
-    from perturbflow.data.splits import Split
-    from perturbflow.models import load_model
+    from perturbflow.models import load_model  # heavy: torch
 
     try:
         if (conditions is None) == (split is None):
@@ -360,19 +385,14 @@ def evaluate(
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted cells against real cells with every metric of docs/method.md §5."""
-    import anndata as ad
-    import pandas as pd
-
-    from perturbflow.data.outputs import write_csv
-    from perturbflow.data.splits import Split
-    from perturbflow.eval.de import de_genes
+    from perturbflow.eval.de import de_genes  # heavy: torch
     from perturbflow.eval.evaluate import evaluate as run_evaluate
     from perturbflow.eval.evaluate import noise_ceiling
 
     try:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        dataset = _read(data, condition_key, control, gene_key, separator)
+        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
         chosen = Split.load(split)
         if not predictions.exists():
             raise FileNotFoundError(f"{predictions}: predictions file not found")
@@ -446,15 +466,10 @@ def benchmark(
     difference vs additive, fraction of the noise ceiling), timings.csv, splits/*.json,
     predictions/*.csv and a self-contained report.html into OUT.
     """
-    import sys
-
-    from perturbflow.data.outputs import prepare_output_dir
-    from perturbflow.eval.benchmark import resolve_models
-    from perturbflow.eval.multiseed import run_benchmark
+    from perturbflow.eval.loop import run  # heavy: torch
     from perturbflow.report.benchmark_report import build_report
 
     try:
-        names = resolve_models(models)
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise ValueError("--seeds needs at least one seed")
@@ -466,25 +481,20 @@ def benchmark(
         bad = [name for name, values in options.items() if not isinstance(values, dict)]
         if bad:
             raise ValueError(f"{model_config}: options of {bad} must be mappings of option: value")
-        for name, values in options.items():
-            from perturbflow.models.base import make_config
-
-            make_config(name, values)  # validate before any training starts
-        loaded = _benchmark_data(
-            dataset, data, data_dir, download, condition_key, control, gene_key, separator
-        )
+        runs = _model_runs(models, options)
+        reading = ReadOptions(condition_key, control, gene_key, separator)
+        loaded = _benchmark_data(dataset, data, data_dir, download, reading)
         if cell_type_key is not None:
             loaded = dataclasses.replace(loaded, cell_type_key=cell_type_key)
         with console.status("benchmarking") as status:
-            result = run_benchmark(
+            result = run(
                 loaded,
-                folder,
-                split_kind=split_kind,
+                split_kind,
+                runs,
                 seeds=seed_list,
-                models=names,
+                out=folder,
                 n_cells=n_cells,
                 resume=resume,
-                model_options=options,
                 progress=lambda text: status.update(text),
             )
             status.update("writing report.html")
@@ -573,8 +583,6 @@ def simulate(
     `synthetic` plants gene programs and interaction types; `sergio` knocks out regulators of a
     CollecTRI/DoRothEA sub-network and records the true network in uns["grn_edges"].
     """
-    from perturbflow.data.outputs import write_h5ad
-
     sizes = {
         "singles": singles,
         "doubles": doubles,
@@ -593,15 +601,11 @@ def simulate(
             options["seed"] = seed
         sergio_only = {"--network": network, "--regulators": regulators, "--data-dir": data_dir}
         if engine == "synthetic":
-            from perturbflow.data.synthetic import simulate as simulate_synthetic
-
             given = [flag for flag, value in sergio_only.items() if value is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to --engine sergio")
             adata = simulate_synthetic(**options)
         else:
-            from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
-
             for key, value in (("network", network), ("n_regulators", regulators)):
                 if value is not None:
                     options[key] = value
@@ -617,25 +621,18 @@ def simulate(
     )
 
 
-def _benchmark_data(name, path, data_dir, download, condition_key, control, gene_key, separator):
+def _benchmark_data(name, path, data_dir, download, reading: ReadOptions):
     if path is not None:
-        return _read(path, condition_key, control, gene_key, separator)
+        return reading.read(path)
     if name == "synthetic":
-        from perturbflow.data import read
-        from perturbflow.data.synthetic import simulate
-
-        return read(simulate())
-    from perturbflow.data.datasets import load_dataset
-
+        return read(simulate_synthetic())
     return load_dataset(name, data_dir=data_dir, download=download)
 
 
 @app.command("datasets")
 def list_datasets() -> None:
     """List the registered datasets and whether they are available here."""
-    from perturbflow.data.datasets import list_datasets as table
-
-    frame = table()
+    frame = dataset_table()
     for _, row in frame.iterrows():
         mark = "[green]available[/]" if row["available"] else "[dim]not here[/]"
         console.print(
@@ -646,7 +643,7 @@ def list_datasets() -> None:
 @app.command("models")
 def list_models() -> None:
     """List the registered models."""
-    from perturbflow.models import MODELS
+    from perturbflow.models import MODELS  # heavy: torch
 
     for name, cls in sorted(MODELS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

@@ -333,7 +333,12 @@ def test_benchmark_writes_results_summary_splits_and_report(tmp_path):
     from perturbflow.models.peers import gears_available
 
     gears_line = "installed; not run" if gears_available() else "not installed"
-    assert "GEARS" in html and gears_line in html and "data:image/png;base64," in html
+    assert "gears" in html and gears_line in html and "data:image/png;base64," in html
+    runs = json.loads((out / "runs.json").read_text())
+    assert {label: meta["model"] for label, meta in runs.items()} == {
+        "additive": "additive",
+        "control_mean": "control_mean",
+    }
     crosscheck = pd.read_csv(out / "celleval_crosscheck.csv")  # cell-eval is a test extra
     assert set(crosscheck["model"]) == {"additive", "control_mean"}
     assert crosscheck.groupby("metric")["abs_diff"].max().max() < 1e-4
@@ -358,3 +363,28 @@ def test_benchmark_rejects_bad_model_config(tmp_path):
         + ["--model-config", str(config)],
     )
     assert result.exit_code == 1 and "flow_stpes" in result.output
+
+
+def test_model_options_come_from_yaml_then_the_command_line():
+    from perturbflow.cli import _model_runs
+
+    ridge, additive, scbig = _model_runs(
+        "ridge,additive,scbig",
+        {"ridge": {"alpha": 5.0}, "scbig": {"flow_steps": 7}},
+        defaults={"alpha": 1.0, "progress": False},
+        overrides={"gene_embedding": "go", "priors": None},
+    )
+    # YAML beats a default; an override reaches each model's own gene-vector field.
+    assert dict(ridge.options) == {"alpha": 5.0, "embedding": "go"}
+    assert dict(additive.options) == {}  # no such fields: nothing forced on it
+    assert dict(scbig.options) == {"progress": False, "flow_steps": 7, "gene_embedding": "go"}
+    assert scbig.config(3).seed == 3 and scbig.config(3).flow_steps == 7
+
+
+def test_fit_takes_exactly_one_model(data_file, tmp_path):
+    result = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(tmp_path / "a.npz"), "--model", "all"]
+        + ["--condition-key", "perturbation"],
+    )
+    assert result.exit_code == 1 and "one model name" in result.output

@@ -19,7 +19,7 @@ from perturbflow.data import read
 from perturbflow.data.conditions import parse_condition
 from perturbflow.data.splits import make_split
 from perturbflow.data.synthetic import simulate
-from perturbflow.eval.benchmark import resolve_models
+from perturbflow.eval.loop import resolve_models
 from perturbflow.models import get_model, load_model
 from perturbflow.models.base import make_config
 from perturbflow.models.scbig import ScBIG, ScBIGConfig

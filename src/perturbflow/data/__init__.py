@@ -20,6 +20,7 @@ from perturbflow.data.io import (
     DataFileNotFoundError,
     DataValidationError,
     PerturbationDataset,
+    ReadOptions,
     SmallConditionWarning,
     read,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "DataFileNotFoundError",
     "DataValidationError",
     "PerturbationDataset",
+    "ReadOptions",
     "SmallConditionWarning",
     "canonical",
     "centre_by_context",

@@ -141,6 +141,28 @@ class PerturbationDataset:
         )
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a user's file; every field is an argument of :func:`read` (the CLI's
+    ``--condition-key``, ``--control``, ``--gene-key``, ``--separator``, ``--cell-type-key``)."""
+
+    condition_key: str = "condition"
+    control: str | Sequence[str] | None = None
+    gene_key: str | None = None
+    separator: str = "+"
+    cell_type_key: str | None = None
+
+    def read(self, source: str | Path | ad.AnnData) -> PerturbationDataset:
+        return read(
+            source,
+            condition_key=self.condition_key,
+            control=self.control,
+            gene_key=self.gene_key,
+            separator=self.separator,
+            cell_type_key=self.cell_type_key,
+        )
+
+
 def read(
     source: str | Path | ad.AnnData,
     *,

@@ -1,4 +1,4 @@
-"""Evaluation: metrics (pure functions + registry), DE genes, and long-format scoring."""
+"""Evaluation: metrics (pure functions + registry), DE genes, long-format scoring, the run loop."""
 
 from perturbflow.eval.de import DEError, de_genes
 from perturbflow.eval.evaluate import (
@@ -10,7 +10,9 @@ from perturbflow.eval.evaluate import (
     noise_ceiling,
     summarize,
 )
+from perturbflow.eval.loop import RunResult, RunSpec, Seeds, model_runs, run
 from perturbflow.eval.metrics import METRICS, MetricSpec, UnknownMetricError, get_metric
+from perturbflow.eval.summary import benchmark_summary
 
 __all__ = [
     "METRICS",
@@ -20,10 +22,16 @@ __all__ = [
     "EvaluationError",
     "MetricSpec",
     "PredictionValidationError",
+    "RunResult",
+    "RunSpec",
+    "Seeds",
     "UnknownMetricError",
+    "benchmark_summary",
     "de_genes",
     "evaluate",
     "get_metric",
+    "model_runs",
     "noise_ceiling",
+    "run",
     "summarize",
 ]

@@ -74,6 +74,7 @@ def evaluate(
     *,
     model: str | None = None,
     seed: int = 0,
+    sampling_seed: int | None = None,
     de: Mapping[str, np.ndarray] | None = None,
     conditions: Sequence[str] | None = None,
     max_cells: int = 500,
@@ -99,9 +100,12 @@ def evaluate(
     model
         Name written in the ``model`` column.
     seed
-        Written in the ``seed`` column, and seeds the cell subsampling for the energy distance.
-        Each condition draws from its own stream ``default_rng([seed, crc32(condition)])``, so a
-        condition's score does not depend on which other conditions are evaluated.
+        Written in the ``seed`` column (the replicate), and seeds the cell subsampling for the
+        energy distance unless ``sampling_seed`` is given. Each condition draws from its own
+        stream ``default_rng([sampling seed, crc32(condition)])``, so a condition's score does not
+        depend on which other conditions are evaluated.
+    sampling_seed
+        Seed of the cell subsampling when it should differ from ``seed``.
     de
         ``{condition: gene indices into dataset.genes}``; computed by :func:`de_genes` (top 20,
         t-test against control) when ``None``. Pass it to reuse DE genes across models.
@@ -157,6 +161,7 @@ def evaluate(
         de=de,
         model=model_name,
         seed=seed,
+        sampling_seed=seed if sampling_seed is None else sampling_seed,
         max_cells=max_cells,
         energy_pcs=energy_pcs,
         exclude_target_genes=exclude_target_genes,
@@ -172,6 +177,7 @@ def noise_ceiling(
     split: Split | None,
     *,
     seed: int = 0,
+    sampling_seed: int | None = None,
     conditions: Sequence[str] | None = None,
     de: Mapping[str, np.ndarray] | None = None,
     max_cells: int = 500,
@@ -181,7 +187,8 @@ def noise_ceiling(
 ) -> pd.DataFrame:
     """The metrics between two random halves of the real cells: what a perfect model could reach.
 
-    Each condition's real cells are shuffled with ``default_rng([seed, crc32(condition)])``; the
+    Each condition's real cells are shuffled with ``default_rng([sampling seed, crc32(condition)])``
+    (``sampling_seed``, else ``seed``); the
     first ``n // 2`` play the prediction, the other ``n - n // 2`` the truth. DE genes and the
     control mean still come from all real cells. Arguments as in :func:`evaluate`; the ``model``
     column is ``"noise_ceiling"``. Every condition needs at least 2 cells.
@@ -212,6 +219,7 @@ def noise_ceiling(
         de=de,
         model=NOISE_CEILING_MODEL,
         seed=seed,
+        sampling_seed=seed if sampling_seed is None else sampling_seed,
         max_cells=max_cells,
         energy_pcs=energy_pcs,
         exclude_target_genes=exclude_target_genes,
@@ -232,6 +240,7 @@ def _score_pairs(
     de: Mapping[str, np.ndarray],
     model: str,
     seed: int,
+    sampling_seed: int,
     max_cells: int,
     energy_pcs: int | None,
     exclude_target_genes: bool,
@@ -243,7 +252,7 @@ def _score_pairs(
     """
     pred_means, true_means, pred_cells, true_cells = [], [], [], []
     for name in names:
-        rng = _condition_rng(seed, name)
+        rng = _condition_rng(sampling_seed, name)
         pred, true = cells_of(name, rng)  # (n_pred, G), (n_true, G)
         pred_means.append(pred.mean(axis=0, dtype=np.float64))
         true_means.append(true.mean(axis=0, dtype=np.float64))

@@ -37,7 +37,12 @@ class CheckpointError(ValueError):
 
 @runtime_checkable
 class Model(Protocol):
-    """What every perturbflow model provides."""
+    """What every perturbflow model provides.
+
+    Optional class attributes a model may declare: ``config_class`` (its frozen config
+    dataclass), ``variant_field`` (the config field that ``name[value]`` sets, e.g. ``ridge[go]``)
+    and ``resumable`` (``fit`` takes ``checkpoint_dir`` and resumes an interrupted run).
+    """
 
     name: ClassVar[str]
 

@@ -1,4 +1,7 @@
-"""Assemble ``report.html`` for a benchmark run from what :func:`run_benchmark` wrote."""
+"""Assemble ``report.html`` for a benchmark run from what :func:`perturbflow.eval.loop.run` wrote.
+
+Which runs to show comes from the run metadata (``runs.json``: model, options, peer, programs),
+never from model names."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import pandas as pd
 from perturbflow.data.conditions import parse_condition
 from perturbflow.data.io import PerturbationDataset
 from perturbflow.eval.de import de_genes
-from perturbflow.eval.multiseed import BenchmarkResult
+from perturbflow.eval.loop import RunResult
+from perturbflow.eval.summary import REFERENCE_MODEL
 from perturbflow.report.benchmark_figures import (
     delta_scatter,
     gi_scatter,
@@ -30,25 +34,25 @@ HEADLINE = (
     "discrimination_l1",
     "energy_distance",
 )
-PREFERRED_MODELS = ("scbig", "additive")
 GI_GENES = 100
 
 
-def peers_status(out: Path | None = None) -> dict[str, str]:
-    """Which optional peers ran; the report says so instead of failing."""
-    from perturbflow.models.peers import gears_available
-    from perturbflow.models.peers.gears import INSTALL_HINT
+def peers_status(runs: dict[str, dict], out: Path | None = None) -> dict[str, str]:
+    """Which optional peers ran, which are installed, and the cell-eval cross-check."""
+    from perturbflow.models.peers import peer_status
 
-    if out is not None and any((out / "predictions").glob("gears_seed*.csv")):
-        gears = "ran in this benchmark (same splits and metrics)"
-    elif gears_available():
-        gears = "installed; not run (add gears to --models, e.g. --models all,gears)"
-    else:
-        gears = f"not installed ({INSTALL_HINT})"
+    ran = {meta["model"].split("[", 1)[0] for meta in runs.values() if meta.get("peer")}
     status = {
-        "GEARS": gears,
-        "cell-eval": "not installed (pip install perturbflow[celleval])",
+        peer: "ran in this benchmark (same splits and metrics)"
+        if peer in ran
+        else (
+            f"installed; not run (add it to --models, e.g. --models all,{peer})"
+            if installed
+            else state
+        )
+        for peer, (installed, state) in peer_status().items()
     }
+    status["cell-eval"] = "not installed (pip install perturbflow[celleval])"
     path = out / "celleval_crosscheck.csv" if out is not None else None
     if path is not None and path.exists():
         table = pd.read_csv(path)
@@ -61,10 +65,19 @@ def peers_status(out: Path | None = None) -> dict[str, str]:
     return status
 
 
+def shown_runs(runs: dict[str, dict], out: Path, seed: int) -> list[str]:
+    """Runs whose predictions the figures show: the first that learns gene programs and the
+    reference baseline; else the first two runs with predictions."""
+    have = [label for label in runs if (out / "predictions" / f"{label}_seed{seed}.csv").exists()]
+    chosen = [label for label in have if runs[label].get("programs")][:1]
+    chosen += [label for label in have if label == REFERENCE_MODEL]
+    return chosen or have[:2]
+
+
 def build_report(
     out: Path,
     dataset: PerturbationDataset,
-    result: BenchmarkResult,
+    result: RunResult,
     *,
     title: str,
     command: str,
@@ -85,11 +98,7 @@ def build_report(
     seed = min(result.splits)
     split = result.splits[seed]
     dataset = result.eval_datasets.get(seed, dataset)
-    models = [m for m in PREFERRED_MODELS if (out / "predictions" / f"{m}_seed{seed}.csv").exists()]
-    if not models:
-        models = sorted(
-            p.stem.rsplit("_seed", 1)[0] for p in (out / "predictions").glob(f"*_seed{seed}.csv")
-        )[:2]
+    models = shown_runs(result.runs, out, seed)
     real = dataset.mean_expression(list(split.test)) - dataset.control_expression().mean(axis=0)
     predicted = {
         model: pd.read_csv(out / "predictions" / f"{model}_seed{seed}.csv", index_col=0)
@@ -116,11 +125,12 @@ def build_report(
             f"Genetic interactions of held-out doubles: predicted vs real double, top {GI_GENES} "
             "responding genes"
         ] = gi
-    programs_path = out / "programs" / f"scbig_seed{seed}.csv"
-    if programs_path.exists():
-        figures[f"scbig gene programs: mean real delta per program (seed {seed})"] = (
-            program_heatmap(pd.read_csv(programs_path), real)
-        )
+    for label in [label for label, meta in result.runs.items() if meta.get("programs")][:1]:
+        programs_path = out / "programs" / f"{label}_seed{seed}.csv"
+        if programs_path.exists():
+            figures[f"{label} gene programs: mean real delta per program (seed {seed})"] = (
+                program_heatmap(pd.read_csv(programs_path), real)
+            )
     provenance = dataset.adata.uns.get("perturbflow", {}).get("dataset", {})
     checksums = (
         {str(provenance.get("path", provenance.get("name", "data"))): str(provenance.get("sha256"))}
@@ -142,12 +152,12 @@ def build_report(
             *_context_note(result),
             *_norman_reference_note(dataset),
         ],
-        peers_status=peers_status(out),
+        peers_status=peers_status(result.runs, out),
     )
     return write_report(html, out / "report.html", overwrite=overwrite)
 
 
-def _context_note(result: BenchmarkResult) -> list[str]:
+def _context_note(result: RunResult) -> list[str]:
     """For context splits: the target line of each seed and the space the metrics live in."""
     targets = {
         seed: split.params["target_line"]

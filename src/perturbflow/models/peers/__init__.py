@@ -26,12 +26,14 @@ def register_peers() -> tuple[str, ...]:
     return tuple(name for name in PEERS if name in MODELS)
 
 
-def peer_status() -> dict[str, str]:
-    """Peer → ``"installed"`` or how to install it (for reports)."""
+def peer_status() -> dict[str, tuple[bool, str]]:
+    """Peer model name → (installed, a line saying so or how to install it), for reports."""
+    installed = _gears.gears_available()
     return {
-        "GEARS": "installed (cell-gears)"
-        if _gears.gears_available()
-        else f"not installed ({_gears.INSTALL_HINT})"
+        "gears": (
+            installed,
+            "installed (cell-gears)" if installed else f"not installed ({_gears.INSTALL_HINT})",
+        )
     }
 
 

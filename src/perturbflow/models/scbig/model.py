@@ -134,6 +134,7 @@ class ScBIG:
     name: ClassVar[str] = "scbig"
     config_class: ClassVar[type] = ScBIGConfig
     variant_field: ClassVar[str] = "gene_embedding"  # scbig[go] is scbig with gene_embedding="go"
+    resumable: ClassVar[bool] = True  # fit(..., checkpoint_dir=...) resumes an interrupted run
 
     def __init__(self, config: ScBIGConfig | None = None) -> None:
         self.config = config if config is not None else ScBIGConfig()
