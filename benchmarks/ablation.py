@@ -33,6 +33,7 @@ from perturbflow.data.outputs import prepare_output_dir, write_csv
 from perturbflow.data.synthetic import simulate
 from perturbflow.eval import summarize
 from perturbflow.eval.loop import RunSpec, run
+from perturbflow.report.markdown import metrics_table
 
 logger = logging.getLogger("ablation")
 
@@ -175,41 +176,14 @@ def report(results: pd.DataFrame) -> str:
         group = group.drop(columns=["screen", "split"])
         sections += [
             f"## {screen}, {kind} split ({group['seed'].nunique()} seeds)\n",
-            markdown_table(group),
+            metrics_table(group),
             markdown_acceptance(acceptance(group, kind)),
             markdown_paired(paired_differences(group[group["model"].isin(PAIRED)])),
         ]
     return "\n".join(sections)
 
 
-HEADLINE = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
 PAIRED_METRICS = ("pearson_delta_de20", "mse_de20", "energy_distance")
-
-
-def markdown_table(results: pd.DataFrame) -> str:
-    """Subgroup × variant table of headline metrics: mean over seeds of per-seed means."""
-    per_seed = (
-        results[results["metric"].isin(HEADLINE)]
-        .groupby(["subgroup", "model", "metric", "seed"])["value"]
-        .mean()
-        .groupby(["subgroup", "model", "metric"])
-        .agg(["mean", "std"])
-    )
-    lines = [
-        "| subgroup | model | " + " | ".join(HEADLINE) + " |",
-        "|---|---|" + "---|" * len(HEADLINE),
-    ]
-    for subgroup, model in per_seed.index.droplevel("metric").unique():
-        cells = []
-        for metric in HEADLINE:
-            key = (subgroup, model, metric)
-            if key in per_seed.index:
-                mean, sd = per_seed.loc[key]
-                cells.append(f"{mean:.3f} ± {sd:.3f}" if sd == sd else f"{mean:.3f}")
-            else:
-                cells.append("")
-        lines.append(f"| {subgroup} | {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def per_seed_means(results: pd.DataFrame) -> pd.Series:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +89,9 @@ def main() -> None:
     variants = _names(parser, args.variants, VARIANTS, "variant")
     datasets = _names(parser, args.datasets, DATASETS, "dataset")
     folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(
+        " ".join([".venv/bin/python benchmarks/program_quality.py", *sys.argv[1:]]) + "\n"
+    )
     bundle = PriorBundle.discover(args.priors)
     started = time.perf_counter()
     rows, top_terms = [], []

@@ -3,7 +3,7 @@
 Each (model, size) runs in a fresh subprocess so its peak resident memory (``ru_maxrss``) is its
 own. The simulated screen has ``--genes`` genes, 40 singles and 60 doubles, and enough cells per
 condition to reach each requested total. Writes ``speed.json`` (one record per model × size:
-seconds, cells/s, peak MiB, the settings used).
+seconds, cells/s, peak MiB, the settings used), ``table.md`` and ``command.txt``.
 
 Run: ``.venv/bin/python benchmarks/speed.py --out runs/speed --sizes 10000,50000,200000``
 """
@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing as mp
 import resource
+import sys
 from pathlib import Path
 
 logger = logging.getLogger("speed")
@@ -79,6 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "command.txt").write_text(
+        " ".join([".venv/bin/python benchmarks/speed.py", *sys.argv[1:]]) + "\n"
+    )
     records = []
     context = mp.get_context("spawn")
     for size in (int(s) for s in args.sizes.split(",")):
@@ -96,6 +100,24 @@ def main() -> None:
                 records.append(queue.get())
                 logger.info("%s", records[-1])
             (args.out / "speed.json").write_text(json.dumps(records, indent=2))
+            (args.out / "table.md").write_text(speed_table(records))
+
+
+def speed_table(records: list[dict]) -> str:
+    """Markdown: one row per (cells, model) with fit/predict seconds and peak memory."""
+    lines = [
+        "| cells | genes | model | fit s | predict s | fit cells/s | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['n_cells']} | | {r['model']} | {r['error']} | | | |")
+            continue
+        lines.append(
+            f"| {r['n_cells']} | {r['n_genes']} | {r['model']} | {r['fit_s']:.1f} | "
+            f"{r['predict_s']:.2f} | {r['fit_cells_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -55,3 +55,37 @@ def test_cli_writes_every_run_in_order(tmp_path):
     text = out.read_text()
     assert text.startswith("# Measured results")
     assert text.index("## `first`") < text.index("## `second`")
+
+
+def test_a_benchmark_folder_is_tabled_from_its_results(tmp_path):
+    module = _load()
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "command.txt").write_text("perturbflow benchmark --out runs/bench\n")
+    rows = [
+        ("A", "combo_seen2", metric, value + seed, model, seed)
+        for metric in ("pearson_delta", "pearson_delta_de20", "mse_de20")
+        for model, value in (("additive", 0.5), ("ridge", 0.25))
+        for seed in (1, 2)
+    ]
+    pd.DataFrame(
+        rows, columns=["condition", "subgroup", "metric", "value", "model", "seed"]
+    ).to_csv(folder / "results.csv", index=False)
+    text = module.section(folder, "A title")
+    assert text.startswith("## A title (`bench`)")
+    assert "Seeds: 1, 2." in text
+    # mean over the two seeds' values (1.5, 2.5) and their sd
+    assert "| combo_seen2 | additive | 2.000 ± 0.707 | 2.000 ± 0.707 | 2.000 ± 0.707 |" in text
+    assert "| combo_seen2 | ridge | 1.750 ± 0.707 |" in text
+
+
+def test_a_folder_without_its_command_is_refused(tmp_path):
+    folder = tmp_path / "nocommand"
+    folder.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(folder), "--out", str(tmp_path / "R.md")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "without command.txt" in done.stderr
+    assert not (tmp_path / "R.md").exists()

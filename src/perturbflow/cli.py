@@ -477,6 +477,8 @@ def benchmark(
             folder = out
         else:
             folder = prepare_output_dir(out, overwrite=overwrite)
+        command = "perturbflow " + " ".join(sys.argv[1:])
+        (folder / "command.txt").write_text(command + "\n")
         options = _read_yaml(model_config) if model_config else {}
         bad = [name for name, values in options.items() if not isinstance(values, dict)]
         if bad:
@@ -504,7 +506,7 @@ def benchmark(
                 loaded,
                 result,
                 title=f"perturbflow benchmark — {label}, {split_kind} split",
-                command="perturbflow " + " ".join(sys.argv[1:]),
+                command=command,
             )
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         _fail(error)

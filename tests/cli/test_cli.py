@@ -321,7 +321,7 @@ def test_benchmark_writes_results_summary_splits_and_report(tmp_path):
     args = ["benchmark", "--out", str(out), "--models", "additive,control_mean", "--seeds", "1,2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    for name in ("results.csv", "summary.csv", "timings.csv", "report.html"):
+    for name in ("results.csv", "summary.csv", "timings.csv", "report.html", "command.txt"):
         assert (out / name).stat().st_size > 0, name
     assert sorted(p.name for p in (out / "splits").iterdir()) == [
         "simulation_seed1.json",

@@ -16,69 +16,40 @@ STARTS = ("calibrated_additive", "combinator", "control")
 
 @dataclass(frozen=True)
 class ScBIGConfig:
-    """Every setting of :class:`~perturbflow.models.scbig.ScBIG` (docs/method.md §2).
+    """Every setting of :class:`~perturbflow.models.scbig.ScBIG`, one comment per field.
 
-    Defaults fit a CPU budget of minutes (scBIG's GPU settings are a config away: 256-d tokens,
-    3 blocks, a 1024-wide velocity MLP, 500k flow iterations).
-
-    The flow starts at ``start``: ``calibrated_additive`` (control cells shifted by the
-    :class:`~perturbflow.models.baselines.CalibratedAdditive` prediction, configured by
-    ``calibrate_prior``, ``target_aware_prior`` and ``unseen_shift``), ``combinator`` (shifted by
-    the :class:`~perturbflow.models.baselines.Combinator` prediction, default settings) or
-    ``control`` (the control cells themselves). The flow learns the residual over that start for
-    every kind of condition. ``mean_weight`` scales the flow's change of the *mean* (its
-    reshaping of the cells around their mean is always kept); ``None`` chooses a weight per
-    condition kind (``seen_single``, ``unseen_single``, ``combo_seen0/1/2``) from
-    ``MEAN_WEIGHT_GRID`` by cross-validation on training conditions: a
-    flow is fitted without ``cv_hidden_genes`` of the seen genes (their singles and combinations)
-    and ``cv_doubles`` of the remaining training combinations, and each weight is scored on
-    those held-out conditions. A kind with fewer than ``cv_min_conditions`` held-out conditions
-    keeps the start's mean (weight 0). ``delta_conditioning`` gives the flow the start model's
-    single deltas of the condition's genes, pooled symmetrically in program space (sum, pairwise
-    product, max, min), next to the gene vectors.
-
-    Ablation switches: ``programs="random"`` (no GRC), ``autoencoder="mlp"`` (no module
-    attention), ``alignment=False``, ``ot_pairing=False`` (random pairing), ``autoencoder="pca"``
-    (flow in PCA space), ``start="control"``, ``calibrate_prior=False``,
-    ``target_aware_prior=False``, ``delta_conditioning=False``.
-
-    Prior knowledge: ``gene_embedding`` is ``"data"`` (correlation embedding of the training
-    cells), a registered prior source (``go``, ``ppi``, ``text``, ``concat``, ``mean``; several
-    joined by ``+``) or a path to a gene-embedding table, used next to the data embedding as
-    GRC's semantic embedding and the condition encoder's gene vectors. ``relation_graph`` is
-    GRC's relation graph (``coexpression``, ``ppi``, ``regulons``, ``pathways``). ``priors`` is
-    the data folder holding ``priors/``. ``unseen_shift="auto"`` is ``ridge`` with a prior
-    embedding and ``mean`` with the data embedding. ``pathway_gene_sets`` gives the pathways of
-    the Sinkhorn alignment loss (a gene-set library name or a GMT path; ``None``: the programs).
-    ``residual_decoding`` predicts each cell as its start cell plus the decoded latent change.
-    ``unseen_rate`` is the share of training draws that present a condition as if one of its
-    genes had never been perturbed.
+    How the pieces fit together is in docs/method.md §2; why each default is what it is, with the
+    measurements, in §7. Defaults fit a CPU budget of minutes. The ablation switches are
+    ``programs="random"``, ``autoencoder="mlp"`` or ``"pca"``, ``alignment=False``,
+    ``ot_pairing=False``, ``start="control"``, ``calibrate_prior=False``,
+    ``target_aware_prior=False`` and ``delta_conditioning=False``.
     """
 
-    # Prior knowledge: gene vectors and relation graph
+    # Prior knowledge. Gene vectors: "data" (correlation embedding of the training cells), a prior
+    # source (go, ppi, text, concat, mean; several joined by "+") or an embedding-table path.
     gene_embedding: str = "data"
-    relation_graph: str = "coexpression"
-    priors: str | None = None
+    relation_graph: str = "coexpression"  # GRC graph: coexpression, ppi, regulons, pathways
+    priors: str | None = None  # data folder holding priors/ (default $PERTURBFLOW_DATA_DIR)
     # Gene programs (§2.1)
-    programs: str = "grc"
+    programs: str = "grc"  # "grc" or "random" (ablation)
     n_programs: int = 32
-    embedding_components: int = 32
-    knn: int = 10
+    embedding_components: int = 32  # size of the data embedding
+    knn: int = 10  # neighbours of the co-expression graph
     # Autoencoder (§2.2)
-    autoencoder: str = "gcae"
-    chunk_size: int = 64
+    autoencoder: str = "gcae"  # gcae (module attention), mlp, pca
+    chunk_size: int = 64  # genes per GCAE token
     token_dim: int = 64
     n_heads: int = 8
     n_blocks: int = 2
     n_modules: int = 8
     latent_dim: int = 50
-    ae_epochs: int = 10
+    ae_epochs: int = 10  # 0: keep the initial weights
     ae_batch_size: int = 256
     ae_lr: float = 1e-3
     # Condition encoder (§2.3)
     gene_embedding_dim: int = 128
     condition_dim: int = 256
-    missing_gene: str = "mean"
+    missing_gene: str = "mean"  # a gene without a vector: "mean" vector or "error"
     # Flow matching (§2.4)
     flow_hidden: int = 512
     flow_layers: int = 2
@@ -88,33 +59,39 @@ class ScBIGConfig:
     flow_cells_per_condition: int = 64
     flow_lr: float = 5e-4
     grad_clip: float = 1.0
-    ot_pairing: bool = True
-    unseen_rate: float = 0.0
-    start: str = "calibrated_additive"
-    calibrate_prior: bool = True
-    target_aware_prior: bool = True
-    unseen_shift: str = "auto"
-    delta_conditioning: bool = True
-    sigma: float = 0.0
+    ot_pairing: bool = True  # exact OT pairing within a condition; False: random pairs
+    unseen_rate: float = 0.0  # share of draws that present a condition as if a gene were unseen
+    start: str = (
+        "calibrated_additive"  # where the flow starts: calibrated_additive, combinator, control
+    )
+    calibrate_prior: bool = True  # calibrated_additive start: per-category scale
+    target_aware_prior: bool = True  # calibrated_additive start: target-aware fill of unseen genes
+    unseen_shift: str = "auto"  # unseen-gene fallback: mean, ridge, auto (ridge with a prior)
+    delta_conditioning: bool = True  # also condition on the start's single deltas (program space)
+    sigma: float = 0.0  # noise of the probability path
     # Structure-aware alignment (§2.5)
     alignment: bool = True
-    align_every: int = 25
+    align_every: int = 25  # steps between alignment losses
     cluster_corr_weight: float = 0.1
     pathway_ot_weight: float = 0.1
-    pathway_gene_sets: str | None = None
+    pathway_gene_sets: str | None = None  # Sinkhorn pathways: library name or GMT; None: programs
     align_ode_steps: int = 4
     # Validation and early stopping (validation conditions only)
     val_every: int = 250
     patience: int = 4
     # Prediction
-    ode_method: str = "midpoint"
+    ode_method: str = "midpoint"  # euler, midpoint, rk4
     ode_steps: int = 20
-    residual_decoding: bool = True
+    residual_decoding: bool = True  # a cell = its start cell + the decoded latent change
+    # Share of the flow's mean change kept, in [0, 1]; None: chosen per condition kind by
+    # cross-validation on training conditions (§2.4), holding out cv_hidden_genes of the seen
+    # genes and cv_doubles of the other combinations; kinds with fewer than cv_min_conditions
+    # held-out conditions keep the start's mean.
     mean_weight: float | None = None
     cv_hidden_genes: float = 0.1
     cv_doubles: float = 0.2
     cv_min_conditions: int = 3
-    max_control_cells: int = 2000
+    max_control_cells: int = 2000  # control cells kept in the checkpoint as flow sources
     # Hardware and reproducibility
     accelerator: str = "cpu"
     devices: int = 1
