@@ -631,6 +631,311 @@ def _benchmark_data(name, path, data_dir, download, reading: ReadOptions):
     return load_dataset(name, data_dir=data_dir, download=download)
 
 
+grn_app = typer.Typer(
+    help="Gene regulatory networks: infer edges from a screen or expression, score them against "
+    "a known network, and complete a prior network with graph attention.",
+    no_args_is_help=True,
+)
+app.add_typer(grn_app, name="grn")
+
+GRN_METHODS = ("screen", "regression", "tree", "correlation", "model")
+EDGE_FORMATS = ("csv", "beeline", "graphml")
+Truth = Annotated[
+    str,
+    typer.Option(
+        help="Known network: collectri, dorothea, beeline_hepg2_chip, beeline_string, a CSV/TSV "
+        "of source,target[,sign], or 'data' for a simulated screen's own network."
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Data folder holding priors/ (default $PERTURBFLOW_DATA_DIR, else ../shared/data)."
+    ),
+]
+
+
+@grn_app.command("infer")
+def grn_infer(
+    data: Annotated[Path, typer.Argument(help="Screen or expression data (.h5ad).")],
+    out: Annotated[Path, typer.Option(help="Edges file to write.")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="screen (knock-out vs control: |Welch t|), regression (direct effects from every "
+            "condition), tree (GRNBoost2-style), correlation, or model (in-silico perturbation "
+            "of --checkpoint)."
+        ),
+    ] = "screen",
+    regulators: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated regulators (default: every perturbed measured gene)."),
+    ] = None,
+    perturbation: Annotated[
+        str, typer.Option(help="loss (knock-out/knock-down) or gain (CRISPRa): sets edge signs.")
+    ] = "loss",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="method=model: a checkpoint written by `perturbflow fit`.")
+    ] = None,
+    direct_only: Annotated[
+        bool,
+        typer.Option(
+            "--direct-only",
+            help="method=screen: drop edges explained by a stronger two-step path.",
+        ),
+    ] = False,
+    edge_format: Annotated[
+        str, typer.Option("--format", help="csv (every column), beeline or graphml.")
+    ] = "csv",
+    max_cells: Annotated[
+        int, typer.Option(help="tree/correlation: cells sampled from the data.")
+    ] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of cell sampling and trees.")] = 0,
+    n_jobs: Annotated[int, typer.Option(help="tree: parallel targets.")] = 1,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    overwrite: Overwrite = False,
+) -> None:
+    """Infer regulator → target edges and write them (CSV, BEELINE ranked edges or GraphML)."""
+    import numpy as np
+
+    from perturbflow import grn  # heavy: torch
+
+    try:
+        _check_choice("--method", method, GRN_METHODS)
+        _check_choice("--format", edge_format, EDGE_FORMATS)
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        if (method == "model") != (checkpoint is not None):
+            raise ValueError("--checkpoint goes with --method model, and only with it")
+        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        chosen = [r.strip() for r in regulators.split(",") if r.strip()] if regulators else None
+        if method == "screen":
+            edges = grn.screen_edges(dataset, regulators=chosen, perturbation=perturbation)
+            if direct_only:
+                edges = grn.transitive_reduction(edges)
+                edges = edges[~edges["indirect"]].drop(columns=["indirect", "via"])
+        elif method == "regression":
+            edges = grn.regression_edges(dataset, regulators=chosen)
+        elif method == "model":
+            from perturbflow.models import load_model
+
+            if not chosen:
+                raise ValueError(
+                    "--method model needs --regulators (the genes to perturb in silico)"
+                )
+            edges = grn.model_edges(load_model(checkpoint), chosen, perturbation=perturbation)
+        else:
+            cells = dataset.expression(list(dataset.conditions))  # (N, G)
+            rng = np.random.default_rng(seed)
+            cells = cells[
+                np.sort(rng.choice(len(cells), min(max_cells, len(cells)), replace=False))
+            ]
+            genes = list(dataset.genes)
+            sources = chosen or sorted(set(dataset.perturbed_genes) & set(genes)) or genes
+            edges = (
+                grn.tree_edges(cells, genes, sources, seed=seed, n_jobs=n_jobs)
+                if method == "tree"
+                else grn.correlation_edges(cells, genes, sources)
+            )
+        writer = {
+            "csv": grn.write_edges_csv,
+            "beeline": grn.write_beeline,
+            "graphml": grn.write_graphml,
+        }[edge_format]
+        writer(edges, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(
+        f"{len(edges)} edges from {edges['source'].nunique()} regulator(s) ({method}) → [bold]{out}[/]"
+    )
+
+
+@grn_app.command("score")
+def grn_score(
+    edges: Annotated[Path, typer.Argument(help="Edges CSV written by `perturbflow grn infer`.")],
+    data: Annotated[Path, typer.Option(help="The data the edges came from (.h5ad): its genes.")],
+    out: Annotated[Path, typer.Option(help="Metrics CSV (long format).")],
+    truth: Truth = "collectri",
+    regulators: Annotated[
+        str | None, typer.Option(help="Comma-separated regulators (default: the edges' sources).")
+    ] = None,
+    confidence: Annotated[str, typer.Option(help="DoRothEA confidence levels kept.")] = "ABC",
+    permutations: Annotated[
+        int, typer.Option(help="Permutations of the EPR p-value (0: none).")
+    ] = 0,
+    data_dir: DataDir = None,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    overwrite: Overwrite = False,
+) -> None:
+    """Score edges against a known network: AUPRC, AUROC, their ratio to chance and early precision."""
+    from perturbflow import grn  # heavy: torch
+
+    try:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        genes = list(dataset.genes)
+        predicted = grn.read_edges_csv(edges)
+        known = grn.read_network(
+            dataset if truth == "data" else truth,
+            genes=genes,
+            data_dir=data_dir,
+            confidence=confidence,
+        )
+        chosen = [r.strip() for r in regulators.split(",") if r.strip()] if regulators else None
+        table = grn.score_edges(predicted, known, genes=genes, regulators=chosen, method=edges.stem)
+        if permutations > 0:
+            p = grn.epr_permutation_pvalue(
+                predicted, known, genes=genes, regulators=chosen, n_permutations=permutations
+            )
+            extra = {"method": edges.stem, "regulator": "all", "metric": "epr_pvalue", "value": p}
+            table = pd.concat([table, pd.DataFrame([extra])], ignore_index=True)
+        write_csv(table, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(_grn_table(table, f"{edges.name} against {truth}"))
+    console.print(f"metrics written to [bold]{out}[/]")
+
+
+@grn_app.command("complete")
+def grn_complete(
+    data: Annotated[Path, typer.Argument(help="Expression data (.h5ad) for the gene features.")],
+    out: Annotated[Path, typer.Option(help="Metrics CSV of the held-out edges.")],
+    network: Truth = "collectri",
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Gene features: encoder (the project's GCAE on this data), expression "
+            "(statistics and PC loadings) or prior:go / prior:ppi / prior:text."
+        ),
+    ] = "encoder",
+    held_out: Annotated[float, typer.Option(help="Share of the network's edges held out.")] = 0.2,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the link predictor.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the edge split, features and training.")] = 0,
+    scores_out: Annotated[
+        Path | None, typer.Option(help="Also write every scored held-out pair (CSV).")
+    ] = None,
+    data_dir: DataDir = None,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    overwrite: Overwrite = False,
+) -> None:
+    """Hold out part of a network, predict it by graph attention over the rest, and score it."""
+    from perturbflow import grn  # heavy: torch
+
+    try:
+        for path in (out, scores_out):
+            if path is not None and path.exists() and not overwrite:
+                raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        genes = list(dataset.genes)
+        known = grn.read_network(
+            dataset if network == "data" else network, genes=genes, data_dir=data_dir
+        )
+        feature_config = grn.FeatureConfig(seed=seed, priors=str(data_dir) if data_dir else None)
+        table = grn.gene_features(features, dataset, genes=genes, config=feature_config)
+        config = grn.CompletionConfig(held_out=held_out, epochs=epochs, seed=seed)
+        with console.status(f"training graph attention on {len(known)} edges"):
+            result = grn.complete_network(known, table, config)
+        metrics = result.metrics.assign(features=features, network=network, seed=seed)
+        write_csv(metrics, out, overwrite=overwrite)
+        if scores_out is not None:
+            write_csv(result.scores, scores_out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    console.print(
+        f"held-out edges of {network} with {features} features: AUROC {result.auroc:.3f}, "
+        f"AUPRC {result.auprc:.3f} → [bold]{out}[/]"
+    )
+
+
+@grn_app.command("demo")
+def grn_demo(
+    out: Annotated[Path, typer.Option(help="New folder for edges, metrics and GraphML.")] = Path(
+        "runs/grn_demo"
+    ),
+    network: Annotated[
+        str,
+        typer.Option(
+            help="Regulon topology of the simulated screen: collectri, dorothea or a CSV."
+        ),
+    ] = "dorothea",
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 1,
+    data_dir: DataDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Simulate a small knock-out screen with a known network, infer and score its edges.
+
+    Needs the sim extra (sergio-rs). Writes screen.h5ad, edges_<method>.csv, metrics.csv and
+    screen_edges.graphml into OUT and prints AUPRC, AUPRC ratio and early precision per method.
+    """
+    from perturbflow import grn  # heavy: torch
+
+    try:
+        folder = prepare_output_dir(out, overwrite=overwrite)
+        config = GRNScreenConfig(
+            network=network, n_genes=80, n_regulators=20, n_singles=15, n_doubles=15,
+            n_cells=60, n_control_cells=150, seed=seed,
+        )  # fmt: skip
+        with console.status("simulating a knock-out screen"):
+            adata = simulate_grn_screen(config, data_dir=data_dir)
+        write_h5ad(adata, folder / "screen.h5ad", overwrite=True)
+        dataset = read(adata)
+        genes = list(dataset.genes)
+        truth = grn.read_network(dataset, genes=genes)
+        cells = dataset.expression(list(dataset.conditions))
+        with console.status("inferring edges"):
+            found = {
+                "screen": grn.screen_edges(dataset),
+                "regression": grn.regression_edges(dataset),
+            }
+            regulators = sorted(set(found["screen"]["source"]))
+            found["correlation"] = grn.correlation_edges(cells, genes, regulators)
+        tables = []
+        for method, edges in found.items():
+            grn.write_edges_csv(edges, folder / f"edges_{method}.csv", overwrite=True)
+            tables.append(
+                grn.score_edges(edges, truth, genes=genes, regulators=regulators, method=method)
+            )
+        grn.write_graphml(found["screen"], folder / "screen_edges.graphml", overwrite=True)
+        metrics = pd.concat(tables, ignore_index=True)
+        write_csv(metrics, folder / "metrics.csv", overwrite=True)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as error:
+        _fail(error)
+    console.print(_grn_table(metrics, f"edges of a simulated screen ({network}, seed {seed})"))
+    console.print(f"results written to [bold]{folder}[/]")
+
+
+def _grn_table(metrics: pd.DataFrame, title: str) -> Table:
+    overall = metrics[metrics["regulator"] == "all"]
+    shown = [
+        m
+        for m in ("auprc", "auprc_ratio", "auroc", "epr", "epr_pvalue", "n_true")
+        if m in set(overall["metric"])
+    ]
+    table = Table(title=title)
+    table.add_column("method")
+    for metric in shown:
+        table.add_column(metric, justify="right")
+    for method, group in overall.groupby("method", sort=False):
+        values = group.set_index("metric")["value"]
+        table.add_row(method, *[f"{values[m]:.3g}" if m in values else "" for m in shown])
+    return table
+
+
+def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{flag} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 @app.command("datasets")
 def list_datasets() -> None:
     """List the registered datasets and whether they are available here."""

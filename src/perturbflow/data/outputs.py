@@ -33,7 +33,9 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def _atomic(path: str | Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+def write_atomic(path: str | Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Run ``write(temporary path)`` and rename the file into ``path``: a crash never leaves half
+    a file. Refuses to replace an existing ``path`` unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(
@@ -54,18 +56,18 @@ def _atomic(path: str | Path, overwrite: bool, write: Callable[[Path], None]) ->
 
 def write_csv(frame: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
     """Write a DataFrame as CSV (no index) atomically."""
-    return _atomic(path, overwrite, lambda tmp: frame.to_csv(tmp, index=False))
+    return write_atomic(path, overwrite, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path, overwrite: bool = False) -> Path:
     """Write an AnnData atomically."""
-    return _atomic(path, overwrite, lambda tmp: adata.write_h5ad(tmp))
+    return write_atomic(path, overwrite, lambda tmp: adata.write_h5ad(tmp))
 
 
 def write_figure(figure, path: str | Path, overwrite: bool = False, dpi: int = 120) -> Path:
     """Save a matplotlib Figure atomically (format from the suffix)."""
     suffix = Path(path).suffix.lstrip(".") or "png"
-    return _atomic(
+    return write_atomic(
         path,
         overwrite,
         lambda tmp: figure.savefig(tmp, dpi=dpi, format=suffix, bbox_inches="tight"),
