@@ -432,6 +432,7 @@ def load_dataset(
         "path": str(path),
         "sha256": digest,
         "source": spec.source,
+        "perturbation_type": spec.perturbation_type,
         "subset": {column: value for column, value in spec.subset},
     }
     if spec.url is not None:

@@ -9,6 +9,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from perturbflow.data.conditions import parse_condition
@@ -16,12 +17,14 @@ from perturbflow.data.io import PerturbationDataset
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.loop import RunResult
 from perturbflow.eval.summary import REFERENCE_MODEL
+from perturbflow.programs.priors import PriorError
 from perturbflow.report.benchmark_figures import (
     delta_scatter,
     gi_scatter,
     metric_bars_over_seeds,
     program_heatmap,
 )
+from perturbflow.report.grn_figures import pr_curves, top_edges_figure
 from perturbflow.report.html import package_versions, render_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -131,6 +134,8 @@ def build_report(
             figures[f"{label} gene programs: mean real delta per program (seed {seed})"] = (
                 program_heatmap(pd.read_csv(programs_path), real)
             )
+    grn_figures, grn_tables, grn_notes = grn_section(dataset)
+    figures.update(grn_figures)
     provenance = dataset.adata.uns.get("perturbflow", {}).get("dataset", {})
     checksums = (
         {str(provenance.get("path", provenance.get("name", "data"))): str(provenance.get("sha256"))}
@@ -151,8 +156,10 @@ def build_report(
             "different ones).",
             *_context_note(result),
             *_norman_reference_note(dataset),
+            *grn_notes,
         ],
         peers_status=peers_status(result.runs, out),
+        tables=grn_tables,
     )
     return write_report(html, out / "report.html", overwrite=overwrite)
 
@@ -241,3 +248,74 @@ def _gi_figure(dataset: PerturbationDataset, split, predicted: dict[str, pd.Data
                     }
                 )
     return gi_scatter(pd.DataFrame(rows)) if rows else None
+
+
+GAIN_OF_FUNCTION = ("CRISPRa",)
+GRN_MAX_CELLS = 3000
+GRN_TOP_EDGES = 30
+
+
+def grn_section(dataset: PerturbationDataset, *, data_dir: Path | None = None):
+    """Regulatory edges of the screen's single perturbations, for the report.
+
+    Edges from knock-outs (or CRISPRa), from direct-effect regression over every condition and
+    from correlation, scored against the screen's true network when it has one (a simulated
+    screen) and otherwise against CollecTRI when the priors are available. Returns
+    (figures, tables, notes); all empty when the data has fewer than 2 single perturbations of
+    measured genes.
+    """
+    from perturbflow import grn
+
+    genes = list(dataset.genes)
+    singles = {
+        next(iter(parse_condition(c))) for c in dataset.conditions if len(parse_condition(c)) == 1
+    }
+    regulators = sorted(singles & set(genes))
+    if len(regulators) < 2:
+        return {}, {}, []
+    record = dataset.adata.uns.get("perturbflow", {}).get("dataset", {})
+    perturbation = "gain" if record.get("perturbation_type") in GAIN_OF_FUNCTION else "loss"
+    cells = dataset.expression(list(dataset.conditions))  # (N, G)
+    rng = np.random.default_rng(0)
+    cells = cells[np.sort(rng.choice(len(cells), min(GRN_MAX_CELLS, len(cells)), replace=False))]
+    edges = {
+        "screen": grn.screen_edges(dataset, regulators=regulators, perturbation=perturbation),
+        "regression": grn.regression_edges(dataset, regulators=regulators),
+        "correlation": grn.correlation_edges(cells, genes, regulators),
+    }
+    figures = {
+        f"Regulatory network: the {GRN_TOP_EDGES} strongest screen edges "
+        "(red activation, blue repression)": top_edges_figure(edges["screen"], top=GRN_TOP_EDGES)
+    }
+    truth, reference = None, None
+    if "grn_edges" in dataset.adata.uns:
+        truth, reference = grn.read_network(dataset, genes=genes), "the screen's true network"
+    else:
+        try:
+            truth = grn.read_network("collectri", genes=genes, data_dir=data_dir)
+            reference = "CollecTRI (restricted to the measured genes)"
+        except (grn.GRNInputError, PriorError, FileNotFoundError) as error:
+            logger.info("report: no reference network for the GRN section (%s)", error)
+    scored = [r for r in regulators if truth is not None and r in set(truth["source"])]
+    if not scored:
+        note = "Regulatory edges: no reference network covers the perturbed regulators; not scored."
+        return figures, {}, [note]
+    figures[f"Regulatory edges: precision-recall against {reference}"] = pr_curves(
+        edges, truth, genes=genes, regulators=scored
+    )
+    table = pd.concat(
+        [
+            grn.score_edges(table, truth, genes=genes, regulators=scored, method=method)
+            for method, table in edges.items()
+        ],
+        ignore_index=True,
+    )
+    overall = table[table["regulator"] == "all"].pivot_table(
+        index="method", columns="metric", values="value", sort=False
+    )
+    shown = overall[["auprc", "auprc_ratio", "auroc", "epr", "n_true", "n_candidates"]]
+    note = (
+        f"Regulatory edges of {len(scored)} perturbed regulator(s) scored against {reference}; "
+        "`perturbflow grn` infers, scores and exports them."
+    )
+    return figures, {f"Regulatory edges against {reference}": shown.reset_index()}, [note]

@@ -75,6 +75,7 @@ def render_report(
     data_checksums: Mapping[str, str],
     notes: Sequence[str] = (),
     peers_status: Mapping[str, str] | None = None,
+    tables: Mapping[str, pd.DataFrame] | None = None,
     generated_at: datetime | None = None,
     dpi: int = 110,
 ) -> str:
@@ -100,7 +101,9 @@ def render_report(
     notes
         Free-text remarks listed under "Status".
     peers_status
-        Peer model → status, e.g. ``{"GEARS": "not installed"}``, listed under "Status".
+        Peer model → status, e.g. ``{"gears": "not installed"}``, listed under "Status".
+    tables
+        Section name → an extra table (shown like the summary), after the figures.
     generated_at
         Time stamp shown in the header; now (UTC) by default.
     dpi
@@ -120,6 +123,8 @@ def render_report(
         if len(group) > 1:  # several small figures sit side by side, wrapping
             images = f'<div class="gallery">\n{images}\n</div>'
         sections.append((name, images or "<p>No figure.</p>"))
+    for name, table in (tables or {}).items():
+        sections.append((name, _summary_table(table)))
     sections.append(("Reproduce", _reproduce(command, versions, data_checksums)))
 
     anchors = [f"section-{index}" for index in range(len(sections))]
