@@ -11,21 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from perturbflow.cli import app
-from perturbflow.data.synthetic import simulate
 from perturbflow.eval.metrics import METRICS
 
 runner = CliRunner()
 BASELINES = "control_mean,additive,linear,ridge,nearest_neighbor"
-SMALL = dict(
-    n_genes=60,
-    n_programs=4,
-    n_perturbed=10,
-    n_unmeasured=1,
-    n_doubles=12,
-    n_control_cells=200,
-    n_cells_per_condition=30,
-    seed=0,
-)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +93,9 @@ def test_demo_unknown_model_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
+def data_file(tmp_path_factory, simulated_screen):
     path = tmp_path_factory.mktemp("data") / "screen.h5ad"
-    adata = simulate(**SMALL)
+    adata = simulated_screen("small")
     adata.obs["perturbation"] = adata.obs["condition"].astype(str)
     del adata.obs["condition"]
     adata.write_h5ad(path)

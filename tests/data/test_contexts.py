@@ -17,31 +17,27 @@ from perturbflow.data.contexts import (
     rotate_target,
 )
 from perturbflow.data.splits import Split, SplitLeakageError, cross_cell_line_split, make_split
-from perturbflow.data.synthetic import simulate
 from perturbflow.eval.evaluate import evaluate
 from perturbflow.models.base import get_model
 
-SMALL = dict(
-    n_genes=40,
-    n_programs=4,
-    n_perturbed=6,
-    n_unmeasured=0,
-    n_doubles=0,
-    n_control_cells=150,
-    n_cells_per_condition=60,
-    seed=0,
-)
 LINES = ("L1", "L2", "L3")
 
 
-def multi_line(*, replicate: bool) -> ad.AnnData:
-    """One simulated screen in three lines that differ only by a constant offset per gene.
+@pytest.fixture(scope="module")
+def base(simulated_screen) -> ad.AnnData:
+    """Singles only, 60 cells each (the suite's tiny screen otherwise)."""
+    return simulated_screen(
+        "tiny", n_perturbed=6, n_doubles=0, n_control_cells=150, n_cells_per_condition=60
+    )
+
+
+def multi_line(base: ad.AnnData, *, replicate: bool) -> ad.AnnData:
+    """The screen ``base`` in three lines that differ only by a constant offset per gene.
 
     ``replicate=True``: every line holds a copy of every cell, so the lines are identical once
     centred. ``False``: each condition's cells are dealt to the lines in turn (shared effects,
     independent noise).
     """
-    base = simulate(**SMALL)
     offsets = np.random.default_rng(1).uniform(0.0, 2.0, (len(LINES), base.n_vars))  # (L, G)
     if replicate:
         parts = []
@@ -60,13 +56,13 @@ def multi_line(*, replicate: bool) -> ad.AnnData:
 
 
 @pytest.fixture(scope="module")
-def dealt():
-    return read(multi_line(replicate=False), cell_type_key="cell_type")
+def dealt(base):
+    return read(multi_line(base, replicate=False), cell_type_key="cell_type")
 
 
 @pytest.fixture(scope="module")
-def replicated():
-    return read(multi_line(replicate=True), cell_type_key="cell_type")
+def replicated(base):
+    return read(multi_line(base, replicate=True), cell_type_key="cell_type")
 
 
 def line_mask(dataset, line: str) -> np.ndarray:
@@ -196,17 +192,17 @@ def test_make_split_points_to_the_task():
 # --- errors -----------------------------------------------------------------------------------
 
 
-def test_clear_errors(dealt):
-    plain = read(multi_line(replicate=False))
+def test_clear_errors(base, dealt):
+    plain = read(multi_line(base, replicate=False))
     with pytest.raises(ContextError, match="no cell-type column"):
         cross_cell_line_task(plain, seed=1)
     with pytest.raises(ContextError, match="no cell-type column 'line'"):
         centre_by_context(dealt, key="line")
-    one_line = multi_line(replicate=False)
+    one_line = multi_line(base, replicate=False)
     one_line.obs["cell_type"] = "L1"
     with pytest.raises(ContextError, match="at least 2 lines"):
         cross_cell_line_task(read(one_line, cell_type_key="cell_type"), seed=1)
-    no_control = multi_line(replicate=False)
+    no_control = multi_line(base, replicate=False)
     no_control = no_control[
         ~((no_control.obs["cell_type"] == "L2") & (no_control.obs["condition"] == "ctrl"))
     ]

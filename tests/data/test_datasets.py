@@ -7,12 +7,8 @@ local HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anndata as ad
@@ -91,26 +87,12 @@ def toy_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """(base URL, folder) of a local static file server."""
+def served(tmp_path: Path, http_server) -> tuple[str, Path]:
+    """(base URL, folder) of a local static file server (the suite's ``http_server``)."""
     folder = tmp_path / "served"
     folder.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
-        """Keep test output quiet."""
+    url, _ = http_server(directory=folder)
+    return url, folder
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -253,6 +235,7 @@ def test_subset_filter_keeps_matching_rows_and_drops_unused_categories(
         "path": str(path.resolve()),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "source": "local",
+        "perturbation_type": "CRISPRa",
         "subset": {"dataset": "one"},
     }
     dataset.adata.write_h5ad(tmp_path / "roundtrip.h5ad")  # the record is h5ad-serialisable

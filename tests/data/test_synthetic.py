@@ -26,8 +26,10 @@ SMALL = dict(
 
 
 @pytest.fixture(scope="module")
-def adata() -> ad.AnnData:
-    return simulate(**SMALL, seed=0)
+def adata(simulated_screen) -> ad.AnnData:
+    """The suite's ``small`` screen: ``SMALL`` with seed 0."""
+    assert simulated_screen.settings("small") == {**SMALL, "seed": 0}
+    return simulated_screen("small")
 
 
 def labels(adata: ad.AnnData) -> np.ndarray:

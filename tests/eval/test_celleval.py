@@ -9,11 +9,8 @@ import pytest
 
 cell_eval = pytest.importorskip("cell_eval")
 
-from perturbflow.data import read  # noqa: E402
 from perturbflow.data.conditions import CONTROL_NAME  # noqa: E402
 from perturbflow.data.io import CONDITION_COLUMN  # noqa: E402
-from perturbflow.data.splits import make_split  # noqa: E402
-from perturbflow.data.synthetic import simulate  # noqa: E402
 from perturbflow.eval.celleval import (  # noqa: E402
     CROSSCHECK_COLUMNS,
     CellEvalNotInstalledError,
@@ -25,19 +22,8 @@ from perturbflow.models import get_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def setup():
-    adata = simulate(
-        n_genes=40,
-        n_programs=4,
-        n_perturbed=8,
-        n_unmeasured=0,
-        n_doubles=6,
-        n_control_cells=200,
-        n_cells_per_condition=30,
-        seed=0,
-    )
-    dataset = read(adata)
-    split = make_split("combo", dataset.conditions, seed=1)
+def setup(screen_data):
+    dataset, split = screen_data("tiny", split="combo", split_seed=1, n_doubles=6)
     singles = [name for name in split.train if name != CONTROL_NAME and "+" not in name]
     # Test doubles plus training singles: singles exercise cell-eval's target-gene exclusion.
     conditions = [*split.test, *singles]

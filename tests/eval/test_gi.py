@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
-from perturbflow.data.synthetic import simulate
 from perturbflow.eval import gi
 from perturbflow.eval.gi import (
     COMPARISON_COLUMNS,
@@ -343,8 +342,10 @@ def test_compare_with_reference_reorients_rows_whose_first_gene_differs():
 # --- synthetic screen ------------------------------------------------------------------------
 
 
-def test_synergistic_doubles_have_larger_magnitude_than_buffering_doubles_on_the_simulator():
-    adata = simulate(seed=0, n_cells_per_condition=5, n_control_cells=20)
+def test_synergistic_doubles_have_larger_magnitude_than_buffering_doubles_on_the_simulator(
+    simulated_screen,
+):
+    adata = simulated_screen("default", n_cells_per_condition=5, n_control_cells=20)
     truth = adata.uns["synthetic"]
     table = gi_table(truth["true_delta"], max_subpopulation=2000)
     types = truth["interactions"]["interaction"].reindex(table.index)

@@ -8,28 +8,19 @@ import pandas as pd
 import pytest
 
 from perturbflow.data import read
-from perturbflow.data.synthetic import simulate
 from perturbflow.eval import loop as run_module
 from perturbflow.eval.loop import RunSpec, Seeds, model_runs, read_runs, resolve_models, run
 from perturbflow.eval.summary import benchmark_summary
 from perturbflow.models import MODELS
 from perturbflow.models.peers import PEERS
 
-SMALL = dict(
-    n_genes=50,
-    n_programs=4,
-    n_perturbed=8,
-    n_unmeasured=0,
-    n_doubles=10,
-    n_control_cells=150,
-    n_cells_per_condition=20,
-    seed=0,
-)
+# The "tiny" preset of tests/conftest.py, a little wider.
+SMALL = dict(n_genes=50, n_doubles=10, n_control_cells=150, n_cells_per_condition=20)
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    return read(simulate(**SMALL))
+def dataset(simulated_screen):
+    return read(simulated_screen("tiny", **SMALL))
 
 
 def test_run_writes_files_and_covers_every_cell(dataset, tmp_path):
@@ -76,9 +67,9 @@ def test_resume_refuses_a_different_split(dataset, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def three_lines():
+def three_lines(simulated_screen):
     """SMALL's singles dealt to three lines that differ by a constant offset per gene."""
-    base = simulate(**{**SMALL, "n_doubles": 0, "n_cells_per_condition": 60})
+    base = simulated_screen("tiny", **{**SMALL, "n_doubles": 0, "n_cells_per_condition": 60})
     turn = base.obs.groupby("condition", observed=True).cumcount().to_numpy() % 3  # (N,)
     offsets = np.random.default_rng(1).uniform(0.0, 2.0, (3, base.n_vars))  # (3, G)
     adata = ad.AnnData(X=base.X + offsets[turn], obs=base.obs.copy(), var=base.var.copy())

@@ -1,5 +1,7 @@
 """Small model configs shared by the model tests (the defaults train for minutes, not seconds)."""
 
+import dataclasses
+
 from perturbflow.models.scbig import ScBIGConfig
 
 TINY_SCBIG = ScBIGConfig(
@@ -27,4 +29,6 @@ TINY_SCBIG = ScBIGConfig(
     seed=0,
 )
 
-FAST_CONFIGS = {"scbig": TINY_SCBIG}
+# The shared-interface tests (tests/models/test_baselines.py) need a fitted model, not a good
+# one: one autoencoder epoch and four flow steps (the cross-validated mean weights included).
+FAST_CONFIGS = {"scbig": dataclasses.replace(TINY_SCBIG, ae_epochs=1, flow_steps=4)}

@@ -18,7 +18,6 @@ from _configs import FAST_CONFIGS
 from perturbflow.data import CONDITION_COLUMN, PerturbationDataset, read
 from perturbflow.data.conditions import parse_condition
 from perturbflow.data.splits import Split, make_split
-from perturbflow.data.synthetic import simulate
 from perturbflow.models import MODELS, Model, get_model, load_model
 from perturbflow.models.base import CheckpointError, ModelNotFittedError
 from perturbflow.models.baselines import (
@@ -32,16 +31,6 @@ from perturbflow.models.peers import PEERS
 # Peers (GEARS) need GO-annotated genes and their own extra; tests/models/test_gears_peer.py
 # covers them.
 BUILTIN = sorted(name for name in MODELS if name not in PEERS)
-
-SMALL = dict(
-    n_genes=60,
-    n_programs=4,
-    n_perturbed=10,
-    n_unmeasured=1,
-    n_doubles=12,
-    n_control_cells=200,
-    n_cells_per_condition=30,
-)
 
 
 def planted_dataset(
@@ -85,8 +74,8 @@ def pearson(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def simulated() -> PerturbationDataset:
-    return read(simulate(**SMALL, seed=0))
+def simulated(simulated_screen) -> PerturbationDataset:
+    return read(simulated_screen("small"))
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +150,11 @@ def test_additive_never_sees_test_cells(additive_case) -> None:
 
 
 @pytest.fixture(scope="module")
-def additive_errors() -> dict[str, float]:
+def additive_errors(simulated_screen) -> dict[str, float]:
     """Additive's MSE to the true delta on held-out doubles, per planted interaction type."""
     errors = {}
     for kind in ("additive", "synergistic"):
-        adata = simulate(**SMALL, seed=0, interaction_mix=((kind, 1.0),))
+        adata = simulated_screen("small", interaction_mix=((kind, 1.0),))
         dataset = read(adata)
         split = make_split("combo", dataset.conditions, seed=0)
         doubles = split.test_subgroups()["combo_seen2"]

@@ -7,9 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbflow.data import read
-from perturbflow.data.splits import make_split
-from perturbflow.data.synthetic import simulate
 from perturbflow.models import get_model, load_model
 from perturbflow.models.baselines.calibrated import (
     AdditiveShiftPrior,
@@ -218,19 +215,16 @@ def test_target_aware_needs_matching_var_names():
 
 
 @pytest.fixture(scope="module")
-def screen():
-    adata = simulate(
-        n_genes=40,
-        n_programs=4,
+def screen(screen_data):
+    return screen_data(
+        "tiny",
+        split_seed=1,
         n_perturbed=10,
-        n_unmeasured=0,
         n_doubles=14,
         n_control_cells=150,
         n_cells_per_condition=25,
         seed=3,
     )
-    dataset = read(adata)
-    return dataset, make_split("simulation", dataset.conditions, seed=1)
 
 
 def test_model_predicts_the_estimator_s_shifts_and_round_trips(screen, tmp_path):

@@ -12,7 +12,6 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from perturbflow.data.synthetic import simulate
 from perturbflow.models.autoencoders import (
     Autoencoder,
     MLPAEConfig,
@@ -219,18 +218,9 @@ def test_reconstruction_loss_is_the_mean_squared_error():
     torch.testing.assert_close(reconstruction_loss(recon, x), torch.tensor(5.0 / 6.0))
 
 
-def test_gcae_reconstructs_held_out_cells_better_than_pca():
+def test_gcae_reconstructs_held_out_cells_better_than_pca(simulated_screen):
     n_latent = 4
-    adata = simulate(
-        n_genes=64,
-        n_programs=4,
-        n_perturbed=8,
-        n_unmeasured=0,
-        n_doubles=6,
-        n_control_cells=400,
-        n_cells_per_condition=30,
-        seed=0,
-    )
+    adata = simulated_screen("tiny", n_genes=64, n_doubles=6, n_control_cells=400)
     expression = np.asarray(adata.X, dtype=np.float32)  # (cells, G)
     cells = np.random.default_rng(0).permutation(len(expression))
     test, train = cells[: len(cells) // 4], cells[len(cells) // 4 :]

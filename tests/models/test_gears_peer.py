@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 from _asserts import assert_stored_cells_plus_one_offset
 
-from perturbflow.data import CONDITION_COLUMN, read
+from perturbflow.data import CONDITION_COLUMN
 from perturbflow.data.conditions import genes_of
-from perturbflow.data.splits import Split, make_split
-from perturbflow.data.synthetic import simulate
+from perturbflow.data.splits import Split
 from perturbflow.models import MODELS, get_model, load_model
 from perturbflow.models.base import ModelNotFittedError
 from perturbflow.models.peers import (
@@ -162,9 +161,10 @@ def _synthetic_go_table(path, genes, seed=0):
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    adata = simulate(
-        seed=0,
+def synthetic(tmp_path_factory, screen_data):
+    dataset, split = screen_data(
+        "tiny",
+        split="combo",
         n_genes=30,
         n_programs=3,
         n_perturbed=6,
@@ -173,10 +173,8 @@ def synthetic(tmp_path_factory):
         n_control_cells=60,
         n_cells_per_condition=16,
     )
-    dataset = read(adata)
     genes = sorted(set(dataset.genes) | genes_of(dataset.perturbations))
     go_table = _synthetic_go_table(tmp_path_factory.mktemp("go") / "gene_go.tsv", genes)
-    split = make_split("combo", dataset.conditions, seed=0)
     return dataset, split, go_table
 
 
@@ -246,7 +244,10 @@ def test_delta_is_gears_predict_mean_shift(fitted):
     np.testing.assert_allclose(shifts[1:], np.broadcast_to(shifts[1], shifts[1:].shape), atol=1e-5)
     expected = predicted.mean(axis=0) - cells.mean(axis=0)
     delta = fitted.predict_delta(["+".join(genes)]).iloc[0].to_numpy()
-    np.testing.assert_allclose(delta, expected, atol=1e-5)
+    # float32 networks on batches of 300 and of 2 graphs round differently (1.1e-5 apart on one
+    # BLAS thread); the deltas themselves are of order 0.1-1.
+    np.testing.assert_allclose(delta, expected, atol=5e-5)
+    assert np.abs(expected).max() > 0.1
 
 
 @needs_gears

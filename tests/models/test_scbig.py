@@ -9,45 +9,96 @@ import pandas as pd
 import pytest
 import torch
 from _asserts import assert_stored_cells_plus_one_offset
-from _configs import TINY_SCBIG  # noqa: E402
+from _configs import TINY_SCBIG
+from sklearn.metrics import adjusted_rand_score
 
-from perturbflow.data import read
-from perturbflow.data.splits import make_split
-from perturbflow.data.synthetic import simulate
 from perturbflow.models import MODELS, get_model, load_model
+from perturbflow.models.autoencoders import MLPAutoencoder
 from perturbflow.models.condition_encoder import UnknownGeneError
+from perturbflow.models.gcae import GCAE, ModuleInducedAttentionBlock
 from perturbflow.models.scbig import ScBIG, ScBIGConfig, objectives
 from perturbflow.models.scbig.model import _FlowData
-from perturbflow.models.scbig.modules import pooled_program_deltas
+from perturbflow.models.scbig.modules import (
+    Centred,
+    ConditionModel,
+    PCAAutoencoder,
+    pooled_program_deltas,
+)
+from perturbflow.programs.grc import random_programs
 
 TINY = TINY_SCBIG
 
 
+# A quick fit: an untrained autoencoder, two flow steps, a fixed mean weight (no cross-validation
+# flow). Enough to show where a setting goes; not to judge accuracy.
+QUICK = dataclasses.replace(TINY, flow_steps=2, ae_epochs=0, mean_weight=0.5)
+
+
 @pytest.fixture(scope="module")
-def data():
-    adata = simulate(
-        n_genes=40,
-        n_programs=4,
-        n_perturbed=8,
-        n_unmeasured=0,
-        n_doubles=8,
-        n_control_cells=200,
-        n_cells_per_condition=30,
-        seed=0,
-    )
-    dataset = read(adata)
-    split = make_split("simulation", dataset.conditions, seed=0)
-    return dataset, split
+def data(screen_data):
+    return screen_data("tiny")
 
 
 @pytest.fixture(scope="module")
 def fitted(data):
     dataset, split = data
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = ScBIG(TINY).fit(dataset, split)
-    torch.set_num_threads(previous)
-    return model
+    return ScBIG(TINY).fit(dataset, split)
+
+
+@pytest.fixture(scope="module")
+def module_fixture_threads():
+    return torch.get_num_threads()
+
+
+def test_module_scoped_fixtures_run_on_one_thread(module_fixture_threads):
+    # tests/conftest.py sets one torch thread before each test's set-up, module fixtures included
+    # (a fit in a module fixture on all cores of a busy machine took ten times as long).
+    assert module_fixture_threads == 1
+
+
+def _recorded(function, calls: list):
+    """``function`` that also appends ``(args, kwargs, result)`` of every call to ``calls``."""
+
+    def spy(*args, **kwargs):
+        result = function(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    return spy
+
+
+# Functions whose calls a quick fit records, and where the fit looks them up.
+RECORDED = {
+    "ot_pair": objectives,
+    "random_pair": objectives,
+    "cluster_correlation_loss": objectives,
+    "pathway_ot_loss": objectives,
+    "_alignment_loss": objectives.FlowObjective,
+    "encode": ConditionModel,
+    "_delta_features": ScBIG,
+}
+
+
+@pytest.fixture(scope="module")
+def quick_fit(data):
+    """Factory ``(**settings) -> (model, calls)``: ``QUICK`` with ``settings`` fitted once per
+    settings in this file, with the calls it made to the flow's pairing, alignment and condition
+    encoding recorded (``calls[name]``: ``(args, kwargs, result)`` per call)."""
+    dataset, split = data
+    fits = {}
+
+    def fit(**settings):
+        key = repr(sorted(settings.items()))
+        if key not in fits:
+            calls = {name: [] for name in RECORDED}
+            with pytest.MonkeyPatch.context() as patch:
+                for name, owner in RECORDED.items():
+                    patch.setattr(owner, name, _recorded(getattr(owner, name), calls[name]))
+                model = ScBIG(dataclasses.replace(QUICK, **settings)).fit(dataset, split)
+            fits[key] = (model, calls)
+        return fits[key]
+
+    return fit
 
 
 def test_registered_behind_the_model_interface():
@@ -133,11 +184,14 @@ def test_checkpoint_with_an_unknown_setting_is_refused(fitted, tmp_path):
 
 def test_zero_velocity_predicts_the_calibrated_additive_means(data):
     dataset, split = data
-    model = ScBIG(dataclasses.replace(TINY, flow_steps=2, ae_epochs=1)).fit(dataset, split)
+    # The flow's mean, all of it (mean weight 1); the untrained autoencoder cancels out of the
+    # residual decoding.
+    config = dataclasses.replace(QUICK, mean_weight=1.0)
+    model = ScBIG(config).fit(dataset, split)
     with torch.no_grad():
         model.velocity_.output.weight.zero_()
         model.velocity_.output.bias.zero_()
-    model.mean_weights_ = dict.fromkeys(model.mean_weights_, 1.0)  # the flow's mean, all of it
+    assert set(model.mean_weights_.values()) == {1.0}
     baseline = get_model("calibrated_additive").fit(dataset, split)
     test = list(split.test)
     expected = baseline.predict_delta(test)
@@ -155,35 +209,10 @@ def test_predict_delta_and_uncertainty(fitted, data):
     assert (spread.to_numpy() >= 0).all() and spread.to_numpy().sum() > 0
 
 
-def test_unknown_gene_is_an_error_not_a_zero_vector(data):
-    dataset, split = data
-    model = ScBIG(dataclasses.replace(TINY, missing_gene="error", flow_steps=2, ae_epochs=1))
-    model.fit(dataset, split)
+def test_unknown_gene_is_an_error_not_a_zero_vector(quick_fit):
+    model, _ = quick_fit(missing_gene="error")
     with pytest.raises(UnknownGeneError, match="NOTAGENE"):
         model.predict(["NOTAGENE"], n_cells=2)
-
-
-@pytest.mark.parametrize(
-    "ablation",
-    [
-        {"programs": "random"},
-        {"autoencoder": "mlp"},
-        {"autoencoder": "pca"},
-        {"alignment": False},
-        {"ot_pairing": False},
-        {"start": "control"},
-        {"start": "combinator"},
-        {"delta_conditioning": False},
-        {"calibrate_prior": False},
-        {"target_aware_prior": False},
-        {"unseen_rate": 1.0},
-    ],
-)
-def test_ablations_fit_and_predict(data, ablation):
-    dataset, split = data
-    config = dataclasses.replace(TINY, flow_steps=4, ae_epochs=1, **ablation)
-    cells = ScBIG(config).fit(dataset, split).predict(list(split.test)[:2], n_cells=3)
-    assert cells.n_obs == 6 and np.isfinite(cells.X).all()
 
 
 def test_invalid_config_names_the_field():
@@ -195,7 +224,7 @@ def test_invalid_config_names_the_field():
 
 def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeypatch):
     dataset, split = data
-    config = dataclasses.replace(TINY, flow_steps=12, val_every=4, alignment=False)
+    config = dataclasses.replace(TINY, flow_steps=12, val_every=4, alignment=False, ae_epochs=1)
     reference = ScBIG(config).fit(dataset, split)
 
     original = objectives.FlowObjective.training_loss
@@ -318,28 +347,211 @@ def test_pooled_deltas_are_order_free_and_see_interactions():
     np.testing.assert_allclose(single[3:6], 0.0)
 
 
-def test_delta_conditioning_changes_the_condition_embedding(fitted, data):
-    _, split = data
-    assert fitted.condition_model_.delta_mlp is not None
-    names = [n for n in split.test][:3]
-    with_deltas = fitted.condition_model_.encode(names)
-    without = fitted.condition_model_.encoder.encode(names)
-    assert not torch.allclose(with_deltas, without)
-    plain = ScBIG(dataclasses.replace(TINY, delta_conditioning=False, flow_steps=2, ae_epochs=1))
-    dataset, split = data
-    assert plain.fit(dataset, split).condition_model_.delta_mlp is None
-
-
 @pytest.mark.parametrize("field", ["mean_weight", "cv_hidden_genes", "cv_doubles"])
 def test_mean_weight_settings_are_checked(field):
     with pytest.raises(ValueError, match=field):
         ScBIGConfig(**{field: 1.5})
 
 
-def test_combinator_start_round_trips_and_shifts_by_the_combinator(data, tmp_path):
+# --- ablation switches: each reaches the module it names ---------------------------------------
+
+
+def test_random_programs_replace_grc_and_reorder_the_gcae(quick_fit, data):
+    dataset, _ = data
+    grc, _ = quick_fit()
+    ablated, _ = quick_fit(programs="random")
+    planted = dataset.adata.var["program"].to_numpy()
+    grc_labels = grc.programs_["program"].to_numpy()
+    random_labels = ablated.programs_["program"].to_numpy()
+    # The ablation's programs are the seeded balanced random draw, not GRC's recovered programs.
+    expected = random_programs(dataset.genes, 4, seed=QUICK.seed)
+    np.testing.assert_array_equal(random_labels, expected.labels)
+    # GRC finds the planted programs in part (ARI 0.55 here); the random draw does not (0.05).
+    assert adjusted_rand_score(planted, grc_labels) > 0.4
+    assert adjusted_rand_score(planted, random_labels) < 0.15
+    assert adjusted_rand_score(grc_labels, random_labels) < 0.15
+    # The GCAE reads genes in the order of the programs it was given.
+    for model in (grc, ablated):
+        np.testing.assert_array_equal(
+            model.autoencoder_.inner.gene_order.numpy(), model._programs.order
+        )
+    assert not np.array_equal(grc._programs.order, ablated._programs.order)
+
+
+def test_without_ot_pairing_the_flow_pairs_cells_at_random(quick_fit):
+    _, with_ot = quick_fit()
+    _, without = quick_fit(ot_pairing=False)
+    assert with_ot["ot_pair"] and not with_ot["random_pair"]
+    assert without["random_pair"] and not without["ot_pair"]
+    # Step 0 draws the same source and target cells either way; only the pairing differs.
+    (sources, targets), _, ot_pairs = with_ot["ot_pair"][0]
+    (same_sources, same_targets), _, random_pairs = without["random_pair"][0]
+    torch.testing.assert_close(same_sources, sources)
+    torch.testing.assert_close(same_targets, targets)
+
+    def cost(pairs):
+        return float(((pairs.x0 - pairs.x1) ** 2).sum())
+
+    assert cost(ot_pairs) < 0.9 * cost(random_pairs)
+
+
+def test_without_alignment_the_alignment_losses_are_never_computed(quick_fit):
+    _, aligned = quick_fit()
+    _, plain = quick_fit(alignment=False)
+    for name in ("_alignment_loss", "cluster_correlation_loss", "pathway_ot_loss"):
+        assert aligned[name], f"{name} is computed with alignment on"
+        assert not plain[name], f"{name} is computed with alignment off"
+    assert all(float(result.detach()) > 0 for *_, result in aligned["_alignment_loss"])
+
+
+def test_autoencoder_setting_builds_the_named_autoencoder(quick_fit, data):
     dataset, split = data
-    config = dataclasses.replace(TINY, start="combinator", flow_steps=2, ae_epochs=1)
-    model = ScBIG(config).fit(dataset, split)
+    gcae, _ = quick_fit()
+    mlp, _ = quick_fit(autoencoder="mlp", ae_epochs=1)
+    pca, _ = quick_fit(autoencoder="pca")
+
+    def attention_blocks(model):
+        return [
+            m for m in model.autoencoder_.modules() if isinstance(m, ModuleInducedAttentionBlock)
+        ]
+
+    assert isinstance(gcae.autoencoder_, Centred) and isinstance(gcae.autoencoder_.inner, GCAE)
+    assert len(attention_blocks(gcae)) == 2 * QUICK.n_blocks  # encoder and decoder
+    # "mlp": the plain MLP autoencoder, no module attention; the flow's latents are its codes.
+    assert isinstance(mlp.autoencoder_, Centred)
+    assert isinstance(mlp.autoencoder_.inner, MLPAutoencoder) and not attention_blocks(mlp)
+    assert np.isfinite(mlp.history_["autoencoder_best_val"])  # the stage-1 training trained it
+    cells = dataset.control_expression()[:20]
+    with torch.no_grad():
+        codes = mlp.autoencoder_.inner.encode(torch.from_numpy(cells) - mlp.autoencoder_.gene_mean)
+    torch.testing.assert_close(mlp._encode(cells), codes)
+    # "pca": the fixed linear map onto the training cells' top principal components.
+    assert isinstance(pca.autoencoder_, PCAAutoencoder) and not attention_blocks(pca)
+    train = [name for name in split.train if name != "ctrl"]
+    train_cells = dataset.expression(["ctrl", *train]).astype(np.float64)  # (N, G)
+    centred = train_cells - train_cells.mean(axis=0)
+    top = np.linalg.svd(centred, full_matrices=False)[2][: QUICK.latent_dim]  # (L, G)
+    components = pca.autoencoder_.components.numpy().astype(np.float64)  # (L, G)
+    np.testing.assert_allclose(components @ components.T, np.eye(QUICK.latent_dim), atol=1e-4)
+    np.testing.assert_allclose(components.T @ components, top.T @ top, atol=1e-3)
+    np.testing.assert_allclose(pca.autoencoder_.mean.numpy(), train_cells.mean(axis=0), atol=1e-4)
+
+
+def test_delta_conditioning_off_leaves_the_gene_vectors_only(fitted, quick_fit, data):
+    _, split = data
+    names = list(split.test)[:3]
+    assert fitted.condition_model_.delta_mlp is not None
+    with torch.no_grad():
+        with_deltas = fitted.condition_model_.encode(names)
+        without = fitted.condition_model_.encoder.encode(names)
+    assert not torch.allclose(with_deltas, without)  # trained deltas move the embedding
+    plain, calls = quick_fit(delta_conditioning=False)
+    assert plain.condition_model_.delta_mlp is None
+    assert plain.condition_model_.delta_features is None
+    assert not calls["_delta_features"]  # the pooled deltas are never even built
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain.condition_model_.encode(names), plain.condition_model_.encoder.encode(names)
+        )
+    _, conditioned = quick_fit()
+    assert conditioned["_delta_features"]
+
+
+def test_control_start_has_zero_shifts_and_starts_at_control_cells(quick_fit, data, monkeypatch):
+    _, split = data
+    test = list(split.test)
+    additive, _ = quick_fit()
+    control, _ = quick_fit(start="control")
+    assert np.abs(additive.start_.shifts(test)).max() > 0.1
+    np.testing.assert_array_equal(control.start_.shifts(test), 0.0)
+    name = test[0]
+    for model, shift in ((control, 0.0), (additive, additive.start_.shifts([name])[0])):
+        start, _, _ = _start_and_cells(model, name, 0.0, monkeypatch)
+        np.testing.assert_allclose(start.mean(axis=0), model.control_mean_ + shift, atol=1e-4)
+
+
+def test_uncalibrated_start_sums_the_single_deltas(quick_fit, data):
+    _, split = data
+    doubles = [name for name in split.test if "+" in name]
+    calibrated, _ = quick_fit()
+    plain, _ = quick_fit(calibrate_prior=False)
+    assert plain.start_.additive.estimator_.scales == {}
+    estimator = plain.start_.additive.estimator_
+    summed = [sum(estimator.gene_delta(g) for g in name.split("+")) for name in doubles]
+    np.testing.assert_allclose(plain.start_.shifts(doubles), np.vstack(summed), atol=1e-6)
+    assert set(calibrated.start_.additive.estimator_.scales.values()) - {1.0}
+    assert not np.allclose(calibrated.start_.shifts(doubles), plain.start_.shifts(doubles))
+
+
+def test_target_unaware_start_gives_an_unseen_gene_the_mean_delta(quick_fit, data):
+    dataset, split = data
+    unseen = next(n for n in split.test if split.subgroups[n] == "unseen_single")
+    aware = quick_fit()[0].start_.additive.estimator_
+    plain_model, _ = quick_fit(target_aware_prior=False)
+    plain = plain_model.start_.additive.estimator_
+    assert not plain.target_aware and plain.target_scales == {}
+    assert aware.target_aware and aware.target_scales
+    np.testing.assert_allclose(plain.gene_delta(unseen), plain.mean_delta, atol=1e-6)
+    np.testing.assert_allclose(
+        plain_model.start_.shifts([unseen])[0], plain.scale(1, 1) * plain.mean_delta, atol=1e-6
+    )
+    # Target-aware: the same mean delta, plus the on-target residual in the gene's own column.
+    own = list(dataset.genes).index(unseen)
+    others = np.arange(dataset.n_genes) != own
+    delta = aware.gene_delta(unseen)
+    np.testing.assert_allclose(delta[others], aware.mean_delta[others], atol=1e-6)
+    assert abs(delta[own] - aware.mean_delta[own]) > 0.05
+
+
+def test_unseen_rate_presents_training_conditions_with_a_hidden_gene(quick_fit):
+    def training_views(calls):
+        # Training encodes pass ``hidden``; validation encodes do not.
+        return [
+            (name, hide)
+            for (_, names), kwargs, _ in calls["encode"]
+            if kwargs.get("hidden") is not None
+            for name, hide in zip(names, kwargs["hidden"], strict=True)
+        ]
+
+    _, never = quick_fit()
+    _, always = quick_fit(unseen_rate=1.0)
+    assert training_views(never) and all(not hide for _, hide in training_views(never))
+    views = training_views(always)
+    assert views
+    for name, hide in views:
+        assert len(hide) == 1 and hide <= set(name.split("+")), (name, hide)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"programs": "random"},
+        {"autoencoder": "mlp", "ae_epochs": 1},
+        {"autoencoder": "pca"},
+        {"alignment": False},
+        {"ot_pairing": False},
+        {"start": "control"},
+        {"start": "combinator"},
+        {"delta_conditioning": False},
+        {"calibrate_prior": False},
+        {"target_aware_prior": False},
+        {"unseen_rate": 1.0},
+    ],
+    ids=lambda settings: ",".join(f"{k}={v}" for k, v in settings.items()),
+)
+def test_every_ablation_predicts(quick_fit, data, settings):
+    # The fits above, reused: each variant's prediction path (its decoder, its start) runs too.
+    _, split = data
+    model, _ = quick_fit(**settings)
+    cells = model.predict(["ctrl", *list(split.test)[:2]], n_cells=3)
+    assert cells.n_obs == 9 and np.isfinite(cells.X).all()
+    delta = model.predict_delta(list(split.test)[:2], n_cells=20)
+    assert np.isfinite(delta.to_numpy()).all() and np.abs(delta.to_numpy()).max() > 0
+
+
+def test_combinator_start_round_trips_and_shifts_by_the_combinator(quick_fit, data, tmp_path):
+    dataset, split = data
+    model, _ = quick_fit(start="combinator")
     test = list(split.test)
     combinator = get_model("combinator").fit(dataset, split)
     np.testing.assert_allclose(

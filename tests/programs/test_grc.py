@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
-from perturbflow.data.synthetic import simulate
 from perturbflow.programs import (
     GenePrograms,
     GRCConfig,
@@ -43,16 +42,9 @@ def _planted(noise: float, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def screen():
-    adata = simulate(
-        n_genes=80,
-        n_programs=4,
-        n_perturbed=8,
-        n_unmeasured=0,
-        n_doubles=6,
-        n_control_cells=300,
-        n_cells_per_condition=20,
-        seed=0,
+def screen(simulated_screen):
+    adata = simulated_screen(
+        "tiny", n_genes=80, n_doubles=6, n_control_cells=300, n_cells_per_condition=20
     )
     control = np.asarray(adata[adata.obs["condition"] == "ctrl"].X)  # (N, G)
     genes = adata.var_names

@@ -103,7 +103,8 @@ def import_gears() -> SimpleNamespace:
     """Import cell-gears, undoing what its import changes globally.
 
     GEARS's modules call ``warnings.filterwarnings("ignore")``, ``torch.manual_seed(0)`` and set
-    ``scanpy.settings.verbosity = 0`` at import; all three are restored. Returns the pieces used
+    ``scanpy.settings.verbosity = 0`` at import, and the numba import they trigger resets torch's
+    thread count; all four are restored. Returns the pieces used
     here: ``PertData``, ``GEARS``, ``GEARS_Model`` and ``version``.
     """
     if not gears_available():
@@ -112,7 +113,7 @@ def import_gears() -> SimpleNamespace:
         )
     import scanpy as sc
 
-    verbosity = sc.settings.verbosity
+    verbosity, threads = sc.settings.verbosity, torch.get_num_threads()
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script in PyG
@@ -120,6 +121,7 @@ def import_gears() -> SimpleNamespace:
             from gears.model import GEARS_Model
     finally:
         sc.settings.verbosity = verbosity
+        torch.set_num_threads(threads)
     return SimpleNamespace(
         PertData=gears.PertData,
         GEARS=gears.GEARS,
