@@ -4,7 +4,12 @@ import dataclasses
 
 from perturbflow.models.scbig import ScBIGConfig
 
+# Every scBIG component switched on (the package default leaves some out), so the tests exercise
+# the GCAE, the alignment losses and OT pairing.
 TINY_SCBIG = ScBIGConfig(
+    autoencoder="gcae",
+    alignment=True,
+    ot_pairing=True,
     n_programs=4,
     embedding_components=8,
     knn=4,

@@ -564,3 +564,20 @@ def test_combinator_start_round_trips_and_shifts_by_the_combinator(quick_fit, da
         model.predict(test, n_cells=5, seed=1).X,
         atol=1e-5,
     )
+
+
+def test_default_components_are_the_measured_ones(data):
+    # docs/method.md §7: PCA latent, no alignment losses, no OT pairing; GRC programs kept.
+    config = ScBIGConfig()
+    assert (config.autoencoder, config.alignment, config.ot_pairing, config.programs) == (
+        "pca",
+        False,
+        False,
+        "grc",
+    )
+    dataset, split = data
+    default_parts = dataclasses.replace(TINY, autoencoder="pca", alignment=False, ot_pairing=False)
+    model = ScBIG(default_parts).fit(dataset, split)
+    assert isinstance(model.autoencoder_, PCAAutoencoder)
+    cells = model.predict(split.test, n_cells=20, seed=0)
+    assert cells.n_obs == 20 * len(split.test) and np.isfinite(np.asarray(cells.X)).all()
