@@ -22,6 +22,7 @@ from perturbflow.data import ReadOptions, read
 from perturbflow.data.datasets import list_datasets as dataset_table
 from perturbflow.data.datasets import load_dataset
 from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
+from perturbflow.data.io import UNASSIGNED_LABELS
 from perturbflow.data.outputs import prepare_output_dir, write_csv, write_figure, write_h5ad
 from perturbflow.data.splits import Split, make_split
 from perturbflow.data.synthetic import simulate as simulate_synthetic
@@ -61,6 +62,22 @@ GeneKey = Annotated[
     str | None, typer.Option(help="var column holding gene symbols (default: var_names).")
 ]
 Separator = Annotated[str, typer.Option(help="Separator between genes in combination labels.")]
+Layer = Annotated[
+    str | None,
+    typer.Option(help="Read this layer (raw counts or log-normalised) instead of X."),
+]
+KeepUnassigned = Annotated[
+    bool,
+    typer.Option(
+        "--keep-unassigned",
+        help="Refuse cells whose label means 'no perturbation' (nan, empty, unassigned, "
+        "multiplet, …) instead of dropping them.",
+    ),
+]
+Unassigned = Annotated[
+    list[str] | None,
+    typer.Option(help="Another label meaning 'no perturbation assigned' (repeatable)."),
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
 
@@ -103,6 +120,21 @@ def main(
 def _fail(error: Exception) -> None:
     console.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code=1)
+
+
+def _read_options(
+    condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+) -> ReadOptions:
+    """The one read-options object of every command that reads a user's file."""
+    return ReadOptions(
+        condition_key=condition_key,
+        control=control,
+        gene_key=gene_key,
+        separator=separator,
+        layer=layer,
+        keep_unassigned=keep_unassigned,
+        unassigned=(*UNASSIGNED_LABELS, *(unassigned or ())),
+    )
 
 
 def _model_runs(
@@ -279,6 +311,9 @@ def fit(
     control: Control = None,
     gene_key: GeneKey = None,
     separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Fit a model on the training conditions of a split and save a self-describing checkpoint."""
@@ -308,7 +343,9 @@ def fit(
         for path in (out, split_out or out.with_suffix(".split.json")):
             if path.exists() and not overwrite and not (split is not None and path != out):
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        dataset = _read_options(
+            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+        ).read(data)
         if split is not None:
             chosen = Split.load(split)
         else:
@@ -382,6 +419,9 @@ def evaluate(
     control: Control = None,
     gene_key: GeneKey = None,
     separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted cells against real cells with every metric of docs/method.md §5."""
@@ -392,7 +432,9 @@ def evaluate(
     try:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        dataset = _read_options(
+            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+        ).read(data)
         chosen = Split.load(split)
         if not predictions.exists():
             raise FileNotFoundError(f"{predictions}: predictions file not found")
@@ -458,6 +500,9 @@ def benchmark(
     control: Control = None,
     gene_key: GeneKey = None,
     separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Fit every model on every seed's split, evaluate all metrics and write a report.
@@ -484,7 +529,9 @@ def benchmark(
         if bad:
             raise ValueError(f"{model_config}: options of {bad} must be mappings of option: value")
         runs = _model_runs(models, options)
-        reading = ReadOptions(condition_key, control, gene_key, separator)
+        reading = _read_options(
+            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+        )
         loaded = _benchmark_data(dataset, data, data_dir, download, reading)
         if cell_type_key is not None:
             loaded = dataclasses.replace(loaded, cell_type_key=cell_type_key)
@@ -696,6 +743,9 @@ def grn_infer(
     control: Control = None,
     gene_key: GeneKey = None,
     separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Infer regulator → target edges and write them (CSV, BEELINE ranked edges or GraphML)."""
@@ -710,7 +760,9 @@ def grn_infer(
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         if (method == "model") != (checkpoint is not None):
             raise ValueError("--checkpoint goes with --method model, and only with it")
-        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        dataset = _read_options(
+            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+        ).read(data)
         chosen = [r.strip() for r in regulators.split(",") if r.strip()] if regulators else None
         if method == "screen":
             edges = grn.screen_edges(dataset, regulators=chosen, perturbation=perturbation)
@@ -771,6 +823,9 @@ def grn_score(
     control: Control = None,
     gene_key: GeneKey = None,
     separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score edges against a known network: AUPRC, AUROC, their ratio to chance and early precision."""
@@ -779,7 +834,9 @@ def grn_score(
     try:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        dataset = _read_options(
+            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+        ).read(data)
         genes = list(dataset.genes)
         predicted = grn.read_edges_csv(edges)
         known = grn.read_network(
@@ -826,6 +883,9 @@ def grn_complete(
     control: Control = None,
     gene_key: GeneKey = None,
     separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Hold out part of a network, predict it by graph attention over the rest, and score it."""
@@ -835,7 +895,9 @@ def grn_complete(
         for path in (out, scores_out):
             if path is not None and path.exists() and not overwrite:
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-        dataset = ReadOptions(condition_key, control, gene_key, separator).read(data)
+        dataset = _read_options(
+            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+        ).read(data)
         genes = list(dataset.genes)
         known = grn.read_network(
             dataset if network == "data" else network, genes=genes, data_dir=data_dir

@@ -377,3 +377,44 @@ def test_fit_takes_exactly_one_model(data_file, tmp_path):
         + ["--condition-key", "perturbation"],
     )
     assert result.exit_code == 1 and "one model name" in result.output
+
+
+def test_unassigned_cells_never_become_a_condition(tmp_path):
+    # A CROP-seq-like file: 28 genes of raw counts, a third of the cells without a guide.
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(28)]
+    labels = ["ctrl"] * 60 + ["G1"] * 40 + ["G2"] * 40 + ["G1+G2"] * 40 + ["G3"] * 40
+    labels += ["nan"] * 60 + [""] * 20
+    counts = rng.poisson(20.0, (len(labels), len(genes))).astype(np.float32)
+    for i, label in enumerate(labels):
+        for gene in [g for g in label.split("+") if g in genes]:
+            counts[i, genes.index(gene)] = rng.poisson(2.0)
+    adata = ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame({"guide": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=genes),
+    )
+    path = tmp_path / "crop.h5ad"
+    adata.write_h5ad(path)
+    read_flags = ["--condition-key", "guide", "--unassigned", "blank"]
+    fit = runner.invoke(
+        app,
+        ["fit", str(path), "--out", str(tmp_path / "m.npz"), "--split-kind", "combo", *read_flags],
+    )
+    assert fit.exit_code == 0, fit.output
+    split = json.loads((tmp_path / "m.split.json").read_text())
+    assert not any("nan" in c or c == "" for part in ("train", "val", "test") for c in split[part])
+    out = tmp_path / "bench"
+    bench = runner.invoke(
+        app,
+        ["benchmark", "--data", str(path), "--split", "combo", "--seeds", "1"]
+        + ["--models", "additive", "--out", str(out), *read_flags],
+    )
+    assert bench.exit_code == 0, bench.output
+    results = pd.read_csv(out / "results.csv")
+    assert not results["condition"].astype(str).str.contains("nan").any()
+    refused = runner.invoke(
+        app,
+        ["fit", str(path), "--out", str(tmp_path / "x.npz"), "--keep-unassigned", *read_flags],
+    )
+    assert refused.exit_code == 1 and "no perturbation" in refused.output

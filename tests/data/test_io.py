@@ -239,17 +239,6 @@ def test_negative_values_are_rejected_as_scaled_data(sparse):
 # --- condition labels ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("empty", [np.nan, None, "", "  "])
-def test_empty_condition_labels_are_rejected(counts_adata, empty):
-    counts_adata.obs["condition"] = counts_adata.obs["condition"].astype(object)
-    counts_adata.obs.loc["cell5", "condition"] = empty
-    with pytest.raises(
-        DataValidationError,
-        match=r"obs\['condition'\] is empty for 1 cell\(s\) \(first: \['cell5'\]\)",
-    ):
-        read(counts_adata)
-
-
 def test_invalid_condition_label_names_value_and_column():
     adata = make_adata(("ctrl", "A", "A++B"))
     with pytest.raises(
@@ -353,6 +342,76 @@ def test_dense_and_sparse_input_give_identical_expression():
             dense_dataset.expression(name), sparse_dataset.expression(name)
         )
     assert dense_dataset.expression("A").dtype == np.float32
+
+
+# --- reading a layer instead of X -----------------------------------------------------------------
+
+
+def test_a_raw_counts_layer_is_normalised_like_x():
+    counts = make_adata()
+    log_with_counts = make_adata(counts=False)
+    log_with_counts.layers["counts"] = counts.X.copy()
+
+    from_layer = read(log_with_counts, layer="counts")
+    from_x = read(counts)
+
+    np.testing.assert_allclose(dense(from_layer.adata.X), dense(from_x.adata.X), rtol=1e-6)
+    np.testing.assert_array_equal(dense(from_layer.adata.layers["counts"]), counts.X)
+    record = from_layer.adata.uns["perturbflow"]
+    assert record["layer"] == "counts"
+    assert record["normalization"] == "log1p_cp10k"
+    assert from_x.adata.uns["perturbflow"]["layer"] == "X"
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_a_log_normalised_layer_is_used_as_is(sparse):
+    adata = make_adata(counts=True, sparse=sparse)
+    logged = make_adata(counts=False, seed=1).X
+    adata.layers["logcounts"] = sp.csr_matrix(logged) if sparse else logged
+
+    dataset = read(adata, layer="logcounts")
+
+    np.testing.assert_array_equal(dense(dataset.adata.X), logged)
+    assert dataset.normalization == "log1p (as provided)"
+    assert dataset.adata.uns["perturbflow"]["layer"] == "logcounts"
+    assert "counts" not in dataset.adata.layers
+
+
+def test_a_missing_layer_lists_the_available_layers(counts_adata):
+    counts_adata.layers["counts"] = counts_adata.X.copy()
+    counts_adata.layers["logcounts"] = np.log1p(counts_adata.X)
+    with pytest.raises(DataValidationError) as error:
+        read(counts_adata, layer="lognorm")
+    message = str(error.value)
+    assert "<AnnData>: layers has no 'lognorm'" in message
+    assert "available layers: counts, logcounts" in message
+    assert "omit layer= to read X" in message
+
+
+def test_a_missing_layer_in_a_file_without_layers_says_so(counts_adata):
+    with pytest.raises(DataValidationError, match="has no 'counts'; the file has no layers"):
+        read(counts_adata, layer="counts")
+
+
+def test_a_file_without_x_asks_for_a_layer(counts_adata):
+    adata = ad.AnnData(obs=counts_adata.obs, var=counts_adata.var)
+    adata.layers["counts"] = counts_adata.X.copy()
+    with pytest.raises(DataValidationError, match=r"X is empty; pass layer=<name>.*layers: counts"):
+        read(adata)
+    assert read(adata, layer="counts").normalization == "log1p_cp10k"
+
+
+def test_a_layer_of_a_backed_file_is_read_without_writing_to_it(tmp_path):
+    adata = make_adata()
+    adata.layers["logcounts"] = log1p_cp10k(adata.X).astype(np.float32)
+    path = write(adata, tmp_path / "data.h5ad")
+    bytes_before = path.read_bytes()
+
+    dataset = read(path, backed=True, layer="logcounts")
+
+    assert not dataset.adata.isbacked
+    np.testing.assert_array_equal(dense(dataset.adata.X), adata.layers["logcounts"])
+    assert path.read_bytes() == bytes_before
 
 
 # --- read never touches the caller's data -------------------------------------------------------

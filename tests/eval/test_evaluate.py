@@ -21,6 +21,7 @@ from perturbflow.eval import (
     noise_ceiling,
     summarize,
 )
+from perturbflow.eval.evaluate import SIZE_COLUMNS, _correlation_to_full, condition_sizes
 
 GENES = ["A", "B", "C"] + [f"G{i}" for i in range(3, 30)]
 TEST = ("C", "A+B", "A+C")
@@ -251,6 +252,153 @@ def test_noise_ceiling_needs_two_cells(dataset):
     small = read(dataset.adata[dataset.cell_mask(["ctrl", "A", "B"])][:81].copy(), min_cells=1)
     with pytest.raises(EvaluationError, match=r"'A' \(1\)"):
         noise_ceiling(small, None, conditions=["A"], metrics=["energy_distance"])
+
+
+# -- the ceiling is what a perfect model reaches against all n cells ------------------------------
+
+SIM_GENES = [f"S{i}" for i in range(200)]
+SIM_CONDITIONS = SIM_GENES[:30]
+SIM_DE = np.arange(100, 120)  # the 20 "DE" genes: effects twice as large, as in a real screen
+SIM_CELLS, SIM_NOISE, SIM_EFFECT, SIM_PREDICTED = 16, 1.0, 0.3, 100
+
+
+def _gaussian_screen(seed: int):
+    """30 conditions of 16 Gaussian cells (sd 1 per gene) whose true means ``mu`` are known, and
+    the predictions of a perfect model: ``mu`` itself for mean metrics, 100 cells drawn from the
+    true distribution for the energy distance."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(7.0, 9.0, len(SIM_GENES))  # (G,) far from 0: no clipping needed
+    effect = np.full(len(SIM_GENES), SIM_EFFECT)  # (G,) sd of the true changes
+    effect[SIM_DE] *= 2
+    truth = {name: base + rng.normal(0.0, effect) for name in SIM_CONDITIONS}
+    blocks = [base + rng.normal(0.0, SIM_NOISE, (300, len(SIM_GENES)))]  # (300, G) control
+    blocks += [
+        truth[name] + rng.normal(0.0, SIM_NOISE, (SIM_CELLS, len(SIM_GENES)))
+        for name in SIM_CONDITIONS
+    ]
+    labels = ["ctrl"] * 300 + [name for name in SIM_CONDITIONS for _ in range(SIM_CELLS)]
+
+    def cells(x, labels, prefix):
+        return ad.AnnData(
+            X=np.vstack(x).astype(np.float32),
+            obs=pd.DataFrame(
+                {CONDITION_COLUMN: labels}, index=[f"{prefix}{i}" for i in range(len(labels))]
+            ),
+            var=pd.DataFrame(index=SIM_GENES),
+        )
+
+    data = cells(blocks, labels, "cell")
+    data.obs = data.obs.rename(columns={CONDITION_COLUMN: "condition"})
+    exact = cells([truth[name][None] for name in SIM_CONDITIONS], SIM_CONDITIONS, "mean")
+    sampled = cells(
+        [
+            truth[name] + rng.normal(0.0, SIM_NOISE, (SIM_PREDICTED, len(SIM_GENES)))
+            for name in SIM_CONDITIONS
+        ],
+        np.repeat(SIM_CONDITIONS, SIM_PREDICTED),
+        "pred",
+    )
+    return read(data, min_cells=1), exact, sampled
+
+
+@pytest.fixture(scope="module")
+def perfect_vs_ceiling():
+    """Mean over 2 screens × 30 conditions (× 3 splits for the ceilings) of each metric for the
+    perfect model, the corrected ceiling and the raw split-half ceiling."""
+    # DE genes fixed in advance, so the expected errors hold exactly (no selection on the cells).
+    options = dict(
+        conditions=SIM_CONDITIONS,
+        de={name: SIM_DE for name in SIM_CONDITIONS},
+        energy_pcs=None,
+        max_cells=SIM_PREDICTED,
+    )
+    means = ["pearson_delta", "pearson_delta_de20", "mse_de20"]
+    frames = []
+    for seed in range(2):
+        dataset, exact, sampled = _gaussian_screen(seed)
+        frames.append(evaluate(exact, dataset, None, model="perfect", metrics=means, **options))
+        frames.append(
+            evaluate(
+                sampled, dataset, None, model="perfect", metrics=["energy_distance"], **options
+            )
+        )
+        for split_seed in range(3):
+            frames.append(noise_ceiling(dataset, None, seed=split_seed, **options))
+            raw = noise_ceiling(dataset, None, seed=split_seed, correction="none", **options)
+            frames.append(raw.assign(model="split_half"))
+    results = pd.concat(frames, ignore_index=True)
+    return results.groupby(["metric", "model"])["value"].mean().unstack("model")
+
+
+def test_corrected_ceiling_matches_a_perfect_model_in_expectation(perfect_vs_ceiling):
+    table = perfect_vs_ceiling
+    perfect, corrected = table["perfect"], table["noise_ceiling"]
+    # Expected: E(mu - xbar_16)^2 = 1/16 per gene; tolerances are about 3 standard errors.
+    assert perfect["mse_de20"] == pytest.approx(1 / SIM_CELLS, rel=0.1)
+    assert corrected["mse_de20"] == pytest.approx(1 / SIM_CELLS, rel=0.1)
+    assert corrected["pearson_delta"] == pytest.approx(perfect["pearson_delta"], abs=0.015)
+    assert corrected["pearson_delta_de20"] == pytest.approx(
+        perfect["pearson_delta_de20"], abs=0.025
+    )
+    assert corrected["energy_distance"] == pytest.approx(perfect["energy_distance"], rel=0.03)
+
+
+def test_uncorrected_split_half_is_measurably_pessimistic(perfect_vs_ceiling):
+    table = perfect_vs_ceiling
+    perfect, raw = table["perfect"], table["split_half"]
+    assert raw["mse_de20"] == pytest.approx(4 / SIM_CELLS, rel=0.1)  # sigma^2 (1/8 + 1/8)
+    assert raw["pearson_delta"] < perfect["pearson_delta"] - 0.3
+    assert raw["pearson_delta_de20"] < perfect["pearson_delta_de20"] - 0.15
+    assert raw["energy_distance"] > 3 * perfect["energy_distance"]
+
+
+def test_correction_rescales_only_the_metrics_it_names(dataset, split, de):
+    corrected = noise_ceiling(dataset, split, de=de)
+    raw = noise_ceiling(dataset, split, de=de, correction="none")
+    assert corrected.attrs["perturbflow"]["ceiling_correction"] == "perfect_model"
+    assert raw.attrs["perturbflow"]["corrected_metrics"] == []
+    assert set(corrected.attrs["perturbflow"]["corrected_metrics"]) == {
+        "pearson_delta",
+        "pearson_delta_de20",
+        "mse_de20",
+        "energy_distance",
+    }
+    keys = ["condition", "subgroup", "metric", "model", "seed"]
+    pd.testing.assert_frame_equal(corrected[keys], raw[keys])
+    for name in TEST:  # 40 cells: halves of 20, energy on all of them
+        for metric in ("direction_acc_de20", "discrimination_l1"):
+            assert _value(corrected, name, metric) == _value(raw, name, metric)
+        assert _value(corrected, name, "mse_de20") == pytest.approx(
+            _value(raw, name, "mse_de20") / 4
+        )
+        assert _value(corrected, name, "energy_distance") == pytest.approx(
+            _value(raw, name, "energy_distance") * (1 / 500 + 1 / 40) / (2 / 20)
+        )
+        r = _value(raw, name, "pearson_delta")
+        assert _value(corrected, name, "pearson_delta") == pytest.approx(np.sqrt(2 * r / (1 + r)))
+    with pytest.raises(EvaluationError, match="'perfect_model', 'none'"):
+        noise_ceiling(dataset, split, de=de, correction="spearman_brown")
+
+
+@pytest.mark.parametrize("a, b", [(8, 8), (7, 8), (1, 2), (250, 251)])
+def test_correlation_correction_inverts_the_attenuation_of_unequal_halves(a, b):
+    noise_to_signal = np.array([0.0, 0.1, 1.0, 10.0, 300.0])  # k = per-cell noise / signal
+    half = 1 / np.sqrt((1 + noise_to_signal / a) * (1 + noise_to_signal / b))
+    n = np.full(half.shape, float(a + b))
+    expected = 1 / np.sqrt(1 + noise_to_signal / (a + b))
+    np.testing.assert_allclose(_correlation_to_full(half, n, 500), expected, rtol=1e-9)
+    assert _correlation_to_full(np.array([-0.2, 0.0]), n[:2], 500).tolist() == [0.0, 0.0]
+    assert np.isnan(_correlation_to_full(np.array([np.nan]), n[:1], 500)).all()
+
+
+def test_condition_sizes_counts_real_cells_and_genes(dataset):
+    sizes = condition_sizes(dataset, ["A+C", "B+A"])
+    assert tuple(sizes.columns) == SIZE_COLUMNS
+    assert sizes["condition"].tolist() == ["A+C", "A+B"]
+    assert sizes["n_cells"].tolist() == [40, 40]
+    assert sizes["n_genes"].tolist() == [len(GENES)] * 2
+    with pytest.raises(EvaluationError, match="'ctrl'"):
+        condition_sizes(dataset, ["ctrl"])
 
 
 def test_summarize_means_per_subgroup_model_metric(dataset, split, de):

@@ -31,9 +31,26 @@ logger = logging.getLogger(__name__)
 
 CONDITION_COLUMN = "perturbflow_condition"
 UNS_KEY = "perturbflow"
+# Labels (compared case-insensitively, after stripping) that mean "no perturbation assigned":
+# guide-calling leftovers, not genes. Missing values and blank strings always count as unassigned.
+UNASSIGNED_LABELS: tuple[str, ...] = (
+    "nan",
+    "none",
+    "na",
+    "n/a",
+    "null",
+    "unassigned",
+    "multiplet",
+    "doublet",
+    "no_guide",
+    "-",
+)
+# Counts-per-10k size factors need many genes; below this the totals are dominated by a few genes.
+MIN_GENES_FOR_NORMALISATION = 1000
 # log1p(CP10k) never exceeds log1p(1e4) ≈ 9.21; integer-valued data above this is surely counts.
 _LOG_MAX = float(np.log1p(1e4)) + 1e-6
 _CHUNK_ROWS = 5000
+_MISSING = "<missing>"
 
 
 class DataValidationError(ValueError):
@@ -144,13 +161,17 @@ class PerturbationDataset:
 @dataclass(frozen=True)
 class ReadOptions:
     """How to read a user's file; every field is an argument of :func:`read` (the CLI's
-    ``--condition-key``, ``--control``, ``--gene-key``, ``--separator``, ``--cell-type-key``)."""
+    ``--condition-key``, ``--control``, ``--gene-key``, ``--separator``, ``--cell-type-key``,
+    ``--unassigned``, ``--keep-unassigned``, ``--layer``)."""
 
     condition_key: str = "condition"
     control: str | Sequence[str] | None = None
     gene_key: str | None = None
     separator: str = "+"
     cell_type_key: str | None = None
+    unassigned: Sequence[str] = UNASSIGNED_LABELS
+    keep_unassigned: bool = False
+    layer: str | None = None
 
     def read(self, source: str | Path | ad.AnnData) -> PerturbationDataset:
         return read(
@@ -160,6 +181,9 @@ class ReadOptions:
             gene_key=self.gene_key,
             separator=self.separator,
             cell_type_key=self.cell_type_key,
+            unassigned=self.unassigned,
+            keep_unassigned=self.keep_unassigned,
+            layer=self.layer,
         )
 
 
@@ -173,6 +197,9 @@ def read(
     cell_type_key: str | None = None,
     min_cells: int = 10,
     backed: bool = False,
+    unassigned: Sequence[str] = UNASSIGNED_LABELS,
+    keep_unassigned: bool = False,
+    layer: str | None = None,
 ) -> PerturbationDataset:
     """Read a Perturb-seq dataset from an ``.h5ad`` file or an in-memory AnnData.
 
@@ -193,11 +220,23 @@ def read(
     min_cells
         Conditions with fewer cells trigger a :class:`SmallConditionWarning`.
     backed
-        Open an ``.h5ad`` in backed (read-only, on-disk) mode; raw counts are then loaded into
-        memory for normalisation.
+        Open an ``.h5ad`` in backed (read-only, on-disk) mode. Raw counts, a ``layer`` and any
+        dropped cells make the data load into memory.
+    unassigned
+        Labels meaning "no perturbation assigned", compared case-insensitively, whole labels or
+        genes of a combination (``A+nan``). Default :data:`UNASSIGNED_LABELS`; extend it with
+        ``(*UNASSIGNED_LABELS, "my_label")`` or pass ``()`` to treat every non-blank label as a
+        condition. Missing values and blank strings are always unassigned; control labels never.
+    keep_unassigned
+        Refuse (raise :class:`DataValidationError`) instead of dropping unassigned cells.
+    layer
+        Read ``adata.layers[layer]`` instead of ``X``; it replaces ``X`` in the dataset.
 
-    Raw counts (non-negative integers) are normalised to log1p counts-per-10k, and the step is
-    recorded in ``adata.uns["perturbflow"]["normalization"]``.
+    Cells without an assigned perturbation and cells with zero total expression are dropped, each
+    with a WARNING that counts them. Raw counts (non-negative integers) are normalised to log1p
+    counts-per-10k; log-normalised data are used as provided. ``adata.uns["perturbflow"]``
+    records the matrix read (``layer``: a layer name or ``"X"``), the normalisation and the
+    number of dropped cells.
     """
     adata, where = _load(source, backed)
     labels = _control_labels(control)
@@ -214,12 +253,64 @@ def read(
             f"{where}: obs has no cell-type column {cell_type_key!r}"
             f"{_suggest(cell_type_key, adata.obs.columns)}; available: {_preview(adata.obs.columns)}"
         )
-    canonical = _parse_conditions(adata.obs[condition_key], parser, where, condition_key)
+    adata, matrix = _select_matrix(adata, layer, where)
+
+    column = adata.obs[condition_key]
+    no_perturbation = _unassigned_mask(column, parser, unassigned)
+    if keep_unassigned and no_perturbation.any():
+        raise DataValidationError(
+            f"{where}: obs[{condition_key!r}] assigns no perturbation to "
+            f"{int(no_perturbation.sum())} of {len(column)} cells, labelled "
+            f"{_label_counts(column[no_perturbation])}; relabel them (control cells with the "
+            "control label, guides with their target gene) or drop keep_unassigned=True to let "
+            "read() drop them"
+        )
+    canonical = _parse_conditions(column[~no_perturbation], parser, where, condition_key)
+
+    stats = _value_stats(adata.X)
+    _check_values(stats, where, matrix)
+    empty = stats["row_totals"] == 0  # (cells,)
+    if no_perturbation.any():
+        logger.warning(
+            "%s: dropped %d of %d cells with no perturbation assigned in obs[%r]: %s "
+            "(unassigned= sets which labels mean this)",
+            where,
+            int(no_perturbation.sum()),
+            len(column),
+            condition_key,
+            _label_counts(column[no_perturbation]),
+        )
+    empty_assigned = empty[~no_perturbation]  # (assigned cells,)
+    if empty_assigned.any():
+        logger.warning(
+            "%s: dropped %d of %d cells with zero total counts in %s (first: %s)",
+            where,
+            int(empty_assigned.sum()),
+            len(empty_assigned),
+            matrix,
+            _preview(adata.obs_names[~no_perturbation][empty_assigned], limit=3),
+        )
+    keep = ~no_perturbation & ~empty  # (cells,)
+    if not keep.any():
+        raise DataValidationError(
+            f"{where}: no cells left after dropping {int(no_perturbation.sum())} unassigned and "
+            f"{int(empty_assigned.sum())} zero-count cell(s); check obs[{condition_key!r}] and "
+            f"{matrix}"
+        )
+    if not keep.all():
+        adata = _take_cells(adata, keep, where)
+        canonical = canonical[~empty_assigned]
     if not (canonical == CONTROL_NAME).any():
         raise DataValidationError(_no_control_message(adata.obs[condition_key], labels, where))
 
     adata.obs[CONDITION_COLUMN] = pd.Categorical(canonical)
-    adata = _normalise_if_counts(adata, where)
+    adata = _normalise_if_counts(adata, stats, where, matrix)
+    adata.uns[UNS_KEY] = {
+        **adata.uns[UNS_KEY],
+        "layer": "X" if layer is None else layer,
+        "dropped_unassigned": int(no_perturbation.sum()),
+        "dropped_zero_counts": int(empty_assigned.sum()),
+    }
 
     unmeasured = frozenset(genes_of(set(canonical)) - set(adata.var_names))
     if unmeasured:
@@ -307,17 +398,83 @@ def _set_gene_symbols(adata: ad.AnnData, gene_key: str | None, where: str) -> ad
     return adata
 
 
-def _parse_conditions(
-    column: pd.Series, parser: ConditionParser, where: str, condition_key: str
-) -> np.ndarray:
-    values = column.astype(object)
-    missing = values.isna() | values.astype(str).str.strip().eq("")
-    if missing.any():
-        first = list(values.index[missing][:3])
+def _select_matrix(adata: ad.AnnData, layer: str | None, where: str) -> tuple[ad.AnnData, str]:
+    """Put the matrix to read in ``X``; return the AnnData and the matrix's name for messages."""
+    available = list(adata.layers.keys())
+    layers_hint = (
+        f"available layers: {_preview(available)}" if available else "the file has no layers"
+    )
+    if layer is None:
+        if adata.X is None:
+            raise DataValidationError(
+                f"{where}: X is empty; pass layer=<name> to read a layer ({layers_hint})"
+            )
+        return adata, "X"
+    if layer not in adata.layers:
         raise DataValidationError(
-            f"{where}: obs[{condition_key!r}] is empty for {int(missing.sum())} cell(s) "
-            f"(first: {first}); label every cell, control cells with the control label"
+            f"{where}: layers has no {layer!r}{_suggest(layer, available)}; {layers_hint}. "
+            + ("Pass one of them as layer=, or omit " if available else "Omit ")
+            + "layer= to read X."
         )
+    if adata.isbacked:
+        # Replacing X of a backed AnnData would write to the user's file.
+        logger.info("%s: reading layer %r loads the data into memory", where, layer)
+        adata = adata.to_memory()
+    adata.X = adata.layers[layer]
+    return adata, f"layers[{layer!r}]"
+
+
+def _unassigned_mask(
+    column: pd.Series, parser: ConditionParser, unassigned: Sequence[str]
+) -> np.ndarray:
+    """``(cells,)`` True where the label assigns no perturbation (missing, blank or unassigned).
+
+    A combination naming an unassigned label (``A+nan``) counts too: its other guide is unknown.
+    Control labels are never unassigned, so an explicit ``control="none"`` wins.
+    """
+    values = column.astype(object)
+    lowered = {str(label).strip().lower() for label in unassigned}
+    lowered = {label for label in lowered if label and not parser.is_control_label(label)}
+    verdict: dict[object, bool] = {}
+    for label in pd.unique(values.dropna()):
+        text = str(label).strip()
+        tokens = text.split(parser.separator) if parser.separator in text else []
+        verdict[label] = (
+            not text
+            or text.lower() in lowered
+            or any(token.strip().lower() in lowered for token in tokens)
+        )
+    return (values.isna() | values.map(verdict).eq(True)).to_numpy()
+
+
+def _label_counts(column: pd.Series) -> str:
+    """``'nan' (16), <missing> (4), '' (2)``: the distinct labels of ``column`` with their counts."""
+    counts: dict[str, int] = {}
+    for label, n in column.astype(object).value_counts(dropna=False).items():
+        shown = _MISSING if pd.isna(label) else repr(str(label))
+        counts[shown] = counts.get(shown, 0) + int(n)
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    return _preview(f"{label} ({n})" for label, n in ranked)
+
+
+def _take_cells(adata: ad.AnnData, keep: np.ndarray, where: str) -> ad.AnnData:
+    """The cells of ``keep`` as an in-memory AnnData, unused categories removed."""
+    if adata.isbacked:
+        logger.info("%s: dropping cells loads the data into memory", where)
+        adata = adata[keep].to_memory()
+    else:
+        adata = adata[keep].copy()
+    for name, values in adata.obs.items():
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            adata.obs[name] = values.cat.remove_unused_categories()
+    return adata
+
+
+def _parse_conditions(
+    values: pd.Series, parser: ConditionParser, where: str, condition_key: str
+) -> np.ndarray:
+    """Canonical condition name of every (assigned) cell: ``(cells,)`` str."""
+    values = values.astype(object)
     names: dict[object, str] = {}
     for label in pd.unique(values):
         try:
@@ -347,21 +504,36 @@ def _no_control_message(column: pd.Series, labels: tuple[str, ...], where: str) 
     return message + f". Most frequent labels: {_preview(candidates)}"
 
 
-def _normalise_if_counts(adata: ad.AnnData, where: str) -> ad.AnnData:
-    stats = _value_stats(adata.X)
+def _check_values(stats: dict, where: str, matrix: str) -> None:
     if stats["n_nan"] or stats["n_inf"]:
         raise DataValidationError(
-            f"{where}: X has {stats['n_nan']} NaN and {stats['n_inf']} infinite value(s); "
+            f"{where}: {matrix} has {stats['n_nan']} NaN and {stats['n_inf']} infinite value(s); "
             "remove or impute them before reading"
         )
     if stats["n_negative"]:
         raise DataValidationError(
-            f"{where}: X has {stats['n_negative']} negative value(s) (minimum {stats['min']:.3g}); "
-            "perturbflow expects raw counts or log1p-normalised expression, not scaled/centred data"
+            f"{where}: {matrix} has {stats['n_negative']} negative value(s) "
+            f"(minimum {stats['min']:.3g}); perturbflow expects raw counts or log1p-normalised "
+            "expression, not scaled/centred data"
         )
+
+
+def _normalise_if_counts(adata: ad.AnnData, stats: dict, where: str, matrix: str) -> ad.AnnData:
     info = dict(adata.uns.get(UNS_KEY, {}))
     if stats["all_integer"] and stats["max"] > 0:
-        logger.info("%s: X holds raw counts; normalising to log1p counts-per-10k", where)
+        logger.info("%s: %s holds raw counts; normalising to log1p counts-per-10k", where, matrix)
+        if adata.n_vars < MIN_GENES_FOR_NORMALISATION:
+            available = list(adata.layers.keys())
+            logger.warning(
+                "%s: %s holds raw counts of only %d genes; counts-per-10k size factors over fewer "
+                "than %d genes are unreliable. If the file has its own log-normalised layer, read "
+                "it with layer=<name> (%s)",
+                where,
+                matrix,
+                adata.n_vars,
+                MIN_GENES_FOR_NORMALISATION,
+                f"available layers: {_preview(available)}" if available else "it has no layers",
+            )
         if adata.isbacked:
             adata = adata.to_memory()
         counts = sp.csr_matrix(adata.X, dtype=np.float32) if sp.issparse(adata.X) else None
@@ -371,8 +543,9 @@ def _normalise_if_counts(adata: ad.AnnData, where: str) -> ad.AnnData:
     else:
         if stats["max"] > _LOG_MAX + 5:
             logger.warning(
-                "%s: X reaches %.3g, large for log1p CP10k data; check it is log-normalised",
+                "%s: %s reaches %.3g, large for log1p CP10k data; check it is log-normalised",
                 where,
+                matrix,
                 stats["max"],
             )
         info.setdefault("normalization", "log1p (as provided)")
@@ -380,12 +553,15 @@ def _normalise_if_counts(adata: ad.AnnData, where: str) -> ad.AnnData:
     return adata
 
 
-def _value_stats(matrix) -> dict[str, float]:
-    """NaN/inf/negative counts, min/max and integrality, read in row chunks (works backed)."""
+def _value_stats(matrix) -> dict:
+    """NaN/inf/negative counts, min/max, integrality and ``row_totals`` ``(cells,)``, read in row
+    chunks (works backed)."""
     stats = {"n_nan": 0, "n_inf": 0, "n_negative": 0, "min": np.inf, "max": -np.inf}
     all_integer = True
+    totals = []
     for start in range(0, matrix.shape[0], _CHUNK_ROWS):
         block = matrix[start : start + _CHUNK_ROWS]
+        totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())  # (chunk,)
         values = block.data if sp.issparse(block) else np.asarray(block).ravel()
         values = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(values)
@@ -398,6 +574,7 @@ def _value_stats(matrix) -> dict[str, float]:
             stats["max"] = max(stats["max"], float(values.max()))
             all_integer = all_integer and bool(np.all(values == np.round(values)))
     stats["all_integer"] = all_integer
+    stats["row_totals"] = np.concatenate(totals) if totals else np.zeros(0)
     return stats
 
 

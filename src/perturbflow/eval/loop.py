@@ -40,7 +40,13 @@ from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
 from perturbflow.data.outputs import write_csv
 from perturbflow.data.splits import CROSS_CELL_LINE, Split, make_split
 from perturbflow.eval.de import de_genes
-from perturbflow.eval.evaluate import NOISE_CEILING_MODEL, RESULT_COLUMNS, evaluate, noise_ceiling
+from perturbflow.eval.evaluate import (
+    NOISE_CEILING_MODEL,
+    RESULT_COLUMNS,
+    condition_sizes,
+    evaluate,
+    noise_ceiling,
+)
 from perturbflow.eval.summary import benchmark_summary
 from perturbflow.models.base import MODELS, config_to_dict, get_model, make_config, model_class
 from perturbflow.models.peers import PEERS
@@ -263,7 +269,18 @@ def run(
             if out is not None:
                 _checkpoint(frames, timings, metadata, out)
     results = _concat(frames)
-    summary = benchmark_summary(results) if len(results) else pd.DataFrame()
+    sizes = (
+        pd.concat(
+            [
+                condition_sizes(eval_datasets[seed], list(split.test))
+                for seed, split in splits.items()
+            ],
+            ignore_index=True,
+        )
+        if splits
+        else None
+    )
+    summary = benchmark_summary(results, sizes=sizes) if len(results) else pd.DataFrame()
     if out is not None and len(results):
         write_csv(summary, out / "summary.csv", overwrite=True)
     return RunResult(
