@@ -29,7 +29,7 @@ import pandas as pd
 
 from perturbflow.data import read
 from perturbflow.data.datasets import DATASETS, load_dataset
-from perturbflow.data.outputs import prepare_output_dir, write_csv
+from perturbflow.data.outputs import mark_complete, prepare_output_dir, write_csv
 from perturbflow.data.synthetic import simulate
 from perturbflow.eval import summarize
 from perturbflow.eval.loop import RunSpec, run
@@ -162,6 +162,7 @@ def main() -> None:
                 if weights:
                     write_csv(pd.DataFrame(weights), folder / "mean_weights.csv", overwrite=True)
                 (folder / "table.md").write_text(report(results))
+    mark_complete(folder)
     logger.info("wrote %s", folder)
 
 

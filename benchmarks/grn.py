@@ -36,7 +36,7 @@ import pandas as pd
 from perturbflow.data import read
 from perturbflow.data.conditions import parse_condition
 from perturbflow.data.datasets import DATASETS, load_dataset
-from perturbflow.data.outputs import prepare_output_dir, write_csv
+from perturbflow.data.outputs import mark_complete, prepare_output_dir, write_csv
 from perturbflow.data.splits import make_split
 from perturbflow.grn.expression import correlation_edges, tree_edges
 from perturbflow.grn.metrics import epr_permutation_pvalue, score_edges
@@ -106,6 +106,7 @@ def main() -> None:
         for name in [r.strip() for r in args.real.split(",") if r.strip()]:
             frames.append(real_part(name, args.permutations))
             save()
+    mark_complete(folder)
     logger.info("wrote %s", folder)
 
 

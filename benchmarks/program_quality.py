@@ -39,7 +39,7 @@ import pandas as pd
 
 from perturbflow.data import CONTROL_NAME
 from perturbflow.data.datasets import dataset_spec, load_dataset
-from perturbflow.data.outputs import prepare_output_dir, write_csv
+from perturbflow.data.outputs import mark_complete, prepare_output_dir, write_csv
 from perturbflow.data.splits import make_split
 from perturbflow.programs import (
     GRCConfig,
@@ -104,6 +104,7 @@ def main() -> None:
         write_csv(results, folder / "results.csv", overwrite=True)
         write_csv(pd.concat(top_terms, ignore_index=True), folder / "top_terms.csv", overwrite=True)
         (folder / "table.md").write_text(markdown_table(results, args.alpha))
+    mark_complete(folder)
     logger.info("wrote %s in %.1f s", folder, time.perf_counter() - started)
 
 

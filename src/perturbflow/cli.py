@@ -23,7 +23,13 @@ from perturbflow.data.datasets import list_datasets as dataset_table
 from perturbflow.data.datasets import load_dataset
 from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
 from perturbflow.data.io import UNASSIGNED_LABELS
-from perturbflow.data.outputs import prepare_output_dir, write_csv, write_figure, write_h5ad
+from perturbflow.data.outputs import (
+    mark_complete,
+    prepare_output_dir,
+    write_csv,
+    write_figure,
+    write_h5ad,
+)
 from perturbflow.data.splits import Split, make_split
 from perturbflow.data.synthetic import simulate as simulate_synthetic
 
@@ -250,6 +256,7 @@ def demo(
     write_csv(summarize(result.results), folder / "summary.csv", overwrite=True)
     write_csv(result.timings, folder / "timings.csv", overwrite=True)
     write_figure(metric_bars(result.results), folder / "metrics.png", overwrite=True)
+    mark_complete(folder)
     console.print(
         summary_table(result.results, f"perturbflow demo — {split_kind} split, seed {seed}")
     )
@@ -558,6 +565,7 @@ def benchmark(
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         _fail(error)
     console.print(summary_table(result.results, f"benchmark — {label}, {split_kind} split"))
+    mark_complete(folder)
     console.print(f"results and report.html written to [bold]{folder}[/]")
 
 
@@ -970,6 +978,7 @@ def grn_demo(
         grn.write_graphml(found["screen"], folder / "screen_edges.graphml", overwrite=True)
         metrics = pd.concat(tables, ignore_index=True)
         write_csv(metrics, folder / "metrics.csv", overwrite=True)
+        mark_complete(folder)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as error:
         _fail(error)
     console.print(_grn_table(metrics, f"edges of a simulated screen ({network}, seed {seed})"))

@@ -418,3 +418,27 @@ def test_unassigned_cells_never_become_a_condition(tmp_path):
         ["fit", str(path), "--out", str(tmp_path / "x.npz"), "--keep-unassigned", *read_flags],
     )
     assert refused.exit_code == 1 and "no perturbation" in refused.output
+
+
+def test_a_benchmark_that_fails_after_loading_can_be_rerun(tmp_path):
+    out = tmp_path / "bench"
+    typo = runner.invoke(
+        app, ["benchmark", "--out", str(out), "--models", "additive", "--split", "combi"]
+    )
+    assert typo.exit_code == 1 and "combi" in typo.output
+    fixed = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--out",
+            str(out),
+            "--models",
+            "additive",
+            "--split",
+            "combo",
+            "--seeds",
+            "1",
+        ],
+    )
+    assert fixed.exit_code == 0, fixed.output
+    assert not (out / ".perturbflow-incomplete").exists()

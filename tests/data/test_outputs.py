@@ -52,3 +52,16 @@ def test_failed_write_leaves_original(tmp_path):
         write_csv(Broken({"a": [1]}), path, overwrite=True)
     assert path.read_text() == "original"
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_an_unfinished_run_folder_does_not_block_its_rerun(tmp_path):
+    from perturbflow.data.outputs import INCOMPLETE_MARKER, mark_complete
+
+    folder = prepare_output_dir(tmp_path / "run")
+    (folder / "splits").mkdir()  # the failed run got this far
+    assert (folder / INCOMPLETE_MARKER).exists()
+    again = prepare_output_dir(tmp_path / "run")  # no --overwrite needed
+    mark_complete(again)
+    assert not (folder / INCOMPLETE_MARKER).exists()
+    with pytest.raises(OutputExistsError, match="--resume"):
+        prepare_output_dir(tmp_path / "run")  # a finished run is protected again

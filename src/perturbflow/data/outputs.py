@@ -15,22 +15,34 @@ class OutputExistsError(FileExistsError):
     """An output would replace an existing file or folder and ``overwrite`` was not given."""
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Create a run folder; an existing non-empty folder needs ``overwrite=True``.
+INCOMPLETE_MARKER = ".perturbflow-incomplete"
 
-    With ``overwrite`` the folder is kept and only the files this run writes are replaced;
-    nothing else in it is deleted.
+
+def prepare_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Create a run folder, marked incomplete until :func:`mark_complete` is called.
+
+    An existing non-empty folder needs ``overwrite=True``, unless it is a run folder that never
+    completed (a run that failed or was stopped): its rerun may write there, so a failed run
+    never blocks its own rerun. With ``overwrite`` the folder is kept and only the files this run
+    writes are replaced; nothing else in it is deleted.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is a file; choose another --out")
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    unfinished = (path / INCOMPLETE_MARKER).exists()
+    if path.exists() and any(path.iterdir()) and not (overwrite or unfinished):
         raise OutputExistsError(
-            f"{path} exists and is not empty; choose a new --out or pass --overwrite "
-            "(files written by this run are replaced, others are kept)"
+            f"{path} exists and is not empty; choose a new --out, pass --overwrite (files "
+            "written by this run are replaced, others are kept) or, for a benchmark, --resume"
         )
     path.mkdir(parents=True, exist_ok=True)
+    (path / INCOMPLETE_MARKER).write_text("this run has not finished\n")
     return path
+
+
+def mark_complete(path: str | Path) -> None:
+    """Mark a run folder made by :func:`prepare_output_dir` as finished."""
+    (Path(path) / INCOMPLETE_MARKER).unlink(missing_ok=True)
 
 
 def write_atomic(path: str | Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
