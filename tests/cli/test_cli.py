@@ -413,6 +413,9 @@ def test_unassigned_cells_never_become_a_condition(tmp_path):
     assert bench.exit_code == 0, bench.output
     results = pd.read_csv(out / "results.csv")
     assert not results["condition"].astype(str).str.contains("nan").any()
+    from perturbflow.data.download import file_sha256
+
+    assert f"sha256 {file_sha256(path)}" in (out / "report.html").read_text()
     refused = runner.invoke(
         app,
         ["fit", str(path), "--out", str(tmp_path / "x.npz"), "--keep-unassigned", *read_flags],

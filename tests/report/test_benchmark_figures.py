@@ -186,7 +186,8 @@ def test_program_heatmap_means_per_program_in_grc_order():
     np.testing.assert_allclose(image.get_array(), [[2.0, -2.0], [0.0, 3.0]])
     assert image.norm.vmin == -3.0 and image.norm.vmax == 3.0  # centred at 0
     assert image.get_cmap().name == "RdBu_r"
-    assert [t.get_text() for t in axis.get_xticklabels()] == ["1 (2)", "0 (2)"]
+    # programs named by their most responsive genes (mean |delta|: g2 1.5 > g1 0.5)
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["g2, g1", "g3, g4"]
     assert [t.get_text() for t in axis.get_yticklabels()] == ["A", "A+B"]
 
 

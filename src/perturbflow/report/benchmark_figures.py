@@ -30,6 +30,7 @@ __all__ = [
 NOISE_CEILING = "noise_ceiling"
 DEFAULT_METRICS = ("pearson_delta", "pearson_delta_de20", "mse_de20", "energy_distance")
 _RESULT_COLUMNS = ("condition", "subgroup", "metric", "value", "model", "seed")
+PROGRAM_LABEL_GENES = 3
 _LABEL_LIMIT = 40  # above this many points, text labels would only be clutter
 
 
@@ -115,7 +116,15 @@ def draw_metric_bars(
         axis.set_title(_metric_title(metric))
     (ceiling_handle,) = axes[-1].plot([], [], "k--")
     handles, labels = axes[-1].get_legend_handles_labels()
-    axes[-1].legend([*handles, ceiling_handle], [*labels, "noise ceiling"], fontsize=7)
+    # Outside the axes, so it never covers a bar or the ceiling line.
+    axes[-1].legend(
+        [*handles, ceiling_handle],
+        [*labels, "noise ceiling"],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
     return figure
 
 
@@ -201,7 +210,8 @@ def program_heatmap(
     :meth:`perturbflow.programs.grc.GenePrograms.to_frame`); programs are shown in GRC order (by
     their smallest ``order``). ``deltas`` is conditions × genes; genes without a program are
     ignored, and programs without a gene in ``deltas`` are dropped. The colour map is diverging
-    and centred at 0 (symmetric limits); column labels give each program's number of genes.
+    and centred at 0 (symmetric limits); each column is labelled by the program's
+    ``PROGRAM_LABEL_GENES`` most responsive genes and how many more it holds.
     """
     _require_columns(programs, ("gene", "program", "order"), "programs")
     known = programs[programs["gene"].isin(deltas.columns)]
@@ -228,14 +238,17 @@ def program_heatmap(
     )
     axis = figure.subplots()
     image = axis.imshow(means, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    axis.set_xticks(
-        np.arange(n_programs),
-        [f"{program} ({len(members[program])})" for program in program_order],
-        rotation=90,
-        fontsize=7,
-    )
+    # Each program is named by its genes that move most across the conditions shown.
+    spread = deltas.abs().mean(axis=0)
+    names = [
+        ", ".join(spread[members[program]].sort_values(ascending=False).index[:PROGRAM_LABEL_GENES])
+        + f" (+{len(members[program]) - PROGRAM_LABEL_GENES})"
+        * (len(members[program]) > PROGRAM_LABEL_GENES)
+        for program in program_order
+    ]
+    axis.set_xticks(np.arange(n_programs), names, rotation=90, fontsize=7)
     axis.set_yticks(np.arange(n_conditions), [str(c) for c in deltas.index], fontsize=7)
-    axis.set_xlabel("gene program (genes)")
+    axis.set_xlabel("gene program (its most responsive genes)")
     axis.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axis, label="mean delta")
     return figure

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.data.conditions import parse_condition
+from perturbflow.data.download import file_sha256
 from perturbflow.data.io import PerturbationDataset
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.loop import RunResult
@@ -137,11 +138,16 @@ def build_report(
     grn_figures, grn_tables, grn_notes = grn_section(dataset)
     figures.update(grn_figures)
     provenance = dataset.adata.uns.get("perturbflow", {}).get("dataset", {})
-    checksums = (
-        {str(provenance.get("path", provenance.get("name", "data"))): str(provenance.get("sha256"))}
-        if provenance
-        else {dataset.source: "in-memory data (no file checksum)"}
-    )
+    if provenance:
+        checksums = {
+            str(provenance.get("path", provenance.get("name", "data"))): str(
+                provenance.get("sha256")
+            )
+        }
+    elif Path(dataset.source).is_file():  # a user's file, read with --data
+        checksums = {dataset.source: f"sha256 {file_sha256(dataset.source)}"}
+    else:
+        checksums = {dataset.source: "in-memory data (no file checksum)"}
     html = render_report(
         title=title,
         summary=summary,

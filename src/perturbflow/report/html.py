@@ -44,12 +44,13 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 1200px; padding: 0 1rem; color: #222; line-height: 1.45; }
 header { border-bottom: 2px solid #446; margin-bottom: 1rem; }
-h1 { margin-bottom: 0.2rem; }
+h1 { margin-bottom: 0.2rem; overflow-wrap: anywhere; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; margin-top: 2rem; }
 .generated { color: #666; font-size: 0.9rem; }
 nav ul { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 0.4rem 1.2rem; }
 nav a { color: #335; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; display: block;
+        max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; }
 th { background: #f2f3f7; text-align: left; vertical-align: top; }
 td { text-align: right; font-variant-numeric: tabular-nums; }
