@@ -42,6 +42,7 @@ RUNS = (
     ("runs/grn", "Gene regulatory networks from screens, expression and graph completion"),
     ("runs/program_quality", "Gene-program quality"),
     ("runs/speed", "Speed and memory"),
+    ("runs/demo_time", "`perturbflow demo` wall time"),
 )
 
 INTRO = """# Measured results
