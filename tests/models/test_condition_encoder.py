@@ -77,6 +77,17 @@ def test_unknown_gene_mean_fallback_when_asked():
     assert torch.allclose(encoder.gene_features(torch.tensor([-1])), mean_vector[None])
 
 
+def test_the_mean_fallback_warns_once_per_gene(caplog):
+    encoder = _encoder(missing="mean")
+    with caplog.at_level("WARNING", logger="perturbflow.models.condition_encoder"):
+        encoder.encode(["Z", "A+Z"])
+        encoder.encode(["Z+Y"])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "['Z']" in warnings[0] and "mean vector" in warnings[0]
+    assert "['Y']" in warnings[1]  # Z is not named again
+
+
 def test_invalid_missing_option():
     with pytest.raises(ValueError, match="missing"):
         ConditionEncoderConfig(missing="zero")

@@ -9,6 +9,7 @@ one raises :class:`UnknownGeneError` instead of silently becoming a zero vector.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from perturbflow.data.conditions import parse_condition
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownGeneError(KeyError):
@@ -60,6 +63,7 @@ class ConditionEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config or ConditionEncoderConfig()
+        self._warned: set[str] = set()  # genes already named in a missing-vector warning
         seen = sorted(set(seen_genes))
         vocabulary = list(dict.fromkeys([*map(str, prior.index), *seen]))
         self.vocabulary = vocabulary
@@ -100,6 +104,15 @@ class ConditionEncoder(nn.Module):
                 f"no embedding for perturbed gene(s) {missing}: they were never perturbed in "
                 "training and are absent from the prior embedding; supply a prior table that "
                 "covers them (or set missing='mean' to use the mean embedding, with a warning)"
+            )
+        unwarned = [gene for gene in missing if gene not in self._warned]
+        if unwarned:
+            self._warned.update(unwarned)
+            logger.warning(
+                "no vector for perturbed gene(s) %s: never perturbed in training and absent from "
+                "the prior embedding; using the mean vector of the seen genes (missing='error' "
+                "refuses instead)",
+                unwarned,
             )
         length = max([len(genes) for genes in gene_sets] + [1])
         indices = torch.full((len(gene_sets), length), self.padding_index, dtype=torch.long)
