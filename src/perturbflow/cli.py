@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,12 +16,13 @@ import typer
 import yaml
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from perturbflow import __version__
 from perturbflow.data import ReadOptions, read
+from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.datasets import list_datasets as dataset_table
-from perturbflow.data.datasets import load_dataset
 from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
 from perturbflow.data.io import UNASSIGNED_LABELS
 from perturbflow.data.outputs import (
@@ -39,6 +41,9 @@ from perturbflow.data.synthetic import simulate as simulate_synthetic
 app = typer.Typer(
     name="perturbflow",
     help="Predict single-cell responses to genetic perturbations and evaluate the predictions.",
+    epilog="Environment: PERTURBFLOW_DATA_DIR is the data folder (registered datasets, priors/; "
+    "default ../shared/data when it exists); PERTURBFLOW_CACHE_DIR holds downloads and cached "
+    "gene embeddings (default ~/.cache/perturbflow).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -68,6 +73,24 @@ GeneKey = Annotated[
     str | None, typer.Option(help="var column holding gene symbols (default: var_names).")
 ]
 Separator = Annotated[str, typer.Option(help="Separator between genes in combination labels.")]
+Priors = Annotated[
+    Path | None,
+    typer.Option(
+        help="Data folder holding priors/ (GO, STRING, gene sets); default "
+        "$PERTURBFLOW_DATA_DIR, else ../shared/data."
+    ),
+]
+GeneEmbedding = Annotated[
+    str | None,
+    typer.Option(
+        help="Gene vectors of every model that takes them: data, go, ppi, text, go+ppi, … or an "
+        "embedding table path."
+    ),
+]
+RelationGraph = Annotated[
+    str | None,
+    typer.Option(help="scbig's GRC relation graph: coexpression, ppi, regulons or pathways."),
+]
 Layer = Annotated[
     str | None,
     typer.Option(help="Read this layer (raw counts or log-normalised) instead of X."),
@@ -123,8 +146,28 @@ def main(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Library arguments named in error messages → the flags that set them on the command line.
+_FLAGS = {
+    "condition_key": "--condition-key",
+    "control": "--control",
+    "gene_key": "--gene-key",
+    "separator": "--separator",
+    "cell_type_key": "--cell-type-key",
+    "layer": "--layer",
+    "keep_unassigned": "--keep-unassigned",
+    "unassigned": "--unassigned",
+    "overwrite": "--overwrite",
+    "checkpoint_dir": "--checkpoint-dir",
+}
+
+
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}")
+    # A KeyError's str() wraps its message in quotes; show the message itself.
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"\b{name}=True\b", flag, message)
+        message = re.sub(rf"\b{name}=", f"{flag} ", message)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=1)
 
 
@@ -225,6 +268,9 @@ def demo(
     ] = "all",
     seed: Annotated[int, typer.Option(help="Seed of the simulation, split and predictions.")] = 0,
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    priors: Priors = None,
+    gene_embedding: GeneEmbedding = None,
+    relation_graph: RelationGraph = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Simulate a screen, split it, fit every model, evaluate and write a small report.
@@ -237,7 +283,14 @@ def demo(
     from perturbflow.report.figures import metric_bars
 
     try:
-        runs = _model_runs(models)
+        runs = _model_runs(
+            models,
+            overrides={
+                "priors": str(priors) if priors is not None else None,
+                "gene_embedding": gene_embedding,
+                "relation_graph": relation_graph,
+            },
+        )
         folder = prepare_output_dir(out, overwrite=overwrite)
     except (KeyError, ValueError, FileExistsError) as error:
         _fail(error)
@@ -296,24 +349,9 @@ def fit(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show training progress bars.")
     ] = True,
-    priors: Annotated[
-        Path | None,
-        typer.Option(
-            help="Data folder holding priors/ (GO, STRING, gene sets); default "
-            "$PERTURBFLOW_DATA_DIR, else ../shared/data."
-        ),
-    ] = None,
-    gene_embedding: Annotated[
-        str | None,
-        typer.Option(
-            help="Gene vectors: data, go, ppi, text, go+ppi, … or an embedding table path "
-            "(scbig, ridge, nearest_neighbor)."
-        ),
-    ] = None,
-    relation_graph: Annotated[
-        str | None,
-        typer.Option(help="scbig GRC relation graph: coexpression, ppi, regulons or pathways."),
-    ] = None,
+    priors: Priors = None,
+    gene_embedding: GeneEmbedding = None,
+    relation_graph: RelationGraph = None,
     condition_key: ConditionKey = "condition",
     control: Control = None,
     gene_key: GeneKey = None,
@@ -460,14 +498,19 @@ def evaluate(
 
 @app.command()
 def benchmark(
-    out: Annotated[Path, typer.Option(help="Run folder: results, summary, splits, report.html.")],
-    dataset: Annotated[
-        str,
-        typer.Option(help="Registered dataset name (see `perturbflow datasets`) or 'synthetic'."),
-    ] = "synthetic",
-    data: Annotated[
-        Path | None, typer.Option(help="A user .h5ad instead of a registered dataset.")
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="DATA",
+            help="A .h5ad file, a registered dataset name (see `perturbflow datasets`) or "
+            "'synthetic' (the default).",
+        ),
     ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Run folder: results, summary, splits, report.html.")
+    ] = Path("runs/benchmark"),
+    dataset: Annotated[str | None, typer.Option(hidden=True)] = None,
+    data: Annotated[Path | None, typer.Option(hidden=True)] = None,
     split_kind: Annotated[
         str,
         typer.Option(
@@ -496,6 +539,9 @@ def benchmark(
         Path | None,
         typer.Option(help="YAML mapping model name → options, e.g. 'scbig: {flow_steps: 200}'."),
     ] = None,
+    priors: Priors = None,
+    gene_embedding: GeneEmbedding = None,
+    relation_graph: RelationGraph = None,
     cell_type_key: Annotated[
         str | None,
         typer.Option(
@@ -535,11 +581,23 @@ def benchmark(
         bad = [name for name, values in options.items() if not isinstance(values, dict)]
         if bad:
             raise ValueError(f"{model_config}: options of {bad} must be mappings of option: value")
-        runs = _model_runs(models, options)
+        runs = _model_runs(
+            models,
+            options,
+            overrides={
+                "priors": str(priors) if priors is not None else None,
+                "gene_embedding": gene_embedding,
+                "relation_graph": relation_graph,
+            },
+        )
         reading = _read_options(
             condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
         )
-        loaded = _benchmark_data(dataset, data, data_dir, download, reading)
+        given = [value for value in (source, dataset, data) if value is not None]
+        if len(given) > 1:
+            raise ValueError("give the data once: DATA (a .h5ad file or a registered name)")
+        chosen = str(given[0]) if given else "synthetic"
+        loaded = _benchmark_data(chosen, data_dir, download, reading)
         if cell_type_key is not None:
             loaded = dataclasses.replace(loaded, cell_type_key=cell_type_key)
         with console.status("benchmarking") as status:
@@ -554,7 +612,7 @@ def benchmark(
                 progress=lambda text: status.update(text),
             )
             status.update("writing report.html")
-            label = str(data) if data is not None else dataset
+            label = chosen
             build_report(
                 folder,
                 loaded,
@@ -678,12 +736,19 @@ def simulate(
     )
 
 
-def _benchmark_data(name, path, data_dir, download, reading: ReadOptions):
-    if path is not None:
-        return reading.read(path)
-    if name == "synthetic":
+def _benchmark_data(source: str, data_dir, download, reading: ReadOptions):
+    """DATA of `perturbflow benchmark`: a .h5ad path, 'synthetic' or a registered dataset name."""
+    if source == "synthetic":
         return read(simulate_synthetic())
-    return load_dataset(name, data_dir=data_dir, download=download)
+    if source in DATASETS:
+        return load_dataset(source, data_dir=data_dir, download=download)
+    path = Path(source)
+    if path.suffix == ".h5ad" or path.exists():
+        return reading.read(path)
+    raise ValueError(
+        f"DATA {source!r} is neither a file nor a registered dataset; registered: "
+        f"{', '.join(sorted(DATASETS))} (see `perturbflow datasets`), or 'synthetic'"
+    )
 
 
 grn_app = typer.Typer(
@@ -815,8 +880,8 @@ def grn_infer(
 
 @grn_app.command("score")
 def grn_score(
+    data: Annotated[Path, typer.Argument(help="The data the edges came from (.h5ad): its genes.")],
     edges: Annotated[Path, typer.Argument(help="Edges CSV written by `perturbflow grn infer`.")],
-    data: Annotated[Path, typer.Option(help="The data the edges came from (.h5ad): its genes.")],
     out: Annotated[Path, typer.Option(help="Metrics CSV (long format).")],
     truth: Truth = "collectri",
     regulators: Annotated[

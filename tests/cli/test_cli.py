@@ -407,7 +407,7 @@ def test_unassigned_cells_never_become_a_condition(tmp_path):
     out = tmp_path / "bench"
     bench = runner.invoke(
         app,
-        ["benchmark", "--data", str(path), "--split", "combo", "--seeds", "1"]
+        ["benchmark", str(path), "--split", "combo", "--seeds", "1"]
         + ["--models", "additive", "--out", str(out), *read_flags],
     )
     assert bench.exit_code == 0, bench.output
@@ -445,3 +445,15 @@ def test_a_benchmark_that_fails_after_loading_can_be_rerun(tmp_path):
     )
     assert fixed.exit_code == 0, fixed.output
     assert not (out / ".perturbflow-incomplete").exists()
+
+
+def test_errors_name_flags_and_are_not_quoted(data_file, tmp_path):
+    # The file's conditions are in obs["perturbation"]: the default column does not exist.
+    wrong_column = runner.invoke(app, ["fit", str(data_file), "--out", str(tmp_path / "m.npz")])
+    assert wrong_column.exit_code == 1
+    assert "--condition-key" in wrong_column.output and "condition_key=" not in wrong_column.output
+    unknown = runner.invoke(app, ["benchmark", "--models", "nope", "--out", str(tmp_path / "b")])
+    assert unknown.exit_code == 1
+    assert "error: unknown model(s) ['nope']" in unknown.output  # no stray quotes around it
+    missing = runner.invoke(app, ["benchmark", "no_such_data", "--out", str(tmp_path / "c")])
+    assert missing.exit_code == 1 and "neither a file nor a registered dataset" in missing.output

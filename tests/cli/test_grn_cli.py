@@ -56,9 +56,8 @@ def test_infer_then_score_against_the_screens_own_network(screen, tmp_path, meth
         [
             "grn",
             "score",
-            str(edges),
-            "--data",
             str(screen),
+            str(edges),
             "--truth",
             "data",
             "--out",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from perturbflow.data import CONDITION_COLUMN, read
-from perturbflow.data.splits import Split
+from perturbflow.data.splits import CROSS_CELL_LINE, Split
 from perturbflow.eval import (
     METRICS,
     RESULT_COLUMNS,
@@ -21,7 +23,13 @@ from perturbflow.eval import (
     noise_ceiling,
     summarize,
 )
-from perturbflow.eval.evaluate import SIZE_COLUMNS, _correlation_to_full, condition_sizes
+from perturbflow.eval.evaluate import (
+    SIZE_COLUMNS,
+    _correlation_to_full,
+    condition_sizes,
+    training_reference,
+)
+from perturbflow.eval.metrics import energy_distance, pearson_systema, pearson_systema_de20
 
 GENES = ["A", "B", "C"] + [f"G{i}" for i in range(3, 30)]
 TEST = ("C", "A+B", "A+C")
@@ -254,6 +262,114 @@ def test_noise_ceiling_needs_two_cells(dataset):
         noise_ceiling(small, None, conditions=["A"], metrics=["energy_distance"])
 
 
+# -- Systema reference and the energy distance on genes -------------------------------------------
+
+
+def _noisy(dataset, sd: float = 0.5, seed: int = 5) -> ad.AnnData:
+    predictions = _real_cells(dataset)
+    predictions.X = predictions.X + np.random.default_rng(seed).normal(0, sd, predictions.shape)
+    return predictions
+
+
+def test_systema_reference_is_the_mean_of_the_training_perturbations(dataset, split, de):
+    reference, names = training_reference(dataset, split)
+    assert names == ["A", "B"]  # split.train without ctrl
+    expected = (dataset.expression("A").mean(axis=0) + dataset.expression("B").mean(axis=0)) / 2
+    np.testing.assert_allclose(reference, expected, rtol=1e-6)
+    predictions = _noisy(dataset)
+    results = evaluate(predictions, dataset, split, de=de, model="noisy")
+    assert results.attrs["perturbflow"]["systema_reference"] == (
+        "mean of 2 training perturbation pseudobulks"
+    )
+    for name in TEST:
+        pred = np.asarray(predictions[predictions.obs[CONDITION_COLUMN] == name].X, np.float32)
+        pred_mean = pred.mean(axis=0, dtype=np.float64)
+        true_mean = dataset.expression(name).mean(axis=0, dtype=np.float64)
+        assert _value(results, name, "pearson_systema") == pytest.approx(
+            pearson_systema(pred_mean, true_mean, reference), abs=1e-9
+        )
+        assert _value(results, name, "pearson_systema_de20") == pytest.approx(
+            pearson_systema_de20(pred_mean, true_mean, reference, de[name]), abs=1e-9
+        )
+    # Differently referenced than pearson_delta, so differently valued.
+    systema = results[results["metric"] == "pearson_systema"]["value"].to_numpy()
+    delta = results[results["metric"] == "pearson_delta"]["value"].to_numpy()
+    assert not np.allclose(systema, delta)
+
+
+def test_test_conditions_listed_in_train_do_not_enter_the_reference(dataset):
+    # In a context split a test name in train stands for other lines' cells; here the dataset's
+    # cells of that name are the truth, which must not leak into the reference.
+    context = Split(
+        kind=CROSS_CELL_LINE,
+        seed=0,
+        train=("ctrl", "A", "B", "C"),
+        val=(),
+        test=("C",),
+        subgroups={"C": "cross_line_x"},
+        params={"cell_type_key": "line", "target_line": "x"},
+    )
+    assert training_reference(dataset, context)[1] == ["A", "B"]
+
+
+def test_without_training_perturbations_systema_is_nan_and_says_why(dataset, split, de, caplog):
+    held_out_only = read(dataset.adata[dataset.cell_mask(["ctrl", *TEST])].copy(), min_cells=1)
+    predictions = _noisy(dataset)
+    with caplog.at_level(logging.WARNING, logger="perturbflow.eval.evaluate"):
+        results = evaluate(predictions, held_out_only, split, de=de, model="noisy")
+    assert "none of the split's 2 training perturbation(s) has cells" in caplog.text
+    systema = results["metric"].str.startswith("pearson_systema")
+    assert results.loc[systema, "value"].isna().all() and systema.sum() == 2 * len(TEST)
+    assert results.loc[~systema, "value"].notna().all()  # every other metric is unaffected
+    assert results.attrs["perturbflow"]["systema_reference"].startswith("none")
+    # Without a split at all: the same, with its own reason.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="perturbflow.eval.evaluate"):
+        alone = evaluate(
+            predictions, dataset, None, conditions=TEST, de=de, metrics=["pearson_systema"]
+        )
+    assert "no split names the training perturbations" in caplog.text
+    assert alone["value"].isna().all()
+    # A reference given from elsewhere (e.g. the fit data of a cross-line task) is used as is.
+    reference, _ = training_reference(dataset, split)
+    given = evaluate(
+        predictions, held_out_only, split, de=de, model="noisy", systema_reference=reference
+    )
+    full = evaluate(predictions, dataset, split, de=de, model="noisy")
+    rows = given["metric"].str.startswith("pearson_systema")
+    np.testing.assert_allclose(
+        given.loc[rows, "value"],
+        full.loc[full["metric"].str.startswith("pearson_systema"), "value"],
+    )
+    assert given.attrs["perturbflow"]["systema_reference"] == "given"
+    with pytest.raises(EvaluationError, match="systema_reference"):
+        evaluate(predictions, dataset, split, de=de, systema_reference=np.ones(3))
+
+
+def test_energy_distance_genes_uses_all_genes_and_the_same_cell_samples(dataset, split, de):
+    predictions = _noisy(dataset)
+    options = dict(de=de, model="noisy", seed=4, max_cells=25)  # 40 cells: a real subsample
+    both = evaluate(predictions, dataset, split, **options)
+    on_genes = evaluate(
+        predictions, dataset, split, energy_pcs=None, metrics=["energy_distance"], **options
+    )
+    in_pcs = evaluate(predictions, dataset, split, energy_pcs=3, **options)
+    for name in TEST:
+        genes = _value(both, name, "energy_distance_genes")
+        assert genes == _value(on_genes, name, "energy_distance")  # same samples, same space
+        assert genes == _value(in_pcs, name, "energy_distance_genes")  # energy_pcs is not used
+        assert genes != _value(both, name, "energy_distance")  # 50-PC space: another number
+        assert genes > 0
+    # By hand for one condition with every cell: Euclidean energy over all genes.
+    everything = evaluate(
+        predictions, dataset, split, de=de, conditions=["C"], metrics=["energy_distance_genes"]
+    )
+    pred = np.asarray(predictions[predictions.obs[CONDITION_COLUMN] == "C"].X, dtype=np.float32)
+    expected = energy_distance(pred.astype(np.float64), dataset.expression("C").astype(np.float64))
+    assert everything["value"].iloc[0] == pytest.approx(expected, rel=1e-12)
+    assert both.attrs["perturbflow"]["energy_genes_space"] == "raw genes"
+
+
 # -- the ceiling is what a perfect model reaches against all n cells ------------------------------
 
 SIM_GENES = [f"S{i}" for i in range(200)]
@@ -290,6 +406,8 @@ def _gaussian_screen(seed: int):
     data = cells(blocks, labels, "cell")
     data.obs = data.obs.rename(columns={CONDITION_COLUMN: "condition"})
     exact = cells([truth[name][None] for name in SIM_CONDITIONS], SIM_CONDITIONS, "mean")
+    # A fixed Systema reference, free of these cells' noise like the mean of training perturbations.
+    reference = np.mean([truth[name] for name in SIM_CONDITIONS], axis=0)  # (G,)
     sampled = cells(
         [
             truth[name] + rng.normal(0.0, SIM_NOISE, (SIM_PREDICTED, len(SIM_GENES)))
@@ -298,7 +416,7 @@ def _gaussian_screen(seed: int):
         np.repeat(SIM_CONDITIONS, SIM_PREDICTED),
         "pred",
     )
-    return read(data, min_cells=1), exact, sampled
+    return read(data, min_cells=1), exact, sampled, reference
 
 
 @pytest.fixture(scope="module")
@@ -312,15 +430,16 @@ def perfect_vs_ceiling():
         energy_pcs=None,
         max_cells=SIM_PREDICTED,
     )
-    means = ["pearson_delta", "pearson_delta_de20", "mse_de20"]
+    means = ["pearson_delta", "pearson_delta_de20", "pearson_systema", "pearson_systema_de20"]
+    means.append("mse_de20")
+    energies = ["energy_distance", "energy_distance_genes"]
     frames = []
     for seed in range(2):
-        dataset, exact, sampled = _gaussian_screen(seed)
+        dataset, exact, sampled, reference = _gaussian_screen(seed)
+        options["systema_reference"] = reference
         frames.append(evaluate(exact, dataset, None, model="perfect", metrics=means, **options))
         frames.append(
-            evaluate(
-                sampled, dataset, None, model="perfect", metrics=["energy_distance"], **options
-            )
+            evaluate(sampled, dataset, None, model="perfect", metrics=energies, **options)
         )
         for split_seed in range(3):
             frames.append(noise_ceiling(dataset, None, seed=split_seed, **options))
@@ -340,7 +459,12 @@ def test_corrected_ceiling_matches_a_perfect_model_in_expectation(perfect_vs_cei
     assert corrected["pearson_delta_de20"] == pytest.approx(
         perfect["pearson_delta_de20"], abs=0.025
     )
-    assert corrected["energy_distance"] == pytest.approx(perfect["energy_distance"], rel=0.03)
+    assert corrected["pearson_systema"] == pytest.approx(perfect["pearson_systema"], abs=0.015)
+    assert corrected["pearson_systema_de20"] == pytest.approx(
+        perfect["pearson_systema_de20"], abs=0.025
+    )
+    for metric in ("energy_distance", "energy_distance_genes"):
+        assert corrected[metric] == pytest.approx(perfect[metric], rel=0.03)
 
 
 def test_uncorrected_split_half_is_measurably_pessimistic(perfect_vs_ceiling):
@@ -349,6 +473,7 @@ def test_uncorrected_split_half_is_measurably_pessimistic(perfect_vs_ceiling):
     assert raw["mse_de20"] == pytest.approx(4 / SIM_CELLS, rel=0.1)  # sigma^2 (1/8 + 1/8)
     assert raw["pearson_delta"] < perfect["pearson_delta"] - 0.3
     assert raw["pearson_delta_de20"] < perfect["pearson_delta_de20"] - 0.15
+    assert raw["pearson_systema"] < perfect["pearson_systema"] - 0.3
     assert raw["energy_distance"] > 3 * perfect["energy_distance"]
 
 
@@ -360,8 +485,11 @@ def test_correction_rescales_only_the_metrics_it_names(dataset, split, de):
     assert set(corrected.attrs["perturbflow"]["corrected_metrics"]) == {
         "pearson_delta",
         "pearson_delta_de20",
+        "pearson_systema",
+        "pearson_systema_de20",
         "mse_de20",
         "energy_distance",
+        "energy_distance_genes",
     }
     keys = ["condition", "subgroup", "metric", "model", "seed"]
     pd.testing.assert_frame_equal(corrected[keys], raw[keys])
@@ -374,8 +502,9 @@ def test_correction_rescales_only_the_metrics_it_names(dataset, split, de):
         assert _value(corrected, name, "energy_distance") == pytest.approx(
             _value(raw, name, "energy_distance") * (1 / 500 + 1 / 40) / (2 / 20)
         )
-        r = _value(raw, name, "pearson_delta")
-        assert _value(corrected, name, "pearson_delta") == pytest.approx(np.sqrt(2 * r / (1 + r)))
+        for metric in ("pearson_delta", "pearson_systema"):
+            r = _value(raw, name, metric)
+            assert _value(corrected, name, metric) == pytest.approx(np.sqrt(2 * r / (1 + r)))
     with pytest.raises(EvaluationError, match="'perfect_model', 'none'"):
         noise_ceiling(dataset, split, de=de, correction="spearman_brown")
 

@@ -21,6 +21,8 @@ from perturbflow.eval.metrics import (
     pearson,
     pearson_delta,
     pearson_delta_de20,
+    pearson_systema,
+    pearson_systema_de20,
 )
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -46,20 +48,31 @@ def test_registry_lists_the_method_metrics_with_best_values():
     assert list(METRICS) == [
         "pearson_delta",
         "pearson_delta_de20",
+        "pearson_systema",
+        "pearson_systema_de20",
         "mse_de20",
         "direction_acc_de20",
         "discrimination_l1",
         "energy_distance",
+        "energy_distance_genes",
     ]
     assert {name: (m.best, m.higher_is_better, m.kind) for name, m in METRICS.items()} == {
         "pearson_delta": (1.0, True, "mean"),
         "pearson_delta_de20": (1.0, True, "mean"),
+        "pearson_systema": (1.0, True, "reference"),
+        "pearson_systema_de20": (1.0, True, "reference"),
         "mse_de20": (0.0, False, "mean"),
         "direction_acc_de20": (1.0, True, "mean"),
         "discrimination_l1": (1.0, True, "set"),
         "energy_distance": (0.0, False, "cells"),
+        "energy_distance_genes": (0.0, False, "gene_cells"),
     }
     assert all(spec.name == name and spec.description for name, spec in METRICS.items())
+    # The registry says in which space each energy distance is measured.
+    assert (
+        "Euclidean, PCA space (50 PCs of control cells)" in METRICS["energy_distance"].description
+    )
+    assert "Euclidean, all genes" in METRICS["energy_distance_genes"].description
 
 
 def test_get_metric_error_lists_registered_names():
@@ -81,7 +94,7 @@ def test_perfect_prediction_scores_best_value_of_every_metric(seed, n_conditions
     rng = np.random.default_rng(seed)
     ctrl, true, de_idx = _means(rng, n_conditions, n_genes)
     for spec in METRICS.values():
-        if spec.kind == "mean":
+        if spec.kind in ("mean", "reference"):  # ctrl stands in for the Systema reference
             for i in range(n_conditions):
                 value = _mean_metric(spec, true[i].copy(), true[i], ctrl, de_idx)
                 assert value == pytest.approx(spec.best, abs=1e-12), spec.name
@@ -117,7 +130,7 @@ def test_mean_metrics_invariant_to_consistent_gene_permutation(seed, n_genes):
     perm = rng.permutation(n_genes)  # new position p holds old gene perm[p]
     inverse = np.argsort(perm)
     for spec in METRICS.values():
-        if spec.kind == "mean":
+        if spec.kind in ("mean", "reference"):
             before = _mean_metric(spec, pred[0], true[0], ctrl, de_idx)
             after = _mean_metric(spec, pred[0, perm], true[0, perm], ctrl[perm], inverse[de_idx])
             assert after == pytest.approx(before, rel=1e-9, abs=1e-12), spec.name
@@ -233,10 +246,70 @@ def test_pearson_is_bounded_and_affine_invariant(x, shift, scale):
 def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match="same length"):
         pearson_delta(np.ones(3), np.ones(4), np.ones(3))
+    with pytest.raises(ValueError, match="same length"):
+        pearson_systema(np.ones(3), np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="outside"):
         mse_de20(np.ones(3), np.ones(3), np.array([3]))
     with pytest.raises(ValueError, match="same features"):
         energy_distance(np.ones((2, 3)), np.ones((2, 4)))
+
+
+# -- Systema: change from the mean of the training perturbations --------------------------------
+
+
+def test_pearson_systema_hand_computed_case():
+    reference = np.array([2.0, 1.0, 0.5, 3.0])
+    true = reference + np.array([1.0, 2.0, 3.0, 4.0])
+    # Deviations [1, 3, 2, 4] vs [1, 2, 3, 4]: centred [-1.5, .5, -.5, 1.5] vs
+    # [-1.5, -.5, .5, 1.5], dot 4 over norms 5 → 0.8.
+    pred = reference + np.array([1.0, 3.0, 2.0, 4.0])
+    assert pearson_systema(pred, true, reference) == pytest.approx(0.8)
+    assert pearson_systema(reference + 2.0 * (true - reference), true, reference) == 1.0
+    assert pearson_systema(reference - (true - reference), true, reference) == -1.0
+    # pearson_delta with the reference in place of control; another reference, another score.
+    assert pearson_systema(pred, true, reference) == pearson_delta(pred, true, reference)
+    assert pearson_delta(pred, true, np.zeros(4)) == pytest.approx(
+        pearson(np.array([3.0, 4.0, 2.5, 7.0]), np.array([3.0, 3.0, 3.5, 7.0]))
+    )
+    # Only the DE genes enter the DE version: on genes 0, 2, 3 deviations [1, 2, 4] agree.
+    assert pearson_systema_de20(pred, true, reference, np.array([0, 2, 3])) == pytest.approx(
+        pearson(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 4.0]))
+    )
+    assert pearson_systema_de20(pred, true, reference, np.array([0, 3])) == 1.0
+    # Predicting the reference itself is no change at all: undefined, like a constant prediction.
+    assert np.isnan(pearson_systema(reference.copy(), true, reference))
+    assert np.isnan(pearson_systema_de20(reference.copy(), true, reference, np.arange(4)))
+
+
+def test_the_average_perturbation_response_scores_high_from_control_and_zero_from_systema():
+    """Every perturbation shares a large response; the specific part is independent per
+    condition. Predicting the average response (estimated from other perturbations than the
+    reference's) reaches a high control-referenced Pearson and nothing on Systema's.
+
+    "Nothing" up to the reference's own estimation noise, which prediction and truth both carry
+    relative to it: their correlation is about ``1 / sqrt(2 n_train)`` (0.11 with 40 training
+    perturbations), here 0.03."""
+    rng = np.random.default_rng(7)
+    n_genes = 2000
+    ctrl = rng.uniform(0.5, 3.0, n_genes)  # (G,)
+    shared = rng.normal(0.0, 1.0, n_genes)  # (G,) response common to every perturbation
+
+    def perturbations(n: int) -> np.ndarray:
+        return ctrl + shared + rng.normal(0.0, 0.5, (n, n_genes))  # (n, G)
+
+    training, others, test = perturbations(500), perturbations(500), perturbations(5)
+    reference = training.mean(axis=0)  # (G,) mean of the training pseudobulks
+    average_response = others.mean(axis=0)  # (G,)
+    systema, delta = [], []
+    for true in test:
+        systema.append(pearson_systema(average_response, true, reference))
+        delta.append(pearson_delta(average_response, true, ctrl))
+        # A model that knows the specific effect scores high on both.
+        specific = true + rng.normal(0.0, 0.1, n_genes)
+        assert pearson_systema(specific, true, reference) > 0.9
+        assert pearson_delta(specific, true, ctrl) > 0.9
+    assert np.all(np.abs(systema) < 0.1), systema  # chance level: |r| ~ 1 / sqrt(2000)
+    assert np.all(np.array(delta) > 0.85), delta  # 1 / sqrt(1 + 0.25) ≈ 0.89
 
 
 # -- energy distance ---------------------------------------------------------------------------
@@ -270,6 +343,30 @@ def test_energy_distance_grows_with_a_shift():
     assert far > 0.5
     assert near < 0.1 < far
     assert energy_distance(x, shifted + np.array([2.0, 0, 0, 0, 0])) > far
+
+
+def test_energy_distance_of_gaussian_samples_matches_the_closed_form():
+    """1-D N(0, 1) vs N(1, 1): ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` with ``X - Y ~ N(-1, 2)``,
+    ``E|Z| = s sqrt(2/pi) exp(-m^2 / 2s^2) + m (1 - 2 Phi(-m/s))`` for ``Z ~ N(m, s^2)``; the
+    V-statistic adds ``E|X - X'| (1/n + 1/m)``. Averaged over 50 pairs of samples (sd of the mean
+    about 0.011)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    n = 400
+    sd = np.sqrt(2.0)
+    between = sd * np.sqrt(2 / np.pi) * np.exp(-1 / (2 * sd**2)) + (1 - 2 * norm.cdf(-1 / sd))
+    within = 2 / np.sqrt(np.pi)  # E|X - X'| for unit variance
+    expected = 2 * between - 2 * within + within * 2 / n
+    assert expected == pytest.approx(0.5474, abs=1e-3)
+    values = [
+        energy_distance(rng.normal(0.0, 1.0, (n, 1)), rng.normal(1.0, 1.0, (n, 1)))
+        for _ in range(50)
+    ]
+    assert np.mean(values) == pytest.approx(expected, abs=0.035)
+    # The same shift in every one of 10 independent genes moves the samples √10 apart: larger.
+    x10, y10 = rng.normal(0.0, 1.0, (n, 10)), rng.normal(1.0, 1.0, (n, 10))
+    assert energy_distance(x10, y10) > 2 * expected
 
 
 def test_a_change_within_float32_rounding_counts_as_no_change():

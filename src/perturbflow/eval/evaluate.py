@@ -5,7 +5,8 @@ both sides into per-condition pseudobulks and cell samples, and runs every regis
 (:data:`perturbflow.eval.metrics.METRICS`). :func:`noise_ceiling` scores one random half of the real
 cells against the other half with the same code and rescales the scores to what a perfect model
 would reach against all the real cells, so a model's numbers can be read as a fraction of what the
-data allow. :func:`condition_sizes` records the cell and gene counts a ceiling rests on.
+data allow. Both score the Systema metrics against the mean of the split's training perturbations
+(:func:`training_reference`). :func:`condition_sizes` records the cell and gene counts a ceiling rests on.
 :func:`summarize` aggregates either table.
 
 Result tables have exactly the columns :data:`RESULT_COLUMNS`, one row per condition × metric, and
@@ -44,6 +45,7 @@ __all__ = [
     "evaluate",
     "noise_ceiling",
     "summarize",
+    "training_reference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ def evaluate(
     energy_pcs: int | None = 50,
     metrics: Sequence[str] | None = None,
     exclude_target_genes: bool = True,
+    systema_reference: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Score predicted cells against the real cells of each condition.
 
@@ -101,9 +104,11 @@ def evaluate(
     dataset
         The real data.
     split
-        Gives the default conditions (``split.test``) and each condition's subgroup
+        Gives the default conditions (``split.test``), each condition's subgroup
         (``split.subgroups``; otherwise ``train``/``val``/``test`` by membership, else
-        ``"unassigned"``). May be ``None`` when ``conditions`` is given.
+        ``"unassigned"``) and the training perturbations whose mean is the Systema reference
+        (:func:`training_reference`). May be ``None`` when ``conditions`` is given; the Systema
+        metrics are then ``nan`` unless ``systema_reference`` is given.
     model
         Name written in the ``model`` column.
     seed
@@ -122,14 +127,19 @@ def evaluate(
         At most this many cells per side enter the energy distance (quadratic cost). Means use all
         cells.
     energy_pcs
-        The energy distance is computed on the top ``energy_pcs`` principal components of the
+        ``energy_distance`` is computed on the top ``energy_pcs`` principal components of the
         real *control* cells (fitted once, fixed ``random_state``): a space that holds no test
         cell, is the same for every model and seed, and is not dominated by per-gene noise of
-        thousands of lowly expressed genes. ``None`` uses all genes.
+        thousands of lowly expressed genes. ``None`` uses all genes. ``energy_distance_genes``
+        is always computed on all genes, from the same cell samples.
     metrics
         Registered metric names to compute; default all of :data:`METRICS`.
     exclude_target_genes
         Drop each condition's perturbed genes from its discrimination distances (as cell-eval).
+    systema_reference
+        ``(G,)`` over ``dataset.genes``: the reference of ``pearson_systema*`` when the dataset
+        does not hold the training perturbations (e.g. a cross-cell-line evaluation set holds only
+        the target line's control and test cells); default :func:`training_reference`.
 
     Returns
     -------
@@ -150,6 +160,7 @@ def evaluate(
     model_name = model or _model_name(predictions)
     de_source = "computed" if de is None else "given"
     de = _resolve_de(de, dataset, names, specs)
+    reference, reference_source = _resolve_reference(systema_reference, dataset, split, specs)
 
     def prediction_and_truth(name: str, rng: np.random.Generator):
         pred = _rows(predictions.X, labels == name, gene_columns)  # (n_pred, G)
@@ -166,6 +177,7 @@ def evaluate(
         names,
         specs=specs,
         de=de,
+        reference=reference,
         model=model_name,
         seed=seed,
         sampling_seed=seed if sampling_seed is None else sampling_seed,
@@ -174,7 +186,7 @@ def evaluate(
         exclude_target_genes=exclude_target_genes,
     )
     results.attrs["perturbflow"] = _provenance(
-        "evaluate", seed, max_cells, energy_pcs, exclude_target_genes, de_source
+        "evaluate", seed, max_cells, energy_pcs, exclude_target_genes, de_source, reference_source
     )
     return results
 
@@ -192,13 +204,15 @@ def noise_ceiling(
     metrics: Sequence[str] | None = None,
     exclude_target_genes: bool = True,
     correction: Literal["perfect_model", "none"] = "perfect_model",
+    systema_reference: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """What a perfect model could reach on each condition, estimated from two halves of its cells.
 
     Each condition's ``n`` real cells are shuffled with ``default_rng([sampling seed,
     crc32(condition)])`` (``sampling_seed``, else ``seed``); the first ``a = n // 2`` play the
     prediction, the other ``b = n - a`` the truth, scored with the code of :func:`evaluate`. DE
-    genes and the control mean still come from all real cells. Arguments as in :func:`evaluate`;
+    genes, the control mean and the Systema reference still come from all real cells. Arguments as
+    in :func:`evaluate`;
     the ``model`` column is ``"noise_ceiling"``. Every condition needs at least 2 cells.
 
     A model is scored against the mean of all ``n`` cells, a half against ``b`` cells with a
@@ -213,8 +227,10 @@ def noise_ceiling(
       the perfect model's ``E(mu - xbar_n)^2 = sigma^2 / n``. Exact in expectation for DE genes
       chosen independently of the cells; for DE genes chosen on these cells (the default) the
       perfect model's error is somewhat larger, so the ceiling stays an upper bound.
-    - ``pearson_delta``, ``pearson_delta_de20``: disattenuated. Across genes, the change from
-      control is signal of variance ``V`` plus mean noise ``N = mean(sigma_g^2)``; the halves
+    - ``pearson_delta``, ``pearson_delta_de20``, ``pearson_systema``, ``pearson_systema_de20``:
+      disattenuated. Across genes, the change from control (or from the Systema reference, a
+      vector fixed like the control mean) is signal of variance ``V`` plus mean noise
+      ``N = mean(sigma_g^2)``; the halves
       correlate ``r = 1 / sqrt((1 + k/a)(1 + k/b))`` with ``k = N / V``, the perfect model and the
       ``n``-cell truth ``r* = 1 / sqrt(1 + k/n)``. ``k`` is solved from ``r``; for equal halves
       ``r* = sqrt(2r / (1 + r))``, the square root of Spearman–Brown's ``2r / (1 + r)`` (which is
@@ -223,10 +239,10 @@ def noise_ceiling(
       the half correlation is noisy and the correction concave, so the corrected value averages
       below the perfect model's (simulated Gaussian cells: by about 0.1 when the halves
       correlate 0.1, 0.03 at 0.4, under 0.01 from 0.7 on); over 200 genes within 0.01.
-    - ``energy_distance`` × ``(1/m + 1/n') / (1/a' + 1/b')`` with ``m = max_cells`` and ``a'``,
-      ``b'``, ``n'`` the sizes after subsampling to ``max_cells``. The V-statistic between two
-      samples of one distribution has expectation ``D (1/p + 1/q)`` for sample sizes ``p``, ``q``
-      (``D = E|X - X'|``), exactly.
+    - ``energy_distance``, ``energy_distance_genes`` × ``(1/m + 1/n') / (1/a' + 1/b')`` with
+      ``m = max_cells`` and ``a'``, ``b'``, ``n'`` the sizes after subsampling to ``max_cells``.
+      The V-statistic between two samples of one distribution has expectation ``D (1/p + 1/q)``
+      for sample sizes ``p``, ``q`` (``D = E|X - X'|``) in any feature space, exactly.
 
     Left as measured, because no correction follows from cell counts alone:
 
@@ -257,6 +273,7 @@ def noise_ceiling(
         )
     de_source = "computed" if de is None else "given"
     de = _resolve_de(de, dataset, names, specs)
+    reference, reference_source = _resolve_reference(systema_reference, dataset, split, specs)
 
     def two_halves(name: str, rng: np.random.Generator):
         cells = dataset.expression(name)  # (n, G)
@@ -270,6 +287,7 @@ def noise_ceiling(
         names,
         specs=specs,
         de=de,
+        reference=reference,
         model=NOISE_CEILING_MODEL,
         seed=seed,
         sampling_seed=seed if sampling_seed is None else sampling_seed,
@@ -287,7 +305,13 @@ def noise_ceiling(
                 results.loc[rows, "value"] = rescale(values, n[rows], max_cells)
                 corrected.append(metric)
     results.attrs["perturbflow"] = _provenance(
-        "noise_ceiling", seed, max_cells, energy_pcs, exclude_target_genes, de_source
+        "noise_ceiling",
+        seed,
+        max_cells,
+        energy_pcs,
+        exclude_target_genes,
+        de_source,
+        reference_source,
     ) | {"ceiling_correction": correction, "corrected_metrics": corrected}
     return results
 
@@ -312,6 +336,86 @@ def condition_sizes(dataset: PerturbationDataset, conditions: Sequence[str]) -> 
         columns=list(SIZE_COLUMNS),
     )
     return table.astype({"n_cells": np.int64, "n_genes": np.int64})
+
+
+def training_reference(
+    dataset: PerturbationDataset, split: Split | None
+) -> tuple[np.ndarray | None, list[str]]:
+    """The Systema reference: the mean of the training perturbations' pseudobulks.
+
+    The training perturbations are ``split.train`` without control and without any name that is
+    also in ``split.test`` (in a context split such a name stands for other lines' cells, while the
+    dataset's cells of that name are the held-out truth). Each condition with cells in ``dataset``
+    counts once, whatever its cell count, so the reference is the average perturbation *response*
+    rather than the average perturbed cell. Training names without cells in ``dataset`` are left
+    out (logged).
+
+    Returns
+    -------
+    ``(reference, conditions)``: the ``(G,)`` float64 mean over ``dataset.genes`` and the
+    conditions averaged; ``(None, [])`` when ``split`` is ``None`` or none of its training
+    perturbations has cells in ``dataset`` (logged as a warning: the Systema metrics are ``nan``).
+    """
+    if split is None:
+        logger.warning("Systema metrics are nan: no split names the training perturbations")
+        return None, []
+    held_out = set(split.test)
+    training = [n for n in split.train if n != CONTROL_NAME and n not in held_out]
+    known = set(dataset.conditions)
+    present = [name for name in training if name in known]
+    if not present:
+        logger.warning(
+            "Systema metrics are nan: none of the split's %d training perturbation(s) has cells in "
+            "the dataset (pass systema_reference= to score them)",
+            len(training),
+        )
+        return None, []
+    if len(present) < len(training):
+        logger.info(
+            "Systema reference: %d of %d training perturbations have no cells in the dataset and "
+            "are left out",
+            len(training) - len(present),
+            len(training),
+        )
+    return _condition_means(dataset, present).mean(axis=0), present
+
+
+def _resolve_reference(
+    given: np.ndarray | None,
+    dataset: PerturbationDataset,
+    split: Split | None,
+    specs: list[MetricSpec],
+) -> tuple[np.ndarray | None, str]:
+    """The Systema reference ``(G,)`` (or ``None``) and how it was made, for the provenance."""
+    if not any(spec.kind == "reference" for spec in specs):
+        return None, "not used"
+    if given is not None:
+        reference = np.asarray(given, dtype=np.float64)
+        if reference.shape != (dataset.n_genes,) or not np.all(np.isfinite(reference)):
+            raise EvaluationError(
+                f"systema_reference must be a finite vector over the dataset's {dataset.n_genes} "
+                f"genes, got shape {reference.shape}"
+            )
+        return reference, "given"
+    reference, conditions = training_reference(dataset, split)
+    if reference is None:
+        return None, "none: no training perturbations in the dataset (Systema metrics nan)"
+    return reference, f"mean of {len(conditions)} training perturbation pseudobulks"
+
+
+def _condition_means(dataset: PerturbationDataset, names: list[str]) -> np.ndarray:
+    """Pseudobulk of each condition in ``names`` ``(K, G)``, float64, in one pass over the cells."""
+    if dataset.adata.isbacked:  # no matrix product on a backed matrix: read condition by condition
+        return np.vstack([dataset.expression(n).mean(axis=0, dtype=np.float64) for n in names])
+    codes = pd.Categorical(dataset.condition_labels.to_numpy(), categories=names).codes  # (N,)
+    cells = np.flatnonzero(codes >= 0)
+    counts = np.bincount(codes[cells], minlength=len(names)).astype(np.float64)  # (K,)
+    averaging = sp.csr_matrix(
+        (1.0 / counts[codes[cells]], (codes[cells], cells)),
+        shape=(len(names), dataset.adata.n_obs),
+    )  # (K, N)
+    means = averaging @ dataset.adata.X  # (K, G)
+    return np.asarray(means.toarray() if sp.issparse(means) else means, dtype=np.float64)
 
 
 # -- ceiling corrections: split-half score -> perfect model vs all n cells ----------------------
@@ -355,8 +459,11 @@ def _energy_to_full(value: np.ndarray, n: np.ndarray, max_cells: int) -> np.ndar
 _CEILING_RULES = {
     "pearson_delta": _correlation_to_full,
     "pearson_delta_de20": _correlation_to_full,
+    "pearson_systema": _correlation_to_full,
+    "pearson_systema_de20": _correlation_to_full,
     "mse_de20": _mean_error_to_full,
     "energy_distance": _energy_to_full,
+    "energy_distance_genes": _energy_to_full,
 }
 
 
@@ -368,6 +475,7 @@ def _score_pairs(
     *,
     specs: list[MetricSpec],
     de: Mapping[str, np.ndarray],
+    reference: np.ndarray | None,
     model: str,
     seed: int,
     sampling_seed: int,
@@ -395,6 +503,7 @@ def _score_pairs(
         pred_means=np.vstack(pred_means),
         true_means=np.vstack(true_means),
         ctrl_mean=dataset.control_expression().mean(axis=0, dtype=np.float64),
+        reference=reference,
         de=de,
         exclude=_target_mask(names, dataset.genes, exclude_target_genes),
         pred_cells=pred_cells,
@@ -456,6 +565,7 @@ def _score(
     pred_means: np.ndarray,
     true_means: np.ndarray,
     ctrl_mean: np.ndarray,
+    reference: np.ndarray | None,
     de: Mapping[str, np.ndarray] | None,
     exclude: np.ndarray | None,
     pred_cells: list[np.ndarray],
@@ -464,7 +574,11 @@ def _score(
     model: str,
     seed: int,
 ) -> pd.DataFrame:
-    """Run ``specs`` on prepared arrays: means ``(C, G)``, ctrl ``(G,)``, cells ``[(n_i, G)]``."""
+    """Run ``specs`` on prepared arrays: means ``(C, G)``, ctrl ``(G,)``, cells ``[(n_i, G)]``.
+
+    ``reference`` ``(G,)`` is the Systema reference; ``None`` makes the ``"reference"`` metrics
+    ``nan`` (the caller logged why).
+    """
     values: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.kind == "mean":
@@ -474,12 +588,22 @@ def _score(
                     for i, name in enumerate(names)
                 ]
             )
-        elif spec.kind == "set":
-            values[spec.name] = np.asarray(spec.fn(pred_means, true_means, exclude))
-        elif spec.kind == "cells":
+        elif spec.kind == "reference":
             values[spec.name] = np.array(
                 [
-                    spec.fn(_project(pred, pca), _project(true, pca))
+                    np.nan
+                    if reference is None
+                    else spec.fn(pred_means[i], true_means[i], reference, np.asarray(de[name]))
+                    for i, name in enumerate(names)
+                ]
+            )
+        elif spec.kind == "set":
+            values[spec.name] = np.asarray(spec.fn(pred_means, true_means, exclude))
+        elif spec.kind in ("cells", "gene_cells"):
+            space = pca if spec.kind == "cells" else None
+            values[spec.name] = np.array(
+                [
+                    spec.fn(_project(pred, space), _project(true, space))
                     for pred, true in zip(pred_cells, true_cells, strict=True)
                 ]
             )
@@ -537,7 +661,7 @@ def _resolve_de(
     names: list[str],
     specs: list[MetricSpec],
 ) -> Mapping[str, np.ndarray] | None:
-    if not any(spec.kind == "mean" for spec in specs):
+    if not any(spec.kind in ("mean", "reference") for spec in specs):
         return de
     if de is None:
         return de_genes(dataset, names)
@@ -677,6 +801,7 @@ def _provenance(
     energy_pcs: int | None,
     exclude: bool,
     de_source: str,
+    reference_source: str,
 ) -> dict[str, Any]:
     return {
         "function": function,
@@ -684,6 +809,8 @@ def _provenance(
         "max_cells": int(max_cells),
         "energy_pcs": energy_pcs,
         "energy_space": "raw genes" if energy_pcs is None else "PCA of control cells",
+        "energy_genes_space": "raw genes",
+        "systema_reference": reference_source,
         "exclude_target_genes": bool(exclude),
         "de_genes": "top-20 t-test vs ctrl" if de_source == "computed" else "given",
     }

@@ -2,15 +2,20 @@
 
 Every metric is a pure function (no I/O, no globals, no randomness). Shapes: ``G`` genes,
 ``C`` conditions, ``N``/``M`` cells. Means are per-condition pseudobulks of log-normalised
-expression; ``ctrl_mean`` is the mean of the real control cells.
+expression; ``ctrl_mean`` is the mean of the real control cells; ``reference`` is the Systema
+reference, the mean of the training perturbations' pseudobulks (Viñas Torné et al., Nat Biotech
+2025).
 
 The registry :data:`METRICS` records each metric's best value and direction, and a uniform calling
 convention per ``kind`` so that :func:`perturbflow.eval.evaluate` runs every registered metric
 without special cases:
 
 - ``"mean"``: ``fn(pred_mean, true_mean, ctrl_mean, de_idx) -> float`` for one condition;
+- ``"reference"``: ``fn(pred_mean, true_mean, reference, de_idx) -> float`` for one condition;
 - ``"set"``:  ``fn(pred_means, true_means, exclude) -> (C,)`` across all evaluated conditions;
-- ``"cells"``: ``fn(pred_cells, true_cells) -> float`` for one condition's single cells.
+- ``"cells"``: ``fn(pred_cells, true_cells) -> float`` for one condition's single cells projected
+  on the principal components of the control cells (``evaluate(energy_pcs=...)``);
+- ``"gene_cells"``: the same on all genes, never projected.
 
 Pearson correlations of a constant vector (e.g. a model that predicts no change at all) are
 undefined: they return ``nan`` silently rather than warning once per condition; summaries skip
@@ -38,6 +43,8 @@ __all__ = [
     "pearson",
     "pearson_delta",
     "pearson_delta_de20",
+    "pearson_systema",
+    "pearson_systema_de20",
 ]
 
 
@@ -117,6 +124,33 @@ def pearson_delta_de20(
     _same_length(pred_mean=pred_mean, true_mean=true_mean, ctrl_mean=ctrl_mean)
     idx = _index(de_idx, pred_mean.size)
     return pearson(change(pred_mean[idx], ctrl_mean[idx]), change(true_mean[idx], ctrl_mean[idx]))
+
+
+def pearson_systema(pred_mean: np.ndarray, true_mean: np.ndarray, reference: np.ndarray) -> float:
+    """Pearson of predicted vs true change from the Systema reference, over all genes. Best 1.
+
+    ``reference`` ``(G,)`` is the mean of the training perturbations' pseudobulks (each condition
+    weighted once, control excluded). Much of what perturbations do to a screen is shared by all of
+    them (stress, cell-cycle arrest, selection); measured from control, that shared response alone
+    correlates highly with every condition's change. Measured from the perturbed reference it
+    cancels, and only the condition-specific part is scored (Viñas Torné et al., Nat Biotech 2025).
+    A prediction equal to the reference (up to float32 rounding) has no change and gives ``nan``.
+    """
+    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
+    reference = _vector(reference, "reference")
+    _same_length(pred_mean=pred_mean, true_mean=true_mean, reference=reference)
+    return pearson(change(pred_mean, reference), change(true_mean, reference))
+
+
+def pearson_systema_de20(
+    pred_mean: np.ndarray, true_mean: np.ndarray, reference: np.ndarray, de_idx: np.ndarray
+) -> float:
+    """:func:`pearson_systema` on the DE genes ``de_idx`` (top 20 vs control). Best 1."""
+    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
+    reference = _vector(reference, "reference")
+    _same_length(pred_mean=pred_mean, true_mean=true_mean, reference=reference)
+    idx = _index(de_idx, pred_mean.size)
+    return pearson(change(pred_mean[idx], reference[idx]), change(true_mean[idx], reference[idx]))
 
 
 def mse_de20(pred_mean: np.ndarray, true_mean: np.ndarray, de_idx: np.ndarray) -> float:
@@ -251,7 +285,7 @@ class MetricSpec:
     name: str
     best: float
     higher_is_better: bool
-    kind: Literal["mean", "cells", "set"]
+    kind: Literal["mean", "reference", "set", "cells", "gene_cells"]
     description: str
     fn: Callable[..., float | np.ndarray]
 
@@ -269,6 +303,10 @@ def _pearson_delta(pred_mean, true_mean, ctrl_mean, de_idx) -> float:
 
 def _mse_de20(pred_mean, true_mean, ctrl_mean, de_idx) -> float:
     return mse_de20(pred_mean, true_mean, de_idx)
+
+
+def _pearson_systema(pred_mean, true_mean, reference, de_idx) -> float:
+    return pearson_systema(pred_mean, true_mean, reference)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -289,6 +327,24 @@ METRICS: dict[str, MetricSpec] = {
             "mean",
             "Pearson of predicted vs true mean change from control, top-20 DE genes",
             pearson_delta_de20,
+        ),
+        MetricSpec(
+            "pearson_systema",
+            1.0,
+            True,
+            "reference",
+            "Pearson of predicted vs true mean change from the mean of the training perturbations "
+            "(Systema reference), all genes",
+            _pearson_systema,
+        ),
+        MetricSpec(
+            "pearson_systema_de20",
+            1.0,
+            True,
+            "reference",
+            "Pearson of predicted vs true mean change from the mean of the training perturbations "
+            "(Systema reference), top-20 DE genes",
+            pearson_systema_de20,
         ),
         MetricSpec(
             "mse_de20",
@@ -320,7 +376,16 @@ METRICS: dict[str, MetricSpec] = {
             0.0,
             False,
             "cells",
-            "Energy distance (V-statistic, Euclidean) between predicted and real cells",
+            "Energy distance (V-statistic) between predicted and real cells, Euclidean, PCA "
+            "space (50 PCs of control cells)",
+            energy_distance,
+        ),
+        MetricSpec(
+            "energy_distance_genes",
+            0.0,
+            False,
+            "gene_cells",
+            "Energy distance (V-statistic) between predicted and real cells, Euclidean, all genes",
             energy_distance,
         ),
     )

@@ -2,11 +2,14 @@
 
 :func:`benchmark_summary` turns the long results table of :func:`perturbflow.eval.loop.run` into
 mean ± sd over seeds per subgroup, run and metric, with win rate and paired difference against
-the additive baseline and the fraction of the noise ceiling reached, where that fraction means
+the additive baseline, the fraction of the noise ceiling reached and the fraction of the gap
+between the additive baseline and the ceiling that a model closes, where those fractions mean
 something.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -26,8 +29,13 @@ SUMMARY_COLUMNS = (
     "win_rate_vs_additive",
     "paired_diff_vs_additive",
     "fraction_of_ceiling",
+    "gap_closed",
+    "gap_closed_low",
+    "gap_closed_high",
     "ceiling_note",
 )
+# A gap (ceiling − reference) within this many float64 ulps of the values' scale closes nothing.
+_GAP_ULPS = 64
 
 
 def benchmark_summary(
@@ -35,6 +43,8 @@ def benchmark_summary(
     reference: str = REFERENCE_MODEL,
     *,
     sizes: pd.DataFrame | None = None,
+    n_bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
 ) -> pd.DataFrame:
     """Mean ± sd over seeds of per-seed subgroup means, with comparisons to ``reference``.
 
@@ -44,6 +54,21 @@ def benchmark_summary(
       positive is better for every metric;
     - ``fraction_of_ceiling``: the model's mean divided by the noise ceiling's for metrics where
       higher is better, and ceiling / model where lower is better (1 = as good as the data allow);
+    - ``gap_closed``: ``(model − reference) / (ceiling − reference)`` from the (condition, seed)
+      pairs where the model, the reference and the noise ceiling all have a value, as a ratio of
+      the means over those pairs: 0 = no better than the additive baseline, 1 = as good as the
+      data allow, the same reading for every metric (for lower-is-better metrics both differences
+      are negative when the model improves on the reference). It answers how much of what the
+      additive baseline leaves on the table a model recovers, which neither the paired difference
+      (no scale) nor ``fraction_of_ceiling`` (no baseline) does;
+    - ``gap_closed_low``, ``gap_closed_high``: 95% percentile bootstrap interval of
+      ``gap_closed`` over conditions: ``n_bootstrap`` resamples of the subgroup's conditions with
+      replacement, each keeping all seeds of a drawn condition. Seeded per (subgroup, model,
+      metric) from ``bootstrap_seed``, so deterministic and independent of the other groups.
+      ``nan`` when some resample closes no gap (the ratio is unbounded there);
+    - all three are ``nan`` where the reference or the ceiling has no paired value, where the
+      ceiling is not informative (``ceiling_note``), or where the ceiling is not better than the
+      reference on the pairs (no gap to close);
     - ``ceiling_note``: empty, or why ``fraction_of_ceiling`` is ``nan`` for every model of that
       (subgroup, metric): some model's mean beats the ceiling's, or a higher-is-better ceiling is
       not positive. Either way the ceiling is no bound there (too few cells or genes to estimate
@@ -60,7 +85,16 @@ def benchmark_summary(
         Optional :func:`perturbflow.eval.evaluate.condition_sizes` table (columns
         :data:`perturbflow.eval.evaluate.SIZE_COLUMNS`; a condition may repeat, e.g. once per
         seed): the note then names the subgroup's real cells per condition and genes.
+    n_bootstrap, bootstrap_seed
+        Resamples and seed of the ``gap_closed`` interval.
+
+    Returns
+    -------
+    Columns :data:`SUMMARY_COLUMNS`; ``attrs["perturbflow"]`` records the reference model and
+    the bootstrap.
     """
+    if n_bootstrap < 1:
+        raise EvaluationError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     if sizes is not None:
         absent = [column for column in SIZE_COLUMNS if column not in sizes.columns]
         if absent:
@@ -111,12 +145,106 @@ def benchmark_summary(
             if (subgroup, metric) in notes:
                 fractions[(subgroup, model, metric)] = np.nan
     stats["fraction_of_ceiling"] = pd.Series(fractions, dtype=np.float64)
+    gaps = _gaps_closed(table, reference, set(notes), n_bootstrap, bootstrap_seed)
+    for column in ("gap_closed", "gap_closed_low", "gap_closed_high"):
+        stats[column] = pd.Series(
+            {key: values[column] for key, values in gaps.items()}, dtype=float
+        )
     summary = stats.reset_index()
     summary["ceiling_note"] = [
         notes.get((subgroup, metric), "")
         for subgroup, metric in zip(summary["subgroup"], summary["metric"], strict=True)
     ]
-    return summary[list(SUMMARY_COLUMNS)]
+    summary = summary[list(SUMMARY_COLUMNS)]
+    summary.attrs["perturbflow"] = {
+        "function": "benchmark_summary",
+        "reference": reference,
+        "gap_closed": "(model - reference) / (noise_ceiling - reference), means over paired "
+        "(condition, seed) values",
+        "gap_closed_interval": f"95% percentile bootstrap over conditions, {n_bootstrap} "
+        f"resamples, seed {bootstrap_seed}",
+    }
+    return summary
+
+
+def _gaps_closed(
+    table: pd.DataFrame,
+    reference: str,
+    uninformative: set[tuple[str, str]],
+    n_bootstrap: int,
+    bootstrap_seed: int,
+) -> dict[tuple[str, str, str], dict[str, float]]:
+    """``(subgroup, model, metric) → {gap_closed, gap_closed_low, gap_closed_high}``.
+
+    Only groups with paired values get an entry; the caller fills the rest with ``nan``.
+    """
+    models = set(table["model"])
+    if reference not in models or NOISE_CEILING_MODEL not in models:
+        return {}
+    keys = ["subgroup", "metric", "condition", "seed"]
+    wide = table.pivot_table(index=keys, columns="model", values="value", aggfunc="mean")
+    wide = wide.dropna(subset=[reference, NOISE_CEILING_MODEL])  # (pairs, models)
+    gaps: dict[tuple[str, str, str], dict[str, float]] = {}
+    for (subgroup, metric), rows in wide.groupby(level=["subgroup", "metric"], sort=False):
+        if (subgroup, metric) in uninformative:
+            continue
+        base = rows[reference].to_numpy(dtype=np.float64)  # (pairs,)
+        top = rows[NOISE_CEILING_MODEL].to_numpy(dtype=np.float64)  # (pairs,)
+        conditions = rows.index.get_level_values("condition")
+        for model in rows.columns:
+            mine = rows[model].to_numpy(dtype=np.float64)  # (pairs,)
+            kept = ~np.isnan(mine)
+            if not kept.any():
+                continue
+            gaps[(subgroup, model, metric)] = _gap_closed(
+                mine[kept] - base[kept],
+                top[kept] - base[kept],
+                np.asarray(conditions[kept]),
+                METRICS[metric].higher_is_better,
+                scale=float(np.max(np.abs(np.concatenate([base, top])), initial=1.0)),
+                rng=np.random.default_rng(
+                    [bootstrap_seed, zlib.crc32(f"{subgroup}\0{model}\0{metric}".encode())]
+                ),
+                n_bootstrap=n_bootstrap,
+            )
+    return gaps
+
+
+def _gap_closed(
+    gain: np.ndarray,
+    gap: np.ndarray,
+    conditions: np.ndarray,
+    higher_is_better: bool,
+    *,
+    scale: float,
+    rng: np.random.Generator,
+    n_bootstrap: int,
+) -> dict[str, float]:
+    """``sum(gain) / sum(gap)`` over pairs ``(P,)`` and its bootstrap interval over conditions.
+
+    ``gain`` = model − reference, ``gap`` = ceiling − reference per (condition, seed) pair. The
+    ratio of sums equals the ratio of means over the same pairs. ``gap`` is oriented so that a
+    ceiling better than the reference is positive; a sum within rounding of 0 or below closes no
+    gap (``nan``).
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    gain, gap = sign * gain, sign * gap  # (P,), (P,): positive = better than the reference
+    tolerance = _GAP_ULPS * np.finfo(np.float64).eps * scale * len(gap)
+    missing = {"gap_closed": np.nan, "gap_closed_low": np.nan, "gap_closed_high": np.nan}
+    if not gap.sum() > tolerance:
+        return missing
+    # Per-condition sums (over seeds): the bootstrap draws conditions, not pairs.
+    names, index = np.unique(conditions, return_inverse=True)
+    gain_by_condition = np.bincount(index, weights=gain, minlength=len(names))  # (K,)
+    gap_by_condition = np.bincount(index, weights=gap, minlength=len(names))  # (K,)
+    draws = rng.integers(0, len(names), size=(n_bootstrap, len(names)))  # (B, K)
+    gained = gain_by_condition[draws].sum(axis=1)  # (B,)
+    closable = gap_by_condition[draws].sum(axis=1)  # (B,)
+    value = float(gain.sum() / gap.sum())
+    if not np.all(closable > tolerance):
+        return missing | {"gap_closed": value}
+    low, high = np.percentile(gained / closable, [2.5, 97.5])
+    return {"gap_closed": value, "gap_closed_low": float(low), "gap_closed_high": float(high)}
 
 
 def _uninformative(means: pd.Series, metric: str) -> str:
