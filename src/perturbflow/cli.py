@@ -55,6 +55,7 @@ logger = logging.getLogger("perturbflow")
 SUMMARY_METRICS = (
     "pearson_delta",
     "pearson_delta_de20",
+    "pearson_systema_de20",
     "mse_de20",
     "direction_acc_de20",
     "discrimination_l1",

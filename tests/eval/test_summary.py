@@ -1,4 +1,5 @@
-"""benchmark_summary: fractions of the noise ceiling only where the ceiling bounds the models."""
+"""benchmark_summary: fractions of the noise ceiling, and of the gap between the additive
+baseline and the ceiling, only where the ceiling bounds the models."""
 
 from __future__ import annotations
 
@@ -120,4 +121,139 @@ def test_no_ceiling_rows_no_fractions_no_notes():
     results = _results()
     summary = benchmark_summary(results[results["model"] != "noise_ceiling"])
     assert summary["fraction_of_ceiling"].isna().all()
+    assert summary["gap_closed"].isna().all()
     assert (summary["ceiling_note"] == "").all()
+
+
+# -- fraction of the gap between the additive baseline and the ceiling ----------------------------
+
+
+def _gap_table() -> pd.DataFrame:
+    """Subgroup "g", conditions A–D, seeds 1–2. On pearson_delta the ceiling lies 0.2 or 0.4
+    above additive; "half" closes half the gap everywhere, "mixed" all of A, none of B, all of C,
+    half of D (0.2 + 0 + 0.4 + 0.2 over 0.2 + 0.2 + 0.4 + 0.4 = 2/3). On mse_de20 (lower is better)
+    additive 0.5, ceiling 0.1: "half" 0.3, "mixed" 0.2 (0.75) and "worse" 0.6 (-0.25)."""
+    additive = {"A": 0.5, "B": 0.3, "C": 0.1, "D": 0.2}
+    gap = {"A": 0.2, "B": 0.2, "C": 0.4, "D": 0.4}
+    closed = {"half": dict.fromkeys("ABCD", 0.5), "mixed": {"A": 1, "B": 0, "C": 1, "D": 0.5}}
+    rows = []
+    for seed, shift in ((1, 0.0), (2, 0.05)):
+        for condition in "ABCD":
+            base = additive[condition] + shift
+            values = {"additive": base, "noise_ceiling": base + gap[condition]}
+            values |= {m: base + f[condition] * gap[condition] for m, f in closed.items()}
+            rows += [(condition, "g", "pearson_delta", v, m, seed) for m, v in values.items()]
+            mse = {"additive": 0.5, "noise_ceiling": 0.1, "half": 0.3, "mixed": 0.2, "worse": 0.6}
+            rows += [(condition, "g", "mse_de20", v, m, seed) for m, v in mse.items()]
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def test_gap_closed_known_answers_for_both_directions():
+    summary = benchmark_summary(_gap_table())
+    assert tuple(summary.columns) == SUMMARY_COLUMNS
+    expected = {
+        ("half", "pearson_delta"): 0.5,
+        ("mixed", "pearson_delta"): 2 / 3,
+        ("additive", "pearson_delta"): 0.0,
+        ("noise_ceiling", "pearson_delta"): 1.0,
+        ("half", "mse_de20"): 0.5,
+        ("mixed", "mse_de20"): 0.75,
+        ("worse", "mse_de20"): -0.25,  # worse than additive: negative
+        ("noise_ceiling", "mse_de20"): 1.0,
+    }
+    for (model, metric), value in expected.items():
+        assert _row(summary, "g", model, metric)["gap_closed"] == pytest.approx(value), model
+    assert (summary["ceiling_note"] == "").all()
+
+
+def test_gap_closed_interval_collapses_when_every_condition_closes_the_same_fraction():
+    summary = benchmark_summary(_gap_table())
+    for model, metric, value in (("half", "pearson_delta", 0.5), ("mixed", "mse_de20", 0.75)):
+        row = _row(summary, "g", model, metric)
+        assert row["gap_closed_low"] == pytest.approx(value, abs=1e-12)
+        assert row["gap_closed_high"] == pytest.approx(value, abs=1e-12)
+    # Fractions 1, 0, 1, 0.5 by condition: a proper interval, within the per-condition range (a
+    # ratio of sums lies between the smallest and largest ratio).
+    mixed = _row(summary, "g", "mixed", "pearson_delta")
+    assert 0.0 <= mixed["gap_closed_low"] < 2 / 3 < mixed["gap_closed_high"] <= 1.0
+
+
+def test_gap_closed_bootstrap_is_seeded():
+    first, again = benchmark_summary(_gap_table()), benchmark_summary(_gap_table())
+    pd.testing.assert_frame_equal(first, again)
+    mixed = ("g", "mixed", "pearson_delta")
+    intervals = set()
+    for seed in range(5):  # few resamples, so that the seed shows in the percentiles
+        row = _row(benchmark_summary(_gap_table(), n_bootstrap=20, bootstrap_seed=seed), *mixed)
+        assert row["gap_closed"] == _row(first, *mixed)["gap_closed"]
+        intervals.add((row["gap_closed_low"], row["gap_closed_high"]))
+    assert len(intervals) > 1
+    assert first.attrs["perturbflow"]["gap_closed_interval"].startswith(
+        "95% percentile bootstrap over conditions, 1000 resamples, seed 0"
+    )
+    with pytest.raises(EvaluationError, match="n_bootstrap"):
+        benchmark_summary(_gap_table(), n_bootstrap=0)
+
+
+def test_gap_closed_pairs_by_condition_and_seed():
+    """Seed 2 has a larger additive value; a ceiling scored on seed 1 only pairs with seed 1."""
+    rows = [
+        ("A", "g", "pearson_delta", 0.0, "additive", 1),
+        ("A", "g", "pearson_delta", 1.0, "noise_ceiling", 1),
+        ("A", "g", "pearson_delta", 0.5, "m", 1),
+        ("A", "g", "pearson_delta", 0.2, "additive", 2),
+        ("A", "g", "pearson_delta", 0.6, "noise_ceiling", 2),
+        ("A", "g", "pearson_delta", 0.6, "m", 2),
+    ]
+    table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    # gains 0.5, 0.4 over gaps 1.0, 0.4: mean gain / mean gap.
+    assert _row(benchmark_summary(table), "g", "m", "pearson_delta")["gap_closed"] == (
+        pytest.approx(0.9 / 1.4)
+    )
+    seed_one = table.drop(index=4)
+    assert _row(benchmark_summary(seed_one), "g", "m", "pearson_delta")["gap_closed"] == (
+        pytest.approx(0.5)
+    )
+
+
+def test_gap_closed_is_nan_without_a_reference_a_ceiling_or_a_gap():
+    table = _gap_table()
+    no_additive = benchmark_summary(table[table["model"] != "additive"])
+    no_ceiling = benchmark_summary(table[table["model"] != "noise_ceiling"])
+    for summary in (no_additive, no_ceiling):
+        for column in ("gap_closed", "gap_closed_low", "gap_closed_high"):
+            assert summary[column].isna().all()
+    # A ceiling equal to the additive baseline leaves no gap to close (and is not beaten).
+    mse = table["metric"] == "mse_de20"
+    flat = table[~mse | table["model"].isin(["additive", "noise_ceiling"])].copy()
+    flat.loc[mse & (flat["model"] == "noise_ceiling"), "value"] = 0.5
+    summary = benchmark_summary(flat)
+    for model in ("additive", "noise_ceiling"):
+        assert _row(summary, "g", model, "mse_de20")["ceiling_note"] == ""
+        assert np.isnan(_row(summary, "g", model, "mse_de20")["gap_closed"])
+    assert _row(summary, "g", "half", "pearson_delta")["gap_closed"] == pytest.approx(0.5)
+
+
+def test_gap_closed_is_nan_where_the_ceiling_is_not_informative():
+    summary = benchmark_summary(_results(), sizes=_sizes())
+    few = summary[summary["subgroup"] == "few"]
+    assert few["gap_closed"].isna().all() and few["gap_closed_low"].isna().all()
+    # In "many" (one condition, two seeds shifted alike): (0.45 - 0.7) / (0.9 - 0.7) and
+    # (0.6 - 0.5) / (0.1 - 0.5); one condition, so every resample is the same.
+    for model, metric, value in (("linear", "pearson_delta", -1.25), ("linear", "mse_de20", -0.25)):
+        row = _row(summary, "many", model, metric)
+        assert row["gap_closed"] == pytest.approx(value)
+        assert row["gap_closed_low"] == pytest.approx(value)
+        assert row["gap_closed_high"] == pytest.approx(value)
+
+
+def test_gap_closed_interval_is_nan_when_a_resample_closes_no_gap():
+    """Condition B's ceiling is below additive: a resample of B alone has no gap."""
+    rows = []
+    for condition, additive, ceiling, model in (("A", 0.2, 1.0, 0.6), ("B", 0.5, 0.4, 0.45)):
+        for name, value in (("additive", additive), ("noise_ceiling", ceiling), ("m", model)):
+            rows.append((condition, "g", "pearson_delta", value, name, 1))
+    summary = benchmark_summary(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)))
+    row = _row(summary, "g", "m", "pearson_delta")
+    assert row["gap_closed"] == pytest.approx((0.4 - 0.05) / (0.8 - 0.1))
+    assert np.isnan(row["gap_closed_low"]) and np.isnan(row["gap_closed_high"])

@@ -6,8 +6,8 @@ both sides into per-condition pseudobulks and cell samples, and runs every regis
 cells against the other half with the same code and rescales the scores to what a perfect model
 would reach against all the real cells, so a model's numbers can be read as a fraction of what the
 data allow. Both score the Systema metrics against the mean of the split's training perturbations
-(:func:`training_reference`). :func:`condition_sizes` records the cell and gene counts a ceiling rests on.
-:func:`summarize` aggregates either table.
+(:func:`training_reference`). :func:`condition_sizes` records the cell and gene counts a ceiling
+rests on. :func:`summarize` aggregates either table.
 
 Result tables have exactly the columns :data:`RESULT_COLUMNS`, one row per condition × metric, and
 record how they were made in ``DataFrame.attrs["perturbflow"]``.
@@ -212,8 +212,8 @@ def noise_ceiling(
     crc32(condition)])`` (``sampling_seed``, else ``seed``); the first ``a = n // 2`` play the
     prediction, the other ``b = n - a`` the truth, scored with the code of :func:`evaluate`. DE
     genes, the control mean and the Systema reference still come from all real cells. Arguments as
-    in :func:`evaluate`;
-    the ``model`` column is ``"noise_ceiling"``. Every condition needs at least 2 cells.
+    in :func:`evaluate`; the ``model`` column is ``"noise_ceiling"``. Every condition needs at
+    least 2 cells.
 
     A model is scored against the mean of all ``n`` cells, a half against ``b`` cells with a
     prediction of ``a`` noisy cells, so the raw split-half scores understate what a model can
@@ -230,11 +230,11 @@ def noise_ceiling(
     - ``pearson_delta``, ``pearson_delta_de20``, ``pearson_systema``, ``pearson_systema_de20``:
       disattenuated. Across genes, the change from control (or from the Systema reference, a
       vector fixed like the control mean) is signal of variance ``V`` plus mean noise
-      ``N = mean(sigma_g^2)``; the halves
-      correlate ``r = 1 / sqrt((1 + k/a)(1 + k/b))`` with ``k = N / V``, the perfect model and the
-      ``n``-cell truth ``r* = 1 / sqrt(1 + k/n)``. ``k`` is solved from ``r``; for equal halves
-      ``r* = sqrt(2r / (1 + r))``, the square root of Spearman–Brown's ``2r / (1 + r)`` (which is
-      the correlation of two ``n``-cell replicates, not of the truth with one). ``r <= 0`` (no
+      ``N = mean(sigma_g^2)``; the halves correlate ``r = 1 / sqrt((1 + k/a)(1 + k/b))`` with
+      ``k = N / V``, the perfect model and the ``n``-cell truth ``r* = 1 / sqrt(1 + k/n)``.
+      ``k`` is solved from ``r``; for equal halves ``r* = sqrt(2r / (1 + r))``, the square root
+      of Spearman–Brown's ``2r / (1 + r)`` (which is the correlation of two ``n``-cell
+      replicates, not of the truth with one). ``r <= 0`` (no
       signal the halves share) gives ``r* = 0``. A large-``G`` approximation: over 20 DE genes
       the half correlation is noisy and the correction concave, so the corrected value averages
       below the perfect model's (simulated Gaussian cells: by about 0.1 when the halves

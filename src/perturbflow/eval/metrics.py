@@ -130,9 +130,9 @@ def pearson_systema(pred_mean: np.ndarray, true_mean: np.ndarray, reference: np.
     """Pearson of predicted vs true change from the Systema reference, over all genes. Best 1.
 
     ``reference`` ``(G,)`` is the mean of the training perturbations' pseudobulks (each condition
-    weighted once, control excluded). Much of what perturbations do to a screen is shared by all of
-    them (stress, cell-cycle arrest, selection); measured from control, that shared response alone
-    correlates highly with every condition's change. Measured from the perturbed reference it
+    weighted once, control excluded). Much of what perturbations do to a screen is shared by all
+    of them (stress, cell-cycle arrest, selection); measured from control, that shared response
+    alone correlates highly with every condition's change. Measured from the perturbed reference it
     cancels, and only the condition-specific part is scored (Viñas Torné et al., Nat Biotech 2025).
     A prediction equal to the reference (up to float32 rounding) has no change and gives ``nan``.
     """
