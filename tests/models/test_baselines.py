@@ -476,3 +476,25 @@ def test_using_a_model_before_fit_raises(name: str, tmp_path) -> None:
     with pytest.raises(ModelNotFittedError):
         model.save(tmp_path / "model.npz")
     assert not (tmp_path / "model.npz").exists()
+
+
+@pytest.mark.parametrize("name", ["additive", "calibrated_additive", "combinator", "ridge"])
+def test_gene_names_are_matched_by_letter_case_and_unknown_genes_warned_once(
+    name, simulated, simulation_split, caplog
+) -> None:
+    model = get_model(name).fit(simulated, simulation_split)
+    gene = sorted(model.seen_genes_ & set(model.genes_))[0]
+    with caplog.at_level(logging.INFO, logger="perturbflow.models"):
+        lower = model.predict_delta([gene.lower()])
+        unknown = model.predict_delta(["NOTAGENE", f"{gene}+NOTAGENE"])
+        model.predict_delta(["NOTAGENE"])
+    assert list(lower.index) == [gene]
+    np.testing.assert_array_equal(lower.to_numpy(), model.predict_delta([gene]).to_numpy())
+    assert list(unknown.index) == ["NOTAGENE", f"{gene}+NOTAGENE"]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "NOTAGENE" in r.getMessage()
+    ]
+    assert len(warnings) == 1  # once, not per call or per condition
+    assert any(f"{gene.lower()!r} matched to {gene!r}" in r.getMessage() for r in caplog.records)

@@ -12,6 +12,7 @@ from _asserts import assert_stored_cells_plus_one_offset
 from _configs import TINY_SCBIG
 from sklearn.metrics import adjusted_rand_score
 
+from perturbflow.data.io import CONDITION_COLUMN
 from perturbflow.models import MODELS, get_model, load_model
 from perturbflow.models.autoencoders import MLPAutoencoder
 from perturbflow.models.condition_encoder import UnknownGeneError
@@ -581,3 +582,9 @@ def test_default_components_are_the_measured_ones(data):
     assert isinstance(model.autoencoder_, PCAAutoencoder)
     cells = model.predict(split.test, n_cells=20, seed=0)
     assert cells.n_obs == 20 * len(split.test) and np.isfinite(np.asarray(cells.X)).all()
+
+
+def test_scbig_matches_gene_names_by_letter_case(fitted):
+    gene = sorted(set(fitted.seen_genes_) & set(fitted.genes_))[0]
+    cells = fitted.predict([gene.lower()], n_cells=5, seed=0)
+    assert set(cells.obs[CONDITION_COLUMN].astype(str)) == {gene}

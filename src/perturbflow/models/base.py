@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -20,9 +21,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from perturbflow.data.conditions import canonical
+from perturbflow.data.conditions import canonical, format_condition, parse_condition
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
 from perturbflow.data.splits import Split
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "perturbflow-checkpoint-v1"
 
@@ -125,6 +128,56 @@ def canonical_conditions(conditions: Iterable[str] | str) -> list[str]:
     if isinstance(conditions, str):
         conditions = [conditions]
     return list(dict.fromkeys(canonical(label) for label in conditions))
+
+
+def match_gene_names(
+    names: Iterable[str], vocabulary: Iterable[str], *, owner: str, reported: set[str]
+) -> list[str]:
+    """Canonical ``names`` with every gene matched to the model's ``vocabulary`` (the genes it
+    measured, saw perturbed or has a vector for): exactly, else case-insensitively when exactly
+    one vocabulary gene matches (``tp53`` → ``TP53``). Each case match is logged once per gene
+    (``reported`` remembers what was said); a gene matching nothing is kept as given, and the
+    model's own fallback for genes it has never seen applies."""
+    known = set(vocabulary)
+    by_lower: dict[str, set[str]] = {}
+    for gene in known:
+        by_lower.setdefault(gene.lower(), set()).add(gene)
+    matched = []
+    for name in canonical_conditions(names):
+        genes = []
+        for gene in parse_condition(name):
+            candidates = by_lower.get(gene.lower(), set())
+            if gene not in known and len(candidates) == 1:
+                (found,) = candidates
+                if gene not in reported:
+                    reported.add(gene)
+                    logger.info("%s: gene %r matched to %r (letter case)", owner, gene, found)
+                gene = found
+            genes.append(gene)
+        matched.append(format_condition(frozenset(genes)))
+    return list(dict.fromkeys(matched))
+
+
+def report_unknown_genes(
+    names: Iterable[str],
+    vocabulary: Iterable[str],
+    *,
+    owner: str,
+    fallback: str,
+    reported: set[str],
+) -> None:
+    """Warn once per gene that the model has never measured, seen perturbed or got a vector for,
+    naming the ``fallback`` it uses instead."""
+    known = set(vocabulary)
+    unknown = sorted({g for name in names for g in parse_condition(name)} - known - reported)
+    if unknown:
+        reported.update(unknown)
+        logger.warning(
+            "%s: gene(s) %s were never measured or perturbed in training; they get %s",
+            owner,
+            ", ".join(unknown[:10]) + (" …" if len(unknown) > 10 else ""),
+            fallback,
+        )
 
 
 def predictions_to_anndata(

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
-from perturbflow.models.base import canonical_conditions, register_model
+from perturbflow.models.base import register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
 from perturbflow.programs.priors import (
     check_embedding_spec,
@@ -389,8 +389,8 @@ class CalibratedAdditive(MeanShiftModel):
         self._build_estimator()
 
     def predict_delta(self, conditions):
-        names = canonical_conditions(conditions)
         self._check_fitted()
+        names = self._names(conditions)
         self._log_genes_without_single(names, f"the {self.config.unseen_mode} fallback")
         return super().predict_delta(names)
 

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from perturbflow.data.conditions import parse_condition
-from perturbflow.models.base import canonical_conditions, register_model
+from perturbflow.models.base import register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel
 
 logger = logging.getLogger(__name__)
@@ -244,8 +244,8 @@ class Combinator(MeanShiftModel):
         self._fit(None, None)
 
     def predict_delta(self, conditions):
-        names = canonical_conditions(conditions)
         self._check_fitted()
+        names = self._names(conditions)
         self._log_genes_without_single(names, "the mean single delta")
         # One thread: each call predicts G rows only, where OpenMP start-up costs more than it saves.
         with threadpool_limits(limits=1, user_api="openmp"):

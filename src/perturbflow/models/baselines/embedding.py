@@ -65,6 +65,7 @@ class EmbeddingConfig:
 class _EmbeddingModel(MeanShiftModel):
     config_class = EmbeddingConfig
     variant_field = "embedding"
+    reports_unknown_genes = True  # _condition_embedding warns once per gene without a vector
     _warned: set[str]
 
     def __init__(self, config=None) -> None:
@@ -94,6 +95,9 @@ class _EmbeddingModel(MeanShiftModel):
 
     def _fit_embedding(self) -> None:
         """Fit on condition embeddings of the training perturbations."""
+
+    def _known_genes(self) -> set[str]:
+        return {*super()._known_genes(), *map(str, self.embedding_.index)}
 
     def _condition_embedding(self, name: str) -> np.ndarray:
         genes = sorted(parse_condition(name))

@@ -27,9 +27,10 @@ from perturbflow.data.splits import Split
 from perturbflow.models.base import (
     CheckpointError,
     ModelNotFittedError,
-    canonical_conditions,
+    match_gene_names,
     predictions_to_anndata,
     read_checkpoint,
+    report_unknown_genes,
     write_checkpoint,
 )
 
@@ -57,6 +58,9 @@ class MeanShiftConfig:
 
 class MeanShiftModel:
     """Base class: stores control cells and the training deltas; predicts control + delta."""
+
+    # A model that warns about genes without a vector itself sets this, so it is said once.
+    reports_unknown_genes: ClassVar[bool] = False
 
     name: ClassVar[str] = "mean_shift"
     config_class: ClassVar[type] = MeanShiftConfig
@@ -110,7 +114,7 @@ class MeanShiftModel:
     def predict_delta(self, conditions: Iterable[str]) -> pd.DataFrame:
         """Predicted mean expression change vs control, ``(conditions, genes)``."""
         self._check_fitted()
-        names = canonical_conditions(conditions)
+        names = self._names(conditions)
         rows = [
             np.zeros(len(self.genes_))
             if name == CONTROL_NAME
@@ -151,6 +155,26 @@ class MeanShiftModel:
         }
         mean = np.mean(list(deltas.values()), axis=0) if deltas else np.zeros(len(self.genes_))
         return deltas, mean
+
+    def _names(self, conditions: Iterable[str]) -> list[str]:
+        """Canonical names, genes matched to what the model knows (letter case); a gene it never
+        measured or saw perturbed is warned about once."""
+        reported = self.__dict__.setdefault("_reported_genes", set())
+        vocabulary = self._known_genes()
+        names = match_gene_names(conditions, vocabulary, owner=self.name, reported=reported)
+        if not self.reports_unknown_genes:
+            report_unknown_genes(
+                names,
+                vocabulary,
+                owner=self.name,
+                fallback="this model's prediction for genes without a training single",
+                reported=reported,
+            )
+        return names
+
+    def _known_genes(self) -> set[str]:
+        """Genes the model measured or saw perturbed in training."""
+        return {*map(str, self.genes_), *self.seen_genes_}
 
     def _log_genes_without_single(self, names: list[str], fallback: str) -> None:
         """One INFO line naming the genes of ``names`` without a training single."""

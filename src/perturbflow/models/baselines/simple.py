@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from perturbflow.models.base import canonical_conditions, register_model
+from perturbflow.models.base import register_model
 from perturbflow.models.baselines.mean_shift import MeanShiftModel
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ class Additive(MeanShiftModel):
         self._fit(None, None)
 
     def predict_delta(self, conditions):
-        names = canonical_conditions(conditions)
         self._check_fitted()
+        names = self._names(conditions)
         self._log_genes_without_single(names, "the mean single delta")
         return super().predict_delta(names)
 

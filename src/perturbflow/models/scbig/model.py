@@ -30,7 +30,7 @@ from perturbflow.data.splits import Split, combo_subgroup
 from perturbflow.models.base import (
     CheckpointError,
     ModelNotFittedError,
-    canonical_conditions,
+    match_gene_names,
     predictions_to_anndata,
     read_checkpoint,
     register_model,
@@ -639,7 +639,12 @@ class ScBIG:
         self._check_fitted()
         if n_cells < 1:
             raise ValueError(f"n_cells must be at least 1, got {n_cells}")
-        names = canonical_conditions(conditions)
+        names = match_gene_names(
+            conditions,
+            {*map(str, self.genes_), *self.seen_genes_, *map(str, self.prior_.index)},
+            owner=self.name,
+            reported=self.__dict__.setdefault("_reported_genes", set()),
+        )
         generator = np.random.default_rng(seed)
         blocks = {name: self._predict_cells(name, n_cells, generator) for name in names}
         uns = {"model": self.name, "seed": seed, "config": self.config.to_dict()}
