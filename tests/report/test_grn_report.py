@@ -64,3 +64,15 @@ def test_a_screen_without_singles_has_no_section():
     adata = _screen(True)
     adata = adata[adata.obs["condition"].isin(["ctrl", "A+D"])].copy()
     assert grn_section(read(adata, min_cells=5)) == ({}, {}, [])
+
+
+def test_a_screen_too_small_for_edges_still_gets_its_report(tmp_path):
+    from perturbflow.eval.loop import model_runs, run
+    from perturbflow.report.benchmark_report import build_report
+
+    adata = _screen(True)
+    adata = adata[adata.obs["condition"].isin(["ctrl", "A", "B"])].copy()  # 2 conditions only
+    dataset = read(adata, min_cells=5)
+    result = run(dataset, "random", model_runs("additive"), [1], out=tmp_path)
+    html = build_report(tmp_path, dataset, result, title="t", command="c").read_text()
+    assert "Regulatory edges not computed" in html

@@ -135,7 +135,11 @@ def build_report(
             figures[f"{label} gene programs: mean real delta per program (seed {seed})"] = (
                 program_heatmap(pd.read_csv(programs_path), real)
             )
-    grn_figures, grn_tables, grn_notes = grn_section(dataset)
+    try:
+        grn_figures, grn_tables, grn_notes = grn_section(dataset)
+    except ValueError as error:  # GRNInputError and data too small for the edges: not fatal
+        logger.warning("report: regulatory edges not computed: %s", error)
+        grn_figures, grn_tables, grn_notes = {}, {}, [f"Regulatory edges not computed: {error}"]
     figures.update(grn_figures)
     provenance = dataset.adata.uns.get("perturbflow", {}).get("dataset", {})
     if provenance:
