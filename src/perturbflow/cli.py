@@ -1005,6 +1005,11 @@ def grn_demo(
         ),
     ] = "dorothea",
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 1,
+    genes: Annotated[int, typer.Option(help="Genes of the simulated sub-network.")] = 80,
+    singles: Annotated[
+        int, typer.Option(help="Knocked-out regulators (as many doubles are simulated too).")
+    ] = 15,
+    cells: Annotated[int, typer.Option(help="Cells per knock-out.")] = 60,
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -1018,8 +1023,8 @@ def grn_demo(
     try:
         folder = prepare_output_dir(out, overwrite=overwrite)
         config = GRNScreenConfig(
-            network=network, n_genes=80, n_regulators=20, n_singles=15, n_doubles=15,
-            n_cells=60, n_control_cells=150, seed=seed,
+            network=network, n_genes=genes, n_regulators=max(singles, genes // 4),
+            n_singles=singles, n_doubles=singles, n_cells=cells, n_control_cells=150, seed=seed,
         )  # fmt: skip
         with console.status("simulating a knock-out screen"):
             adata = simulate_grn_screen(config, data_dir=data_dir)

@@ -305,9 +305,10 @@ def test_checkpoint_dir_refused_for_one_pass_models(data_file, tmp_path):
     assert result.exit_code == 1 and "checkpoint-dir" in result.output
 
 
-def test_benchmark_writes_results_summary_splits_and_report(tmp_path):
+def test_benchmark_writes_results_summary_splits_and_report(data_file, tmp_path):
     out = tmp_path / "bench"
-    args = ["benchmark", "--out", str(out), "--models", "additive,control_mean", "--seeds", "1,2"]
+    args = ["benchmark", str(data_file), "--condition-key", "perturbation", "--out", str(out)]
+    args += ["--models", "additive,control_mean", "--seeds", "1,2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in ("results.csv", "summary.csv", "timings.csv", "report.html", "command.txt"):
@@ -423,25 +424,13 @@ def test_unassigned_cells_never_become_a_condition(tmp_path):
     assert refused.exit_code == 1 and "no perturbation" in refused.output
 
 
-def test_a_benchmark_that_fails_after_loading_can_be_rerun(tmp_path):
+def test_a_benchmark_that_fails_after_loading_can_be_rerun(data_file, tmp_path):
     out = tmp_path / "bench"
-    typo = runner.invoke(
-        app, ["benchmark", "--out", str(out), "--models", "additive", "--split", "combi"]
-    )
+    common = [str(data_file), "--condition-key", "perturbation", "--out", str(out)]
+    typo = runner.invoke(app, ["benchmark", *common, "--models", "additive", "--split", "combi"])
     assert typo.exit_code == 1 and "combi" in typo.output
     fixed = runner.invoke(
-        app,
-        [
-            "benchmark",
-            "--out",
-            str(out),
-            "--models",
-            "additive",
-            "--split",
-            "combo",
-            "--seeds",
-            "1",
-        ],
+        app, ["benchmark", *common, "--models", "additive", "--split", "combo", "--seeds", "1"]
     )
     assert fixed.exit_code == 0, fixed.output
     assert not (out / ".perturbflow-incomplete").exists()

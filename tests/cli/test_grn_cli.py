@@ -144,7 +144,9 @@ def test_demo_runs_on_a_given_network(tmp_path):
     network = tmp_path / "regulons.csv"
     _regulons(24, 80, 6).to_csv(network, index=False)
     done = runner.invoke(
-        app, ["grn", "demo", "--out", str(tmp_path / "demo"), "--network", str(network)]
+        app,
+        ["grn", "demo", "--out", str(tmp_path / "demo"), "--network", str(network)]
+        + ["--genes", "40", "--singles", "8", "--cells", "30"],
     )
     assert done.exit_code == 0, done.output
     metrics = pd.read_csv(tmp_path / "demo" / "metrics.csv")

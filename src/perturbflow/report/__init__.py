@@ -1,5 +1,5 @@
-"""Figures (returned, never shown) and reports."""
+"""Figures (returned, never shown), markdown tables and HTML reports.
 
-from perturbflow.report.figures import metric_bars
-
-__all__ = ["metric_bars"]
+Submodules are imported where needed: :mod:`~perturbflow.report.markdown` stays light (pandas
+only) for scripts that table results without loading torch.
+"""
