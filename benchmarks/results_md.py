@@ -26,12 +26,9 @@ RUNS = (
     ("runs/grn_combo_collectri_s3", "GRN screen (CollecTRI, seed 3): combo split"),
     ("runs/grn_combo_collectri_s1_fresh", "GRN screen (CollecTRI, seed 1): combo split"),
     ("runs/grn_sim_split", "GRN screens: GEARS simulation split"),
-    ("runs/grn_components5", "scBIG components on the three GRN screens, 5 split seeds"),
-    ("runs/grn_components", "scBIG components, CollecTRI seed 3, split seeds 1–2"),
-    ("runs/grn_components_dorothea_s2", "scBIG components, DoRothEA seed 2, split seeds 1–2"),
     (
-        "runs/grn_components_collectri_s1_fresh",
-        "scBIG components, CollecTRI seed 1, split seeds 1–2",
+        "runs/grn_components5",
+        "scBIG's components on the three GRN screens (3–4 split seeds each, 11 pairs)",
     ),
     ("runs/norman19_combo", "`norman19_subset`, combo split, 5 seeds"),
     ("runs/norman19_combo_gears", "GEARS on `norman19_subset`, combo split, 5 seeds (same splits)"),
@@ -42,7 +39,7 @@ RUNS = (
     ("runs/real_mcfaline23_ccl", "`mcfaline23_subset`, cross-cell-line split, 5 seeds"),
     ("runs/grn", "Gene regulatory networks from screens, expression and graph completion"),
     ("runs/program_quality", "Gene-program quality"),
-    ("runs/speed", "Speed and memory"),
+    ("runs/speed", "Speed and memory (the run was stopped after 10k cells and one 50k model)"),
     ("runs/demo_time", "`perturbflow demo` wall time"),
 )
 
