@@ -38,6 +38,7 @@ from perturbflow.data.conditions import parse_condition
 from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.outputs import mark_complete, prepare_output_dir, write_csv
 from perturbflow.data.splits import make_split
+from perturbflow.eval.loop import RunSpec, run
 from perturbflow.grn.expression import correlation_edges, tree_edges
 from perturbflow.grn.metrics import epr_permutation_pvalue, score_edges
 from perturbflow.grn.network import read_network
@@ -47,7 +48,6 @@ from perturbflow.grn.screen import (
     screen_edges,
     transitive_reduction,
 )
-from perturbflow.models import get_model
 
 logger = logging.getLogger("grn")
 
@@ -163,9 +163,19 @@ def insilico_part(dataset, truth, name: str, seeds: list[int], models: list[str]
         # Correlation over the training cells only: the held-out conditions are not seen.
         cells = dataset.expression([c for c in dataset.conditions if c not in set(split.test)])
         methods = {"correlation": correlation_edges(cells, genes, held_out)}
-        for model_name in models:
-            model = get_model(model_name).fit(dataset, split)
-            methods[model_name] = model_edges(model, held_out)
+
+        def in_silico(spec, replicate, model, held_out=held_out, methods=methods):
+            methods[spec.label] = model_edges(model, held_out)
+
+        # The run loop fits each model on the same unseen_single split (seed) and hands it over.
+        run(
+            dataset,
+            "unseen_single",
+            [RunSpec(m, m) for m in models],
+            [seed],
+            score=False,
+            on_fitted=in_silico,
+        )
         for method, edges in methods.items():
             frames.append(
                 _rows(

@@ -102,7 +102,7 @@ def render_report(
     notes
         Free-text remarks listed under "Status".
     peers_status
-        Peer model → status, e.g. ``{"gears": "not installed"}``, listed under "Status".
+        Peer model → status, e.g. ``{"<peer>": "not installed"}``, listed under "Status".
     tables
         Section name → an extra table (shown like the summary), after the figures.
     generated_at
