@@ -510,6 +510,7 @@ def benchmark(
     out: Annotated[
         Path, typer.Option(help="Run folder: results, summary, splits, report.html.")
     ] = Path("runs/benchmark"),
+    # The spelling of the commands recorded in benchmarks/RESULTS.md, kept so they still run.
     dataset: Annotated[str | None, typer.Option(hidden=True)] = None,
     data: Annotated[Path | None, typer.Option(hidden=True)] = None,
     split_kind: Annotated[
