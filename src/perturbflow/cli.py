@@ -187,6 +187,21 @@ def _read_options(
     )
 
 
+def _refuse_unknown_genes(model, names: list[str]) -> None:
+    """--strict: every gene of ``names`` (letter case aside) must be known to the model."""
+    from perturbflow.data.conditions import parse_condition
+    from perturbflow.models.base import match_gene_names  # heavy: torch
+
+    known = model.known_genes()
+    matched = match_gene_names(names, known, owner=model.name, reported=set())
+    unknown = sorted({g for name in matched for g in parse_condition(name)} - known)
+    if unknown:
+        raise ValueError(
+            f"{model.name} never measured or saw perturbed, and has no vector for: "
+            f"{', '.join(unknown)}; drop --strict to predict them with the model's fallback"
+        )
+
+
 def _model_runs(
     models: str,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -423,6 +438,14 @@ def predict(
     ] = None,
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the sampled cells.")] = 0,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse genes the model never measured, saw perturbed or has a vector for "
+            "(default: warn once and use the model's fallback).",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Predict cells for conditions (seen, new combinations or unseen genes) from a checkpoint."""
@@ -439,6 +462,8 @@ def predict(
             else list(Split.load(split).test)
         )
         model = load_model(checkpoint)
+        if strict:
+            _refuse_unknown_genes(model, names)
         predictions = model.predict(names, n_cells=n_cells, seed=seed)
         write_h5ad(predictions, out, overwrite=overwrite)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:

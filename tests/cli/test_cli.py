@@ -446,3 +446,26 @@ def test_errors_name_flags_and_are_not_quoted(data_file, tmp_path):
     assert "error: unknown model(s) ['nope']" in unknown.output  # no stray quotes around it
     missing = runner.invoke(app, ["benchmark", "no_such_data", "--out", str(tmp_path / "c")])
     assert missing.exit_code == 1 and "neither a file nor a registered dataset" in missing.output
+
+
+def test_predict_strict_refuses_unknown_genes_and_matches_letter_case(data_file, tmp_path):
+    checkpoint = tmp_path / "m.npz"
+    fitted = runner.invoke(
+        app,
+        ["fit", str(data_file), "--out", str(checkpoint), "--condition-key", "perturbation"],
+    )
+    assert fitted.exit_code == 0, fitted.output
+    split = json.loads(checkpoint.with_suffix(".split.json").read_text())
+    gene = next(c for c in split["train"] if "+" not in c and c != "ctrl")
+    out = tmp_path / "p.h5ad"
+    strict = ["predict", str(checkpoint), "--out", str(out), "--strict"]
+    refused = runner.invoke(app, [*strict, "--conditions", f"NOTAGENE,{gene}"])
+    assert refused.exit_code == 1 and "NOTAGENE" in refused.output and not out.exists()
+    lower = runner.invoke(app, [*strict, "--conditions", gene.lower()])
+    assert lower.exit_code == 0, lower.output
+    assert set(ad.read_h5ad(out).obs["perturbflow_condition"].astype(str)) == {gene}
+    lenient = runner.invoke(
+        app,
+        ["predict", str(checkpoint), "--out", str(out), "--overwrite", "--conditions", "NOTAGENE"],
+    )
+    assert lenient.exit_code == 0, lenient.output

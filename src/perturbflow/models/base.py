@@ -44,7 +44,8 @@ class Model(Protocol):
 
     Optional class attributes a model may declare: ``config_class`` (its frozen config
     dataclass), ``variant_field`` (the config field that ``name[value]`` sets, e.g. ``ridge[go]``)
-    and ``resumable`` (``fit`` takes ``checkpoint_dir`` and resumes an interrupted run).
+    and ``resumable`` (``fit`` takes ``checkpoint_dir`` and resumes an interrupted run); and the
+    method ``known_genes()`` (genes it measured, saw perturbed or has a vector for).
     """
 
     name: ClassVar[str]

@@ -96,8 +96,8 @@ class _EmbeddingModel(MeanShiftModel):
     def _fit_embedding(self) -> None:
         """Fit on condition embeddings of the training perturbations."""
 
-    def _known_genes(self) -> set[str]:
-        return {*super()._known_genes(), *map(str, self.embedding_.index)}
+    def known_genes(self) -> set[str]:
+        return {*super().known_genes(), *map(str, self.embedding_.index)}
 
     def _condition_embedding(self, name: str) -> np.ndarray:
         genes = sorted(parse_condition(name))

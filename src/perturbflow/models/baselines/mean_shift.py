@@ -160,7 +160,7 @@ class MeanShiftModel:
         """Canonical names, genes matched to what the model knows (letter case); a gene it never
         measured or saw perturbed is warned about once."""
         reported = self.__dict__.setdefault("_reported_genes", set())
-        vocabulary = self._known_genes()
+        vocabulary = self.known_genes()
         names = match_gene_names(conditions, vocabulary, owner=self.name, reported=reported)
         if not self.reports_unknown_genes:
             report_unknown_genes(
@@ -172,7 +172,7 @@ class MeanShiftModel:
             )
         return names
 
-    def _known_genes(self) -> set[str]:
+    def known_genes(self) -> set[str]:
         """Genes the model measured or saw perturbed in training."""
         return {*map(str, self.genes_), *self.seen_genes_}
 

@@ -641,7 +641,7 @@ class ScBIG:
             raise ValueError(f"n_cells must be at least 1, got {n_cells}")
         names = match_gene_names(
             conditions,
-            {*map(str, self.genes_), *self.seen_genes_, *map(str, self.prior_.index)},
+            self.known_genes(),
             owner=self.name,
             reported=self.__dict__.setdefault("_reported_genes", set()),
         )
@@ -652,6 +652,11 @@ class ScBIG:
         predictions.var["program"] = self._programs.labels
         predictions.var["program_order"] = self.programs_["order"].to_numpy()
         return predictions
+
+    def known_genes(self) -> set[str]:
+        """Genes the model measured, saw perturbed in training or has a prior vector for."""
+        self._check_fitted()
+        return {*map(str, self.genes_), *self.seen_genes_, *map(str, self.prior_.index)}
 
     def predict_delta(
         self, conditions: Iterable[str], n_cells: int = 500, seed: int = 0
