@@ -107,23 +107,28 @@ def change(mean: np.ndarray, ctrl_mean: np.ndarray) -> np.ndarray:
     return delta
 
 
+def _pearson_of_change(pred_mean, true_mean, reference, name: str, de_idx=None) -> float:
+    """Pearson of predicted vs true change from ``reference`` (named ``name`` in errors), on all
+    genes or on ``de_idx``."""
+    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
+    reference = _vector(reference, name)
+    _same_length(pred_mean=pred_mean, true_mean=true_mean, **{name: reference})
+    if de_idx is not None:
+        idx = _index(de_idx, pred_mean.size)
+        pred_mean, true_mean, reference = pred_mean[idx], true_mean[idx], reference[idx]
+    return pearson(change(pred_mean, reference), change(true_mean, reference))
+
+
 def pearson_delta(pred_mean: np.ndarray, true_mean: np.ndarray, ctrl_mean: np.ndarray) -> float:
     """Pearson of predicted vs true change from control, over all genes. Best 1."""
-    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
-    ctrl_mean = _vector(ctrl_mean, "ctrl_mean")
-    _same_length(pred_mean=pred_mean, true_mean=true_mean, ctrl_mean=ctrl_mean)
-    return pearson(change(pred_mean, ctrl_mean), change(true_mean, ctrl_mean))
+    return _pearson_of_change(pred_mean, true_mean, ctrl_mean, "ctrl_mean")
 
 
 def pearson_delta_de20(
     pred_mean: np.ndarray, true_mean: np.ndarray, ctrl_mean: np.ndarray, de_idx: np.ndarray
 ) -> float:
     """Pearson of predicted vs true change from control on the DE genes ``de_idx``. Best 1."""
-    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
-    ctrl_mean = _vector(ctrl_mean, "ctrl_mean")
-    _same_length(pred_mean=pred_mean, true_mean=true_mean, ctrl_mean=ctrl_mean)
-    idx = _index(de_idx, pred_mean.size)
-    return pearson(change(pred_mean[idx], ctrl_mean[idx]), change(true_mean[idx], ctrl_mean[idx]))
+    return _pearson_of_change(pred_mean, true_mean, ctrl_mean, "ctrl_mean", de_idx)
 
 
 def pearson_systema(pred_mean: np.ndarray, true_mean: np.ndarray, reference: np.ndarray) -> float:
@@ -136,21 +141,14 @@ def pearson_systema(pred_mean: np.ndarray, true_mean: np.ndarray, reference: np.
     cancels, and only the condition-specific part is scored (Viñas Torné et al., Nat Biotech 2025).
     A prediction equal to the reference (up to float32 rounding) has no change and gives ``nan``.
     """
-    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
-    reference = _vector(reference, "reference")
-    _same_length(pred_mean=pred_mean, true_mean=true_mean, reference=reference)
-    return pearson(change(pred_mean, reference), change(true_mean, reference))
+    return _pearson_of_change(pred_mean, true_mean, reference, "reference")
 
 
 def pearson_systema_de20(
     pred_mean: np.ndarray, true_mean: np.ndarray, reference: np.ndarray, de_idx: np.ndarray
 ) -> float:
     """:func:`pearson_systema` on the DE genes ``de_idx`` (top 20 vs control). Best 1."""
-    pred_mean, true_mean = _vector(pred_mean, "pred_mean"), _vector(true_mean, "true_mean")
-    reference = _vector(reference, "reference")
-    _same_length(pred_mean=pred_mean, true_mean=true_mean, reference=reference)
-    idx = _index(de_idx, pred_mean.size)
-    return pearson(change(pred_mean[idx], reference[idx]), change(true_mean[idx], reference[idx]))
+    return _pearson_of_change(pred_mean, true_mean, reference, "reference", de_idx)
 
 
 def mse_de20(pred_mean: np.ndarray, true_mean: np.ndarray, de_idx: np.ndarray) -> float:
