@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -23,6 +22,7 @@ import pandas as pd
 
 from perturbflow.data.conditions import canonical, format_condition, parse_condition
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
+from perturbflow.data.outputs import write_atomic
 from perturbflow.data.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -214,25 +214,17 @@ def write_checkpoint(
     arrays: dict[str, np.ndarray],
     overwrite: bool = False,
 ) -> Path:
-    """Write a self-describing checkpoint (``.npz``: arrays + JSON metadata) atomically."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a self-describing checkpoint (``.npz``: arrays + JSON metadata) atomically: a crash
+    or a full disk leaves the previous file as it was."""
     header = {"format": CHECKPOINT_FORMAT, "model": model, "config": config, "meta": meta}
     payload = {f"array/{key}": np.asarray(value) for key, value in arrays.items()}
     payload["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:  # a stream: numpy would add ".npz" to a path
             np.savez_compressed(stream, **payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return write_atomic(path, overwrite, write)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -241,6 +233,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
+        # allow_pickle=False: a checkpoint is arrays and JSON; loading it never runs code.
         stored = np.load(path, allow_pickle=False)
         if not isinstance(stored, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
@@ -253,9 +246,23 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
             }
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    # Empty or truncated files raise EOFError / BadZipFile rather than OSError.
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path}: not a perturbflow checkpoint ({error})") from error
+    except ValueError as error:
+        # numpy's refusals: an object array inside the archive, or a file that is neither
+        # .npz nor .npy (numpy would read it as a pickle).
+        if "Object arrays" in str(error):
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects, which perturbflow checkpoints never do; "
+                "the file was altered or not written by perturbflow, and was not loaded"
+            ) from error
+        reason = (
+            "not an .npz archive; it was not unpickled" if "allow_pickle" in str(error) else error
+        )
+        raise CheckpointError(f"{path}: not a perturbflow checkpoint ({reason})") from error
+    # Empty, truncated or corrupted files raise EOFError, BadZipFile or zlib.error.
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise CheckpointError(
+            f"{path}: not a perturbflow checkpoint, or damaged ({type(error).__name__}: {error})"
+        ) from error
     if header.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: unknown checkpoint format {header.get('format')!r}; expected {CHECKPOINT_FORMAT}"

@@ -737,10 +737,25 @@ class ScBIG:
             raise CheckpointError(f"{path}: holds a {header.get('model')!r} model, not 'scbig'")
         try:
             config = ScBIGConfig(**header["config"])
-        except TypeError as error:
+        except (TypeError, ValueError, KeyError) as error:
             raise CheckpointError(
                 f"{path}: config does not match this perturbflow: {error}"
             ) from error
+        try:
+            return cls._from_arrays(config, header, arrays)
+        # A missing entry, or weights whose shapes do not fit the config (torch: RuntimeError).
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{path}: damaged or altered scbig checkpoint ({type(error).__name__}: "
+                f"{' '.join(str(error).split())}); "
+                "fit the model again"
+            ) from error
+
+    @classmethod
+    def _from_arrays(
+        cls, config: ScBIGConfig, header: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> ScBIG:
+        """The model a checkpoint describes; raises KeyError/RuntimeError when it is incomplete."""
         model = cls(config)
         meta = header["meta"]
         model.genes_ = pd.Index(arrays["genes"].astype(str))
