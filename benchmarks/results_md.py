@@ -37,6 +37,10 @@ RUNS = (
     ("runs/real_papalexi_unseen", "`papalexi21_thp1`, unseen-single split: scbig's start points"),
     ("runs/unseen_norman", "Unseen genes with prior embeddings: `norman19_subset`, simulation"),
     ("runs/real_mcfaline23_ccl", "`mcfaline23_subset`, cross-cell-line split, 5 seeds"),
+    (
+        "runs/calibration",
+        "Calibration of prediction intervals on the three GRN screens (combo split)",
+    ),
     ("runs/grn", "Gene regulatory networks from screens, expression and graph completion"),
     ("runs/program_quality", "Gene-program quality"),
     ("runs/speed", "Speed and memory (the run was stopped after 10k cells and one 50k model)"),

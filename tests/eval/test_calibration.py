@@ -18,6 +18,7 @@ from perturbflow.eval.calibration import (
     measurement_se,
     quantile_interval,
     sd_scale,
+    uncertainty_budget,
 )
 
 CONDITIONS = [f"G{i}+G{i + 1}" for i in range(40)]
@@ -172,3 +173,18 @@ def test_measured_deltas_and_their_standard_error_by_hand():
     # within-variance pooled over A only: 2 (ddof 1); control variance 4/3 over 4 cells
     expected = np.sqrt(np.array([[2 / 2], [2 / 3]]) + (4 / 3) / 4)
     np.testing.assert_allclose(se.to_numpy(), expected, rtol=1e-6)
+
+
+def test_the_uncertainty_budget_separates_error_from_spread():
+    members = [
+        pd.DataFrame([[1.0, 1.0]], index=["A"], columns=["x", "y"]),
+        pd.DataFrame([[3.0, 3.0]], index=["A"], columns=["x", "y"]),
+    ]
+    truth = pd.DataFrame([[2.0, 5.0]], index=["A"], columns=["x", "y"])  # errors 0 and 3
+    noise = pd.DataFrame([[1.0, 7.0]], index=["A"], columns=["x", "y"])
+    budget = uncertainty_budget(members, truth, model="m", extra_sd={"noise": noise})
+    values = budget.set_index("term")["rms"]
+    assert values["error"] == pytest.approx(np.sqrt(9 / 2))
+    assert values["member_sd"] == pytest.approx(np.sqrt(2.0))
+    assert values["noise"] == pytest.approx(5.0)
+    assert list(budget.columns) == ["model", "term", "rms"]

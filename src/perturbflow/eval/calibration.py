@@ -241,6 +241,32 @@ def coverage_table(
     return pd.DataFrame(rows, columns=COVERAGE_COLUMNS)
 
 
+BUDGET_COLUMNS: tuple[str, ...] = ("model", "term", "rms")
+
+
+def uncertainty_budget(
+    members: Sequence[pd.DataFrame],
+    truth: pd.DataFrame,
+    *,
+    model: str,
+    extra_sd: Mapping[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """Why intervals miss, long format (:data:`BUDGET_COLUMNS`): the root mean square over
+    entries of the error (``truth`` − members' mean, term ``error``), of the members' sd
+    (``member_sd``) and of each named ``extra_sd``. Calibrated Gaussian intervals need
+    ``error² ≈ member_sd² + Σ extra²``; what the sds leave out is systematic error."""
+    stacked = stack_members(members)  # (S, C, G)
+    error = check_truth(truth, members[0]) - stacked.mean(axis=0)  # (C, G)
+    terms = {"error": error, "member_sd": stacked.std(axis=0, ddof=1)}
+    for name, extra in (extra_sd or {}).items():
+        terms[name] = check_truth(extra, members[0], f"extra_sd {name!r}")
+    rows = [
+        {"model": model, "term": term, "rms": float(np.sqrt(np.mean(values**2)))}
+        for term, values in terms.items()
+    ]
+    return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
+
+
 def measured_deltas(dataset: PerturbationDataset, conditions: Sequence[str]) -> pd.DataFrame:
     """The observed pseudobulk delta ``(C, G)``: each condition's mean expression minus the
     control mean — the quantity an interval is checked against."""
