@@ -24,8 +24,9 @@ from perturbflow.data import ReadOptions, read
 from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.datasets import list_datasets as dataset_table
 from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
-from perturbflow.data.io import UNASSIGNED_LABELS
+from perturbflow.data.io import UNASSIGNED_LABELS, match_control_cells
 from perturbflow.data.outputs import (
+    lock_output_dir,
     mark_complete,
     prepare_output_dir,
     write_csv,
@@ -96,6 +97,17 @@ Layer = Annotated[
     str | None,
     typer.Option(help="Read this layer (raw counts or log-normalised) instead of X."),
 ]
+ContextKey = Annotated[
+    str | None,
+    typer.Option(
+        help="obs column of each cell's context (cell line, stimulation, donor): compare "
+        "perturbed cells with control cells of the same context."
+    ),
+]
+BatchKey = Annotated[
+    str | None,
+    typer.Option(help="obs column of each cell's batch: compare within batches too."),
+]
 KeepUnassigned = Annotated[
     bool,
     typer.Option(
@@ -154,6 +166,8 @@ _FLAGS = {
     "gene_key": "--gene-key",
     "separator": "--separator",
     "cell_type_key": "--cell-type-key",
+    "context_key": "--context-key",
+    "batch_key": "--batch-key",
     "layer": "--layer",
     "keep_unassigned": "--keep-unassigned",
     "unassigned": "--unassigned",
@@ -173,7 +187,15 @@ def _fail(error: Exception) -> None:
 
 
 def _read_options(
-    condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+    condition_key,
+    control,
+    gene_key,
+    separator,
+    layer,
+    keep_unassigned,
+    unassigned,
+    context_key=None,
+    batch_key=None,
 ) -> ReadOptions:
     """The one read-options object of every command that reads a user's file."""
     return ReadOptions(
@@ -184,6 +206,8 @@ def _read_options(
         layer=layer,
         keep_unassigned=keep_unassigned,
         unassigned=(*UNASSIGNED_LABELS, *(unassigned or ())),
+        context_key=context_key,
+        batch_key=batch_key,
     )
 
 
@@ -373,6 +397,8 @@ def fit(
     gene_key: GeneKey = None,
     separator: Separator = "+",
     layer: Layer = None,
+    context_key: ContextKey = None,
+    batch_key: BatchKey = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
     overwrite: Overwrite = False,
@@ -405,7 +431,15 @@ def fit(
             if path.exists() and not overwrite and not (split is not None and path != out):
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
         dataset = _read_options(
-            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+            condition_key,
+            control,
+            gene_key,
+            separator,
+            layer,
+            keep_unassigned,
+            unassigned,
+            context_key,
+            batch_key,
         ).read(data)
         if split is not None:
             chosen = Split.load(split)
@@ -491,6 +525,8 @@ def evaluate(
     gene_key: GeneKey = None,
     separator: Separator = "+",
     layer: Layer = None,
+    context_key: ContextKey = None,
+    batch_key: BatchKey = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
     overwrite: Overwrite = False,
@@ -504,7 +540,15 @@ def evaluate(
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         dataset = _read_options(
-            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+            condition_key,
+            control,
+            gene_key,
+            separator,
+            layer,
+            keep_unassigned,
+            unassigned,
+            context_key,
+            batch_key,
         ).read(data)
         chosen = Split.load(split)
         if not predictions.exists():
@@ -581,6 +625,8 @@ def benchmark(
     gene_key: GeneKey = None,
     separator: Separator = "+",
     layer: Layer = None,
+    context_key: ContextKey = None,
+    batch_key: BatchKey = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
     overwrite: Overwrite = False,
@@ -599,7 +645,7 @@ def benchmark(
         if not seed_list:
             raise ValueError("--seeds needs at least one seed")
         if resume and out.exists():
-            folder = out
+            folder = lock_output_dir(out)  # a second process resuming the same OUT refuses
         else:
             folder = prepare_output_dir(out, overwrite=overwrite)
         command = "perturbflow " + " ".join(sys.argv[1:])
@@ -618,13 +664,23 @@ def benchmark(
             },
         )
         reading = _read_options(
-            condition_key, control, gene_key, separator, layer, keep_unassigned, unassigned
+            condition_key,
+            control,
+            gene_key,
+            separator,
+            layer,
+            keep_unassigned,
+            unassigned,
+            context_key,
+            batch_key,
         )
         given = [value for value in (source, dataset, data) if value is not None]
         if len(given) > 1:
             raise ValueError("give the data once: DATA (a .h5ad file or a registered name)")
         chosen = str(given[0]) if given else "synthetic"
         loaded = _benchmark_data(chosen, data_dir, download, reading)
+        if chosen in DATASETS and (context_key or batch_key):
+            loaded = match_control_cells(loaded, context_key=context_key, batch_key=batch_key)
         if cell_type_key is not None:
             loaded = dataclasses.replace(loaded, cell_type_key=cell_type_key)
         with console.status("benchmarking") as status:

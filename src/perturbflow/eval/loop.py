@@ -37,7 +37,7 @@ import pandas as pd
 
 from perturbflow.data.contexts import cross_cell_line_task
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
-from perturbflow.data.outputs import write_csv
+from perturbflow.data.outputs import write_atomic, write_csv
 from perturbflow.data.splits import CROSS_CELL_LINE, Split, make_split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import (
@@ -390,7 +390,9 @@ def _save_model_outputs(out: Path, label: str, seed: int, predictions, dataset, 
 def _read_existing(path: Path) -> pd.DataFrame:
     if not path.exists():
         return _empty_results()
-    table = pd.read_csv(path)
+    # round_trip: pandas' default float parser may change the last digit, so a resumed run's
+    # results.csv would differ from an uninterrupted one.
+    table = pd.read_csv(path, float_precision="round_trip")
     missing = set(RESULT_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path}: cannot resume, columns {sorted(missing)} are missing")
@@ -405,6 +407,5 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _checkpoint(frames, timings, metadata: dict, out: Path) -> None:
     write_csv(_concat(frames), out / "results.csv", overwrite=True)
     write_csv(pd.DataFrame(timings, columns=TIMING_COLUMNS), out / "timings.csv", overwrite=True)
-    temporary = out / f".{RUNS_FILE}.tmp"
-    temporary.write_text(json.dumps(metadata, indent=2) + "\n")
-    temporary.replace(out / RUNS_FILE)
+    text = json.dumps(metadata, indent=2) + "\n"
+    write_atomic(out / RUNS_FILE, True, lambda tmp: tmp.write_text(text))

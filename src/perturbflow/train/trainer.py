@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 
+from perturbflow.data.outputs import lock_output_dir, release_output_dir
 from perturbflow.train.plan import StepPlan
 
 logger = logging.getLogger(__name__)
@@ -20,6 +23,26 @@ logger = logging.getLogger(__name__)
 
 class TrainingInterrupted(RuntimeError):
     """Training stopped before the end (Ctrl-C, a killed job); it can resume from checkpoints."""
+
+
+class ResumeCheckpointError(ValueError):
+    """A training checkpoint to resume from is damaged, or holds more than tensors and numbers."""
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """Raise :class:`ResumeCheckpointError` unless ``path`` loads as tensors and plain values.
+
+    ``weights_only=True``: torch refuses pickled code instead of running it, so a tampered
+    checkpoint cannot execute anything.
+    """
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
+        raise ResumeCheckpointError(
+            f"{path}: cannot resume from this training checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged or not written "
+            f"by perturbflow. Delete {path.parent} to train this stage from the start"
+        ) from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +125,7 @@ def fit_objective(
         last = stage_dir / "last.ckpt"
         resume = str(last) if last.exists() else None
         if resume:
+            check_resume_checkpoint(last)
             logger.info("%s: resuming %s from %s", owner, stage, last)
     with warnings.catch_warnings(), quiet_lightning(not settings.progress):
         # Built inside: the Trainer logs its device summary and batch notes on creation.
@@ -125,7 +149,17 @@ def fit_objective(
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        trainer.fit(plan, ckpt_path=resume)
+        if folder is None:
+            trainer.fit(plan)
+        else:
+            # Two processes training into one checkpoint folder would overwrite each other's
+            # checkpoints: the second refuses.
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            lock_output_dir(stage_dir)
+            try:
+                trainer.fit(plan, ckpt_path=resume, weights_only=True)
+            finally:
+                release_output_dir(stage_dir)
     if trainer.interrupted:
         hint = (
             f"; call fit again with checkpoint_dir={str(folder)!r} to resume"
