@@ -17,11 +17,13 @@ from perturbflow.data.contexts import (
 )
 from perturbflow.data.io import (
     CONDITION_COLUMN,
+    ControlCompositionWarning,
     DataFileNotFoundError,
     DataValidationError,
     PerturbationDataset,
     ReadOptions,
     SmallConditionWarning,
+    match_control_cells,
     read,
 )
 
@@ -32,6 +34,7 @@ __all__ = [
     "ConditionError",
     "ConditionParser",
     "ContextError",
+    "ControlCompositionWarning",
     "CrossCellLineTask",
     "DataFileNotFoundError",
     "DataValidationError",
@@ -42,6 +45,7 @@ __all__ = [
     "centre_by_context",
     "cross_cell_line_task",
     "format_condition",
+    "match_control_cells",
     "parse_condition",
     "read",
 ]

@@ -6,8 +6,10 @@ file, the column, the offending value and what to do about it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,11 +28,18 @@ from perturbflow.data.conditions import (
     format_condition,
     genes_of,
 )
+from perturbflow.data.covariates import (
+    CovariateError,
+    composition_imbalance,
+    match_controls,
+    strata_labels,
+)
 
 logger = logging.getLogger(__name__)
 
 CONDITION_COLUMN = "perturbflow_condition"
 UNS_KEY = "perturbflow"
+MATCHED_MEANS_KEY = "matched_control_mean"  # in adata.varm: (genes, strata + pooled)
 # Labels (compared case-insensitively, after stripping) that mean "no perturbation assigned":
 # guide-calling leftovers, not genes. Missing values and blank strings always count as unassigned.
 UNASSIGNED_LABELS: tuple[str, ...] = (
@@ -59,6 +68,10 @@ class DataValidationError(ValueError):
 
 class DataFileNotFoundError(DataValidationError, FileNotFoundError):
     """The given data file does not exist."""
+
+
+class ControlCompositionWarning(UserWarning):
+    """Control and perturbed cells differ in a recorded covariate and no key matches them."""
 
 
 class SmallConditionWarning(UserWarning):
@@ -162,7 +175,7 @@ class PerturbationDataset:
 class ReadOptions:
     """How to read a user's file; every field is an argument of :func:`read` (the CLI's
     ``--condition-key``, ``--control``, ``--gene-key``, ``--separator``, ``--cell-type-key``,
-    ``--unassigned``, ``--keep-unassigned``, ``--layer``)."""
+    ``--unassigned``, ``--keep-unassigned``, ``--layer``, ``--context-key``, ``--batch-key``)."""
 
     condition_key: str = "condition"
     control: str | Sequence[str] | None = None
@@ -172,6 +185,8 @@ class ReadOptions:
     unassigned: Sequence[str] = UNASSIGNED_LABELS
     keep_unassigned: bool = False
     layer: str | None = None
+    context_key: str | None = None
+    batch_key: str | None = None
 
     def read(self, source: str | Path | ad.AnnData) -> PerturbationDataset:
         return read(
@@ -184,6 +199,8 @@ class ReadOptions:
             unassigned=self.unassigned,
             keep_unassigned=self.keep_unassigned,
             layer=self.layer,
+            context_key=self.context_key,
+            batch_key=self.batch_key,
         )
 
 
@@ -200,6 +217,8 @@ def read(
     unassigned: Sequence[str] = UNASSIGNED_LABELS,
     keep_unassigned: bool = False,
     layer: str | None = None,
+    context_key: str | None = None,
+    batch_key: str | None = None,
 ) -> PerturbationDataset:
     """Read a Perturb-seq dataset from an ``.h5ad`` file or an in-memory AnnData.
 
@@ -231,6 +250,15 @@ def read(
         Refuse (raise :class:`DataValidationError`) instead of dropping unassigned cells.
     layer
         Read ``adata.layers[layer]`` instead of ``X``; it replaces ``X`` in the dataset.
+    context_key, batch_key
+        ``obs`` columns of each cell's context (cell line, stimulation, donor) and batch. When
+        given, every cell is compared with control cells of its own context/batch
+        (:mod:`perturbflow.data.covariates`: ``X`` moves by each stratum's control mean, so
+        deltas, DE genes, metrics, the ceiling and training pairs are all matched). Each value
+        needs control cells. ``context_key`` is also the dataset's ``cell_type_key`` (the column a
+        context split holds out) unless ``cell_type_key`` is given. Without either key, a
+        :class:`ControlCompositionWarning` names any recorded covariate whose mix differs
+        between control and perturbed cells.
 
     Cells without an assigned perturbation and cells with zero total expression are dropped, each
     with a WARNING that counts them. Raw counts (non-negative integers) are normalised to log1p
@@ -238,6 +266,8 @@ def read(
     records the matrix read (``layer``: a layer name or ``"X"``), the normalisation and the
     number of dropped cells.
     """
+    if cell_type_key is None:
+        cell_type_key = context_key
     adata, where = _load(source, backed)
     labels = _control_labels(control)
     parser = ConditionParser(separator=separator, control_labels=labels)
@@ -254,6 +284,8 @@ def read(
             f"{_suggest(cell_type_key, adata.obs.columns)}; available: {_preview(adata.obs.columns)}"
         )
     adata, matrix = _select_matrix(adata, layer, where)
+    _check_dtype(adata.X, where, matrix)
+    adata = _unique_cell_names(adata, where)
 
     column = adata.obs[condition_key]
     no_perturbation = _unassigned_mask(column, parser, unassigned)
@@ -312,7 +344,10 @@ def read(
         "dropped_zero_counts": int(empty_assigned.sum()),
     }
 
+    adata = _match_or_warn(adata, condition_key, (context_key, batch_key), cell_type_key, where)
+
     unmeasured = frozenset(genes_of(set(canonical)) - set(adata.var_names))
+    _refuse_ids_for_symbols(adata, unmeasured, set(canonical), where)
     if unmeasured:
         logger.warning(
             "%s: %d perturbed gene(s) are not measured in var (allowed, e.g. CRISPRa targets): %s",
@@ -486,6 +521,81 @@ def _parse_conditions(
     return values.map(names).to_numpy(dtype=object).astype(str)
 
 
+def match_control_cells(
+    dataset: PerturbationDataset, *, context_key: str | None = None, batch_key: str | None = None
+) -> PerturbationDataset:
+    """A copy of a read ``dataset`` whose cells are compared with control cells of their own
+    context/batch, as ``read(..., context_key=, batch_key=)`` does (for registered datasets,
+    which are read for you)."""
+    if context_key is None and batch_key is None:
+        raise DataValidationError("match_control_cells needs context_key and/or batch_key")
+    source = dataset.adata.to_memory() if dataset.adata.isbacked else dataset.adata.copy()
+    adata = _match_or_warn(
+        source, dataset.condition_key, (context_key, batch_key), None, dataset.source
+    )
+    return dataclasses.replace(
+        dataset,
+        adata=adata,
+        cell_type_key=dataset.cell_type_key if dataset.cell_type_key else context_key,
+    )
+
+
+def _match_or_warn(
+    adata: ad.AnnData,
+    condition_key: str,
+    keys: tuple[str | None, ...],
+    cell_type_key: str | None,
+    where: str,
+) -> ad.AnnData:
+    """Match control cells by the given covariate keys, or warn about unmatched imbalance."""
+    keys = tuple(key for key in keys if key is not None)
+    is_control = (adata.obs[CONDITION_COLUMN] == CONTROL_NAME).to_numpy()
+    if not keys:
+        exclude = (condition_key, CONDITION_COLUMN, *((cell_type_key,) if cell_type_key else ()))
+        for imbalance in composition_imbalance(
+            adata.obs, is_control, adata.obs[CONDITION_COLUMN], exclude=exclude
+        ):
+            warnings.warn(
+                f"{where}: control and perturbed cells come from different mixes of "
+                f"obs[{imbalance.column!r}] ({imbalance.describe()}; total variation "
+                f"{imbalance.distance:.2f}), so every delta also carries that difference; pass "
+                f"context_key={imbalance.column!r} (CLI: --context-key {imbalance.column}) to "
+                "compare each perturbed cell with control cells of its own "
+                f"{imbalance.column}",
+                ControlCompositionWarning,
+                stacklevel=3,
+            )
+        return adata
+    try:
+        strata = strata_labels(adata.obs, keys, where)
+        if adata.isbacked:
+            adata = adata.to_memory()
+        matched, means = match_controls(_dense(adata.X), strata, is_control, where)
+    except CovariateError as error:
+        raise DataValidationError(str(error)) from error
+    adata.X = matched
+    adata.varm[MATCHED_MEANS_KEY] = pd.DataFrame(
+        means.to_numpy().T, index=adata.var_names, columns=means.index.astype(str)
+    )
+    counts = pd.Series(strata.to_numpy()[is_control]).value_counts().sort_index()
+    adata.uns[UNS_KEY] = {
+        **adata.uns[UNS_KEY],
+        "control_matching": {
+            "keys": list(keys),
+            "n_control_cells": {str(k): int(v) for k, v in counts.items()},
+            "control_means": f"varm[{MATCHED_MEANS_KEY!r}]",
+        },
+    }
+    logger.info(
+        "%s: matched control cells by %s (%d strata; control cells per stratum: %s)",
+        where,
+        " and ".join(keys),
+        len(counts),
+        dict(counts),
+    )
+    return adata
+
+
 def _no_control_message(column: pd.Series, labels: tuple[str, ...], where: str) -> str:
     counts = column.astype(str).value_counts()
     candidates = list(counts.index)
@@ -502,6 +612,64 @@ def _no_control_message(column: pd.Series, labels: tuple[str, ...], where: str) 
     if close:
         message += f". Did you mean {close[0]!r}? Pass control={close[0]!r}"
     return message + f". Most frequent labels: {_preview(candidates)}"
+
+
+def _check_dtype(matrix, where: str, matrix_name: str) -> None:
+    """Expression must be real numbers (integer counts or floats); bool counts as 0/1."""
+    dtype = np.dtype(matrix.dtype)
+    if dtype.kind not in "biuf":
+        raise DataValidationError(
+            f"{where}: {matrix_name} has dtype {dtype}; perturbflow expects integer counts or "
+            "real-valued (float) expression. Convert it, e.g. adata.X = adata.X.astype('float32')"
+            + (" after taking the real part" if dtype.kind == "c" else "")
+        )
+
+
+def _unique_cell_names(adata: ad.AnnData, where: str) -> ad.AnnData:
+    """Duplicated cell names (e.g. barcodes of concatenated lanes) made unique, with a warning:
+    perturbflow identifies cells by position, but AnnData indexing by name needs unique names."""
+    duplicated = adata.obs_names[adata.obs_names.duplicated()].unique()
+    if len(duplicated):
+        logger.warning(
+            "%s: %d cell name(s) occur more than once in obs_names (first: %s); made unique by "
+            "appending -1, -2, … (anndata's obs_names_make_unique)",
+            where,
+            len(duplicated),
+            _preview(duplicated, limit=3),
+        )
+        if adata.isbacked:
+            adata = adata.to_memory()
+        adata.obs_names_make_unique()
+    return adata
+
+
+_ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def _refuse_ids_for_symbols(
+    adata: ad.AnnData, unmeasured: frozenset[str], conditions: set[str], where: str
+) -> None:
+    """Genes measured as Ensembl ids while conditions name symbols match nothing: every perturbed
+    gene would count as unmeasured. Refuse with the way out (gene_key) instead."""
+    perturbed = genes_of(conditions)
+    if not perturbed or unmeasured != perturbed:
+        return
+    names = pd.Index(adata.var_names.astype(str))
+    if names.str.match(_ENSEMBL_ID).mean() < 0.5 or all(_ENSEMBL_ID.match(g) for g in perturbed):
+        return
+    symbol_columns = [
+        str(name) for name, values in adata.var.items() if values.astype(str).isin(perturbed).any()
+    ]
+    hint = (
+        f"var column(s) {symbol_columns} hold the perturbed genes: pass gene_key={symbol_columns[0]!r}"
+        if symbol_columns
+        else f"pass gene_key=<var column of gene symbols> (var columns: {_preview(adata.var.columns)})"
+    )
+    raise DataValidationError(
+        f"{where}: var_names are Ensembl ids (e.g. {names[0]}) but the conditions name gene "
+        f"symbols (e.g. {sorted(perturbed)[0]}), so none of the {len(perturbed)} perturbed genes "
+        f"is measured; {hint}"
+    )
 
 
 def _check_values(stats: dict, where: str, matrix: str) -> None:
@@ -561,7 +729,12 @@ def _value_stats(matrix) -> dict:
     totals = []
     for start in range(0, matrix.shape[0], _CHUNK_ROWS):
         block = matrix[start : start + _CHUNK_ROWS]
-        totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())  # (chunk,)
+        # Summed as float64: an integer sum of huge counts wraps around (to 0 or below) silently.
+        if sp.issparse(block):
+            row_sums = block.astype(np.float64).sum(axis=1)
+        else:
+            row_sums = np.asarray(block).sum(axis=1, dtype=np.float64)
+        totals.append(np.asarray(row_sums).ravel())  # (chunk,)
         values = block.data if sp.issparse(block) else np.asarray(block).ravel()
         values = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(values)

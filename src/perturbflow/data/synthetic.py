@@ -15,6 +15,15 @@ The ground truth lands in the AnnData: ``var["program"]``, ``var["loading"]``,
 — only a ``responder_fraction`` of cells respond — or ``variance`` — program activity fluctuates
 ``variance_factor`` times more) and the config used. Sub-population and variance responses make
 distribution metrics (energy distance) separate a generative model from a mean shift.
+
+Contexts (``n_contexts > 1``): cells come from several contexts (cell lines, stimulation states,
+batches), each with its own baseline — every gene's log-rate moves by a context offset drawn
+with sd ``context_effect`` — and the same perturbation effects. ``obs["context"]`` names each
+cell's context (``ctx0``, ``ctx1``, …). Perturbed cells are spread evenly over contexts; control
+cells follow ``control_context_fractions`` (default even). Uneven control composition is the
+confounding of a real two-context screen: a naive delta (perturbed mean minus pooled control
+mean) then carries the context difference, the same artefact for every perturbation.
+``uns["synthetic"]["true_delta"]`` is the change within a context (the first one's).
 """
 
 from __future__ import annotations
@@ -59,9 +68,24 @@ class SyntheticConfig:
     )
     responder_fraction: float = 0.5
     variance_factor: float = 2.5
+    n_contexts: int = 1
+    context_effect: float = 0.8
+    control_context_fractions: tuple[float, ...] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.n_contexts < 1:
+            raise ValueError(f"n_contexts must be at least 1, got {self.n_contexts}")
+        fractions = self.control_context_fractions
+        if fractions is not None and (
+            len(fractions) != self.n_contexts
+            or any(f < 0 for f in fractions)
+            or not np.isclose(sum(fractions), 1.0)
+        ):
+            raise ValueError(
+                f"control_context_fractions must be {self.n_contexts} non-negative numbers "
+                f"summing to 1 (one per context), got {fractions}"
+            )
         if self.n_perturbed > self.n_genes:
             raise ValueError(
                 f"n_perturbed ({self.n_perturbed}) cannot exceed n_genes ({self.n_genes})"
@@ -168,14 +192,33 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
             combined, [gene_a, gene_b], program, loading, target_index, config
         )
 
-    blocks, labels = [], []
+    # Contexts draw from their own generator: a one-context screen is the same for every setting.
+    context_rng = np.random.default_rng([config.seed, 1])
+    context_offset = context_rng.normal(
+        0.0, config.context_effect, (config.n_contexts, config.n_genes)
+    )
+    context_offset[0] = 0.0  # the first context is the reference baseline (true_delta's)
+    blocks, labels, contexts = [], [], []
     for name, shift in shifts.items():
         n_cells = config.n_control_cells if name == CONTROL_NAME else config.n_cells_per_condition
         kind = response.get(name, "shift")
+        fractions = config.control_context_fractions if name == CONTROL_NAME else None
+        context = _assign_contexts(n_cells, config.n_contexts, fractions, context_rng)  # (n,)
         blocks.append(
-            _sample_counts(base_log_rate, shift, kind, n_cells, program, loading, config, rng)
+            _sample_counts(
+                base_log_rate,
+                shift,
+                kind,
+                n_cells,
+                program,
+                loading,
+                config,
+                rng,
+                offset=context_offset[context] if config.n_contexts > 1 else None,
+            )
         )
         labels += [name] * n_cells
+        contexts.append(context)
     counts = np.vstack(blocks).astype(np.float32)  # (N, G)
     totals = counts.sum(axis=1, keepdims=True)
     expression = np.log1p(counts / np.maximum(totals, 1.0) * 1e4).astype(np.float32)
@@ -184,6 +227,8 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         {"condition": pd.Categorical(labels), "n_counts": totals.ravel()},
         index=[f"cell{i}" for i in range(len(labels))],
     )
+    if config.n_contexts > 1:
+        obs["context"] = pd.Categorical([f"ctx{c}" for c in np.concatenate(contexts)])
     var = pd.DataFrame(
         {
             "program": program.astype(int),
@@ -212,6 +257,9 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
             {"response": [response[name] for name in true_delta]}, index=list(true_delta)
         ),
         "unmeasured_targets": [gene for gene in targets if gene not in target_index],
+        "context_offset": pd.DataFrame(
+            context_offset, index=[f"ctx{c}" for c in range(config.n_contexts)], columns=genes
+        ),
         "program_regulation": regulation,
     }
     adata.uns["perturbflow"] = {"normalization": "log1p_cp10k", "source": "synthetic"}
@@ -243,6 +291,19 @@ def _log_rate_shift(
     return shift
 
 
+def _assign_contexts(
+    n_cells: int, n_contexts: int, fractions: tuple[float, ...] | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Context index of each of ``n_cells`` cells: exact counts from ``fractions`` (default
+    even), in random order."""
+    if n_contexts == 1:
+        return np.zeros(n_cells, dtype=int)
+    weights = np.full(n_contexts, 1.0 / n_contexts) if fractions is None else np.asarray(fractions)
+    counts = np.floor(weights * n_cells).astype(int)
+    counts[np.argsort(-(weights * n_cells - counts))[: n_cells - counts.sum()]] += 1
+    return rng.permutation(np.repeat(np.arange(n_contexts), counts))
+
+
 def _responding(kind: str, config: SyntheticConfig) -> float:
     """Expected fraction of cells that respond (only sub-population responses are partial)."""
     return config.responder_fraction if kind == "subpopulation" else 1.0
@@ -257,13 +318,17 @@ def _sample_counts(
     loading: np.ndarray,
     config: SyntheticConfig,
     rng: np.random.Generator,
+    offset: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Counts of ``n_cells`` cells; ``offset`` ``(n, G)`` moves each cell's baseline (context)."""
     noise = config.program_noise * (config.variance_factor if kind == "variance" else 1.0)
     activity = rng.normal(0.0, noise, (n_cells, config.n_programs))  # (n, K)
     responds = rng.random((n_cells, 1)) < _responding(kind, config)  # (n, 1)
     cell_log_rate = (
         base_log_rate[None, :] + responds * shift[None, :] + loading[None, :] * activity[:, program]
     )  # (n, G)
+    if offset is not None:
+        cell_log_rate = cell_log_rate + offset
     proportions = np.exp(cell_log_rate - cell_log_rate.max(axis=1, keepdims=True))
     proportions /= proportions.sum(axis=1, keepdims=True)
     library = config.library_size * rng.lognormal(0.0, 0.3, (n_cells, 1))  # (n, 1)
@@ -282,4 +347,8 @@ def _config_dict(config: SyntheticConfig) -> dict:
     values = dataclasses.asdict(config)
     values["interaction_mix"] = {name: float(weight) for name, weight in config.interaction_mix}
     values["response_mix"] = {name: float(weight) for name, weight in config.response_mix}
+    fractions = config.control_context_fractions
+    values["control_context_fractions"] = (
+        [1.0 / config.n_contexts] * config.n_contexts if fractions is None else list(fractions)
+    )
     return values
