@@ -278,6 +278,12 @@ def read(
             f"{where}: obs has no column {condition_key!r}{_suggest(condition_key, adata.obs.columns)}"
             f"; available columns: {_preview(adata.obs.columns)}. Pass condition_key=<column>."
         )
+    for key, what in ((context_key, "context"), (batch_key, "batch")):
+        if key is not None and key not in adata.obs.columns:
+            raise DataValidationError(
+                f"{where}: obs has no {what} column {key!r}{_suggest(key, adata.obs.columns)}; "
+                f"available: {_preview(adata.obs.columns)}"
+            )
     if cell_type_key is not None and cell_type_key not in adata.obs.columns:
         raise DataValidationError(
             f"{where}: obs has no cell-type column {cell_type_key!r}"
