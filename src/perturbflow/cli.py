@@ -586,7 +586,8 @@ def benchmark(
         str,
         typer.Option(
             "--split",
-            help="Split kind: simulation, combo, unseen_single, random or cross_cell_line.",
+            help="Split kind: simulation, combo, unseen_single, random, cross_cell_line or "
+            "cross_context (hold out conditions in one context of --context-key).",
         ),
     ] = "simulation",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. 1,2,3,4,5.")] = "1,2,3",
@@ -616,7 +617,8 @@ def benchmark(
     cell_type_key: Annotated[
         str | None,
         typer.Option(
-            help="obs column of each cell's line, for --split cross_cell_line (default: the "
+            help="obs column of each cell's line, for --split cross_cell_line/cross_context "
+            "(default: --context-key, else the "
             "registered dataset's)."
         ),
     ] = None,

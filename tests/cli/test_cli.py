@@ -469,3 +469,18 @@ def test_predict_strict_refuses_unknown_genes_and_matches_letter_case(data_file,
         ["predict", str(checkpoint), "--out", str(out), "--overwrite", "--conditions", "NOTAGENE"],
     )
     assert lenient.exit_code == 0, lenient.output
+
+
+def test_benchmark_with_context_key_matches_controls_and_holds_out_a_context(
+    tmp_path, simulated_screen
+):
+    path = tmp_path / "two_contexts.h5ad"
+    simulated_screen("tiny", n_contexts=2, control_context_fractions=(0.8, 0.2)).write_h5ad(path)
+    out = tmp_path / "bench"
+    args = ["benchmark", str(path), "--split", "cross_context", "--context-key", "context"]
+    result = runner.invoke(app, [*args, "--models", "additive", "--seeds", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["subgroup"]) == {"cross_context_ctx0"}
+    missing = runner.invoke(app, [*args[:4], "--context-key", "stim", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "obs has no context column 'stim'" in missing.output

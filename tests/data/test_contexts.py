@@ -200,7 +200,7 @@ def test_clear_errors(base, dealt):
         centre_by_context(dealt, key="line")
     one_line = multi_line(base, replicate=False)
     one_line.obs["cell_type"] = "L1"
-    with pytest.raises(ContextError, match="at least 2 lines"):
+    with pytest.raises(ContextError, match="at least 2 contexts"):
         cross_cell_line_task(read(one_line, cell_type_key="cell_type"), seed=1)
     no_control = multi_line(base, replicate=False)
     no_control = no_control[

@@ -60,6 +60,7 @@ from perturbflow.data.io import (
 )
 from perturbflow.data.splits import (
     CONTEXT_KINDS,
+    CROSS_CELL_LINE,
     Split,
     SplitLeakageError,
     cross_cell_line_split,
@@ -210,6 +211,7 @@ def cross_cell_line_task(
     test_fraction: float = 0.5,
     val_fraction: float = 0.1,
     key: str | None = None,
+    kind: str = CROSS_CELL_LINE,
 ) -> CrossCellLineTask:
     """One seed of the cross-cell-line task: data to fit on and to score against, the split.
 
@@ -228,6 +230,10 @@ def cross_cell_line_task(
         target line's perturbations held out (at least one; all only at ``1.0``), and of the
         remaining non-test training perturbations used for validation.
 
+    kind
+        ``cross_cell_line`` or ``cross_context`` (the same task over any context column; its
+        test subgroup is ``cross_context_<target>``).
+
     Returns
     -------
     ``fit`` holds every centred cell except the target line's test-condition cells;
@@ -242,7 +248,8 @@ def cross_cell_line_task(
     lines = sorted(set(labels))
     if len(lines) < 2:
         raise ContextError(
-            f"a cross-cell-line task needs at least 2 lines in obs[{key!r}], got {lines}"
+            f"a {kind} task needs at least 2 contexts in obs[{key!r}], got {lines}: a context "
+            "column with one value has nothing to transfer between"
         )
     if target is None:
         target = rotate_target(lines, seed)
@@ -260,6 +267,7 @@ def cross_cell_line_task(
         lines=lines,
         test_fraction=test_fraction,
         val_fraction=val_fraction,
+        kind=kind,
     )
     is_test = np.isin(conditions, split.test)  # (N,)
     fit = _take(centred, ~(in_target & is_test), key)

@@ -53,8 +53,12 @@ SCHEMA = "perturbflow.split"
 SCHEMA_VERSION = 1
 _REQUIRED_KEYS: tuple[str, ...] = ("kind", "seed", "train", "val", "test", "subgroups", "params")
 CROSS_CELL_LINE = "cross_cell_line"
-# Kinds whose test conditions are held out in one context (cell line) only; see the module doc.
-CONTEXT_KINDS: frozenset[str] = frozenset({CROSS_CELL_LINE})
+CROSS_CONTEXT = "cross_context"
+# Kinds whose test conditions are held out in one context only; see the module doc.
+# ``cross_context`` is the generic kind (any obs column: stimulation, donor, cell line);
+# ``cross_cell_line`` is the same split over cell lines, with its own subgroup names.
+CONTEXT_KINDS: frozenset[str] = frozenset({CROSS_CELL_LINE, CROSS_CONTEXT})
+_CONTEXT_SUBGROUP = {CROSS_CELL_LINE: "cross_line", CROSS_CONTEXT: "cross_context"}
 # What a context split's params must record so that its cells can be checked for leakage.
 CONTEXT_PARAMS: tuple[str, ...] = ("cell_type_key", "target_line")
 
@@ -587,8 +591,12 @@ def cross_cell_line_split(
     lines: Iterable[str] = (),
     test_fraction: float = 0.5,
     val_fraction: float = 0.1,
+    kind: str = CROSS_CELL_LINE,
 ) -> Split:
     """The condition names of a cross-cell-line split (its cells: ``cross_cell_line_task``).
+
+    ``kind`` is ``cross_cell_line`` (subgroup ``cross_line_<target>``) or the generic
+    ``cross_context`` (subgroup ``cross_context_<target>``) for any context column.
 
     ``other_conditions`` are the conditions with cells in the training lines,
     ``target_conditions`` those with cells in ``target_line``. ``test_fraction`` of the target
@@ -599,6 +607,8 @@ def cross_cell_line_split(
     ``val_fraction`` of the training perturbations that are not test names (at least 1 of 3 or
     more); it leaves ``train`` in every line. ``lines`` (all lines) is recorded in ``params``.
     """
+    if kind not in CONTEXT_KINDS:
+        raise ValueError(f"kind must be one of {sorted(CONTEXT_KINDS)}, got {kind!r}")
     rng = _rng(seed)
     params = {
         "cell_type_key": str(cell_type_key),
@@ -624,7 +634,7 @@ def cross_cell_line_split(
     trained = [n for n in perturbations if n in other or n not in held_out]
     if not trained:
         raise ValueError(
-            f"a {CROSS_CELL_LINE!r} split of {len(target)} target-line perturbation(s) with "
+            f"a {kind!r} split of {len(target)} target-context perturbation(s) with "
             f"test_fraction={params['test_fraction']} leaves no training perturbation"
         )
     pool = [name for name in trained if name not in held_out]
@@ -633,9 +643,9 @@ def cross_cell_line_split(
     subgroups = {
         name: "val_single" if len(perturbations[name]) == 1 else "val_combo" for name in val
     }
-    subgroups.update({name: f"cross_line_{target_line}" for name in test})
+    subgroups.update({name: f"{_CONTEXT_SUBGROUP[kind]}_{target_line}" for name in test})
     split = Split(
-        kind=CROSS_CELL_LINE,
+        kind=kind,
         seed=int(seed),
         train=(CONTROL_NAME, *(name for name in trained if name not in in_val)),
         val=tuple(val),
@@ -644,8 +654,8 @@ def cross_cell_line_split(
         params=params,
     )
     logger.info(
-        "%s split (seed %d, target line %s): %d train, %d val, %d test conditions",
-        CROSS_CELL_LINE,
+        "%s split (seed %d, target %s): %d train, %d val, %d test conditions",
+        kind,
         split.seed,
         target_line,
         len(split.train),

@@ -38,7 +38,7 @@ import pandas as pd
 from perturbflow.data.contexts import cross_cell_line_task
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
 from perturbflow.data.outputs import write_atomic, write_csv
-from perturbflow.data.splits import CROSS_CELL_LINE, Split, make_split
+from perturbflow.data.splits import CONTEXT_KINDS, Split, make_split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import (
     NOISE_CEILING_MODEL,
@@ -341,8 +341,8 @@ def _seed_task(
 
     The map is the identity except for context splits, whose models fit in a line-centred space.
     """
-    if split_kind == CROSS_CELL_LINE:
-        task = cross_cell_line_task(dataset, seed=seed, **split_params)
+    if split_kind in CONTEXT_KINDS:
+        task = cross_cell_line_task(dataset, seed=seed, kind=split_kind, **split_params)
         return task.fit, task.evaluation, task.split, task.to_target_line
     split = make_split(split_kind, dataset.conditions, seed=seed, **split_params)
     return dataset, dataset, split, _same_space
