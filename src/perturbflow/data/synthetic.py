@@ -19,8 +19,8 @@ distribution metrics (energy distance) separate a generative model from a mean s
 Contexts (``n_contexts > 1``): cells come from several contexts (cell lines, stimulation states,
 batches), each with its own baseline — every gene's log-rate moves by a context offset drawn
 with sd ``context_effect`` — and the same perturbation effects. ``obs["context"]`` names each
-cell's context (``ctx0``, ``ctx1``, …). Perturbed cells are spread evenly over contexts; control
-cells follow ``control_context_fractions`` (default even). Uneven control composition is the
+cell's context (``ctx0``, ``ctx1``, …). Each perturbed cell's context is an even random draw;
+control cells follow ``control_context_fractions`` exactly (default: even random draws too). Uneven control composition is the
 confounding of a real two-context screen: a naive delta (perturbed mean minus pooled control
 mean) then carries the context difference, the same artefact for every perturbation.
 ``uns["synthetic"]["true_delta"]`` is the change within a context (the first one's).
@@ -294,11 +294,14 @@ def _log_rate_shift(
 def _assign_contexts(
     n_cells: int, n_contexts: int, fractions: tuple[float, ...] | None, rng: np.random.Generator
 ) -> np.ndarray:
-    """Context index of each of ``n_cells`` cells: exact counts from ``fractions`` (default
-    even), in random order."""
+    """Context index of each of ``n_cells`` cells: exact counts from ``fractions`` in random
+    order, or, without ``fractions``, an independent even draw per cell (a perturbation's mix
+    then varies by chance, as guide-level assignment does in real screens)."""
     if n_contexts == 1:
         return np.zeros(n_cells, dtype=int)
-    weights = np.full(n_contexts, 1.0 / n_contexts) if fractions is None else np.asarray(fractions)
+    if fractions is None:  # perturbed cells: each cell's context drawn independently
+        return rng.integers(n_contexts, size=n_cells)
+    weights = np.asarray(fractions)
     counts = np.floor(weights * n_cells).astype(int)
     counts[np.argsort(-(weights * n_cells - counts))[: n_cells - counts.sum()]] += 1
     return rng.permutation(np.repeat(np.arange(n_contexts), counts))
