@@ -38,6 +38,10 @@ RUNS = (
     ("runs/unseen_norman", "Unseen genes with prior embeddings: `norman19_subset`, simulation"),
     ("runs/real_mcfaline23_ccl", "`mcfaline23_subset`, cross-cell-line split, 5 seeds"),
     (
+        "runs/context_matching",
+        "Control cells matched by context vs unmatched on confounded two-context screens",
+    ),
+    (
         "runs/calibration",
         "Calibration of prediction intervals on the three GRN screens (combo split)",
     ),
