@@ -9,7 +9,8 @@ deltas of its validation and test conditions (:mod:`perturbflow.eval.ensemble`).
 
 - ``quantile``: the members' empirical quantiles;
 - ``gaussian``: members' mean ± z · members' sd;
-- ``gaussian+noise``: the sd also holds the measured delta's standard error (from training cells);
+- ``gaussian+noise``: the sd also holds the measured delta's standard error (from training cells)
+  and, with ``--draws`` above 1, the spread over sampled control populations;
 - ``gaussian+noise, val-scaled``: that sd times one factor per level that gives the nominal
   coverage on the validation conditions (never on the test conditions).
 
@@ -78,6 +79,12 @@ def main() -> None:
     )
     parser.add_argument("--nominals", default="0.5,0.8,0.9")
     parser.add_argument("--n-cells", type=int, default=300, help="predicted cells per condition")
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="sampling seeds per member; above 1 their spread joins the +noise sd",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -129,13 +136,19 @@ def main() -> None:
                     test + val,
                     seeds=member_seeds,
                     n_cells=args.n_cells,
+                    draws=args.draws,
                     bootstrap=kind == "bootstrap",
                 )
                 on_test = [member.loc[test] for member in ensemble.members]
                 on_val = [member.loc[val] for member in ensemble.members]
-                extra = [noise.loc[test]]
+                spreads = [noise]
+                if ensemble.resampling_sd is not None:
+                    spreads.append(ensemble.resampling_sd)
+                extra = [spread.loc[test] for spread in spreads]
                 scale = {
-                    level: sd_scale(on_val, truth.loc[val], level, [noise.loc[val]])
+                    level: sd_scale(
+                        on_val, truth.loc[val], level, [spread.loc[val] for spread in spreads]
+                    )
                     for level in nominals
                 }
                 groups = {name: split.subgroups[name] for name in test}
