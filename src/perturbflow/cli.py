@@ -266,6 +266,9 @@ def summary_table(results, title: str) -> Table:
     from perturbflow.eval.metrics import METRICS  # heavy: torch
 
     shown = [metric for metric in SUMMARY_METRICS if metric in set(results["metric"])]
+    if "train_cells" in results.columns:  # a low-sample curve: one row per model and level
+        level = results["train_cells"].astype(str)
+        results = results.assign(model=results["model"] + " (" + level + " cells)")
     pivot = results.pivot_table(
         index=["subgroup", "model"], columns="metric", values="value", aggfunc="mean"
     )
@@ -598,6 +601,13 @@ def benchmark(
         ),
     ] = "all",
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    train_cells: Annotated[
+        str | None,
+        typer.Option(
+            help="Low-sample curve: training cells per condition, comma-separated levels, e.g. "
+            "10,25,50,all; every model is fitted at every level (test cells stay whole)."
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data folder (default: $PERTURBFLOW_DATA_DIR).")
     ] = None,
@@ -646,6 +656,7 @@ def benchmark(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise ValueError("--seeds needs at least one seed")
+        levels = _train_cells(train_cells)
         if resume and out.exists():
             folder = lock_output_dir(out)  # a second process resuming the same OUT refuses
         else:
@@ -695,6 +706,7 @@ def benchmark(
                 n_cells=n_cells,
                 resume=resume,
                 progress=lambda text: status.update(text),
+                train_cells=levels,
             )
             status.update("writing report.html")
             label = chosen
@@ -710,6 +722,18 @@ def benchmark(
     console.print(summary_table(result.results, f"benchmark — {label}, {split_kind} split"))
     mark_complete(folder)
     console.print(f"results and report.html written to [bold]{folder}[/]")
+
+
+def _train_cells(text: str | None):
+    """``--train-cells`` as levels (``None`` without the option); bad values name the flag."""
+    from perturbflow.data.subsample import TrainCellsError, parse_train_cells
+
+    if text is None:
+        return None
+    try:
+        return parse_train_cells(text)
+    except TrainCellsError as error:
+        raise ValueError(f"--train-cells {text!r}: {error}") from None
 
 
 # CLI size options → each engine's config fields.

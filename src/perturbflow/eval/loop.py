@@ -12,6 +12,12 @@ format), ``timings.csv``, ``splits/<kind>_seed<k>.json``, ``summary.csv``, ``run
 ``programs/<label>_seed<k>.csv`` for models that learn gene programs, and — when cell-eval is
 installed — ``celleval_crosscheck.csv``.
 
+With ``train_cells`` levels (e.g. ``(10, 25, None)``), every run is fitted once per level on
+the seed's training conditions cut to that many cells each
+(:func:`perturbflow.data.subsample.subsample_training_cells`), always scored against the same
+full test cells; results, summary and timings then carry a ``train_cells`` column (``"10"``,
+``"all"``) and per-level files end in ``_cells<n>`` (the ``all`` level keeps the plain names).
+
 Context splits (``cross_cell_line``) fit on one dataset and score on another: each seed's
 :func:`perturbflow.data.contexts.cross_cell_line_task` gives the cells to fit on (all lines,
 centred on their own control, minus the target line's held-out cells), the target line's real
@@ -39,6 +45,12 @@ from perturbflow.data.contexts import cross_cell_line_task
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
 from perturbflow.data.outputs import write_atomic, write_csv
 from perturbflow.data.splits import CONTEXT_KINDS, Split, make_split
+from perturbflow.data.subsample import (
+    ALL_CELLS,
+    parse_train_cells,
+    subsample_training_cells,
+    train_cells_label,
+)
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import (
     NOISE_CEILING_MODEL,
@@ -56,6 +68,7 @@ logger = logging.getLogger(__name__)
 TIMING_COLUMNS = ("model", "seed", "fit_s", "predict_s")
 CROSSCHECK_FILE = "celleval_crosscheck.csv"
 RUNS_FILE = "runs.json"
+TRAIN_CELLS_COLUMN = "train_cells"
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,7 @@ def run(
     score: bool = True,
     progress: Callable[[str], None] | None = None,
     on_fitted: Callable[[RunSpec, Seeds, Any], None] | None = None,
+    train_cells: Sequence[int | str | None] | None = None,
 ) -> RunResult:
     """Fit, predict and evaluate every run on every seed; with ``out``, write results as they finish.
 
@@ -181,20 +195,34 @@ def run(
     read a fitted model's attributes. ``progress(text)`` is called before each step; the library
     itself never prints. With ``split_kind="cross_cell_line"``, ``dataset`` needs a cell-type
     column (``split_params`` go to :func:`perturbflow.data.contexts.cross_cell_line_task`).
+    ``train_cells`` lists levels of training cells per condition (ints, ``"all"``/``None``):
+    each run is fitted at each level, the subsample drawn with the replicate's sampling seed.
     """
     labels = [spec.label for spec in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"run labels must be unique, got {labels}")
     replicates = [Seeds.coerce(value) for value in seeds]
-    done = _read_existing(out / "results.csv") if (out and resume) else _empty_results()
+    levels = parse_train_cells(train_cells) if train_cells is not None else None
+    if levels is not None and split_kind in CONTEXT_KINDS:
+        raise ValueError(
+            f"train_cells is not supported for the {split_kind} split: its training cells are "
+            "pooled over contexts; use a split over one dataset (combo, simulation, ...)"
+        )
+    done = _read_existing(out / "results.csv", levels) if (out and resume) else _empty_results()
     timings_path = out / "timings.csv" if out else None
     timings: list[dict] = (
         pd.read_csv(timings_path).to_dict("records")
         if resume and timings_path is not None and timings_path.exists()
         else []
     )
-    finished = set(zip(done["model"], done["seed"].astype(int), strict=True))
+    finished = set(
+        zip(done["model"], done["seed"].astype(int), _level_column(done, levels), strict=True)
+    )
     metadata = _run_metadata(runs, out if resume else None)
+    timing_columns = TIMING_COLUMNS if levels is None else (*TIMING_COLUMNS, TRAIN_CELLS_COLUMN)
+    if levels is not None:
+        for meta in metadata.values():
+            meta[TRAIN_CELLS_COLUMN] = [train_cells_label(level) for level in levels]
     splits: dict[int, Split] = {}
     eval_datasets: dict[int, PerturbationDataset] = {}
     frames = [done]
@@ -207,17 +235,36 @@ def run(
             _save_split(out, split, split_kind, seed, resume)
         splits[seed] = split
         eval_datasets[seed] = eval_data
-        todo = [spec for spec in runs if (spec.label, seed) not in finished]
-        ceiling_needed = score and noise_ceiling_row and (NOISE_CEILING_MODEL, seed) not in finished
-        if not todo and not ceiling_needed:
+        tags = [None] if levels is None else [train_cells_label(level) for level in levels]
+        todo = [
+            (level, tag, spec)
+            for level, tag in zip(levels or [None], tags, strict=True)
+            for spec in runs
+            if (spec.label, seed, tag) not in finished
+        ]
+        ceilings_needed = [
+            tag
+            for tag in tags
+            if score and noise_ceiling_row and (NOISE_CEILING_MODEL, seed, tag) not in finished
+        ]
+        if not todo and not ceilings_needed:
             logger.info("seed %d: all runs already evaluated (resume)", seed)
             continue
         de = de_genes(eval_data, list(split.test)) if score else None
-        for spec in todo:
+        level_data: dict[str | None, PerturbationDataset] = {}
+        for level, tag, spec in todo:
+            if tag not in level_data:  # the seed's draw, the same for every run of the level
+                level_data = {
+                    tag: subsample_training_cells(
+                        fit_data, split, level, seed=replicate.sampling_seed
+                    )
+                }
             if progress is not None:
-                progress(f"seed {seed}: {spec.label}")
+                progress(f"seed {seed}{_at(tag)}: {spec.label}")
             start = time.perf_counter()
-            model = get_model(spec.model, spec.config(replicate.model_seed)).fit(fit_data, split)
+            model = get_model(spec.model, spec.config(replicate.model_seed)).fit(
+                level_data[tag], split
+            )
             fitted = time.perf_counter()
             predictions = to_eval_space(
                 model.predict(split.test, n_cells=n_cells, seed=replicate.sampling_seed)
@@ -230,14 +277,17 @@ def run(
             )
             if score:
                 frames.append(
-                    evaluate(
-                        predictions,
-                        eval_data,
-                        split,
-                        model=spec.label,
-                        seed=seed,
-                        de=de,
-                        sampling_seed=replicate.sampling_seed,
+                    _tagged(
+                        evaluate(
+                            predictions,
+                            eval_data,
+                            split,
+                            model=spec.label,
+                            seed=seed,
+                            de=de,
+                            sampling_seed=replicate.sampling_seed,
+                        ),
+                        tag,
                     )
                 )
             timings.append(
@@ -247,27 +297,31 @@ def run(
                     "fit_s": fitted - start,
                     "predict_s": predicted - fitted,
                 }
+                | ({} if tag is None else {TRAIN_CELLS_COLUMN: tag})
             )
             if out is not None:
-                _save_model_outputs(out, spec.label, seed, predictions, eval_data, model)
-                if score:
+                stem = f"{spec.label}_seed{seed}" + _file_suffix(tag)
+                _save_model_outputs(out, stem, predictions, eval_data, model)
+                # The metric cross-check needs one level: the full data when it ran.
+                if score and tag in (None, ALL_CELLS):
                     _crosscheck(out, predictions, eval_data, split, spec.label, seed)
-                _checkpoint(frames, timings, metadata, out)
+                _checkpoint(frames, timings, metadata, out, timing_columns)
             logger.info(
-                "seed %d %s: fit %.1fs, predict %.1fs",
+                "seed %d%s %s: fit %.1fs, predict %.1fs",
                 seed,
+                _at(tag),
                 spec.label,
                 fitted - start,
                 predicted - fitted,
             )
-        if ceiling_needed:
-            frames.append(
-                noise_ceiling(
-                    eval_data, split, seed=seed, de=de, sampling_seed=replicate.sampling_seed
-                )
+        if ceilings_needed:
+            ceiling = noise_ceiling(
+                eval_data, split, seed=seed, de=de, sampling_seed=replicate.sampling_seed
             )
+            # The test cells are the same at every level, and so is the ceiling.
+            frames.extend(_tagged(ceiling, tag) for tag in ceilings_needed)
             if out is not None:
-                _checkpoint(frames, timings, metadata, out)
+                _checkpoint(frames, timings, metadata, out, timing_columns)
     results = _concat(frames)
     sizes = (
         pd.concat(
@@ -280,13 +334,13 @@ def run(
         if splits
         else None
     )
-    summary = benchmark_summary(results, sizes=sizes) if len(results) else pd.DataFrame()
+    summary = _summary(results, sizes, levels) if len(results) else pd.DataFrame()
     if out is not None and len(results):
         write_csv(summary, out / "summary.csv", overwrite=True)
     return RunResult(
         results=results,
         summary=summary,
-        timings=pd.DataFrame(timings, columns=TIMING_COLUMNS),
+        timings=pd.DataFrame(timings, columns=timing_columns),
         splits=splits,
         eval_datasets=eval_datasets,
         runs=metadata,
@@ -367,7 +421,7 @@ def _crosscheck(out: Path, predictions, dataset, split, name: str, seed: int) ->
     write_csv(table, path, overwrite=True)
 
 
-def _save_model_outputs(out: Path, label: str, seed: int, predictions, dataset, model) -> None:
+def _save_model_outputs(out: Path, stem: str, predictions, dataset, model) -> None:
     """Predicted pseudobulk deltas (and gene programs, when the model has them) for the report."""
     labels = predictions.obs[CONDITION_COLUMN].astype(str).to_numpy()
     matrix = np.asarray(predictions[:, dataset.genes].X)
@@ -380,14 +434,14 @@ def _save_model_outputs(out: Path, label: str, seed: int, predictions, dataset, 
     )
     folder = out / "predictions"
     folder.mkdir(exist_ok=True)
-    write_csv(deltas.reset_index(), folder / f"{label}_seed{seed}.csv", overwrite=True)
+    write_csv(deltas.reset_index(), folder / f"{stem}.csv", overwrite=True)
     programs = getattr(model, "programs_", None)
     if isinstance(programs, pd.DataFrame):
         (out / "programs").mkdir(exist_ok=True)
-        write_csv(programs, out / "programs" / f"{label}_seed{seed}.csv", overwrite=True)
+        write_csv(programs, out / "programs" / f"{stem}.csv", overwrite=True)
 
 
-def _read_existing(path: Path) -> pd.DataFrame:
+def _read_existing(path: Path, levels: tuple[int | None, ...] | None) -> pd.DataFrame:
     if not path.exists():
         return _empty_results()
     # round_trip: pandas' default float parser may change the last digit, so a resumed run's
@@ -396,7 +450,50 @@ def _read_existing(path: Path) -> pd.DataFrame:
     missing = set(RESULT_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path}: cannot resume, columns {sorted(missing)} are missing")
+    if (levels is not None) != (TRAIN_CELLS_COLUMN in table.columns):
+        raise ValueError(
+            f"{path}: cannot resume, the run was made "
+            + ("without" if levels is not None else "with")
+            + " train_cells levels; resume with the same options, or start a new --out"
+        )
+    if levels is not None:
+        # "10" and "all" share the column, so it is text whatever pandas guessed.
+        table[TRAIN_CELLS_COLUMN] = table[TRAIN_CELLS_COLUMN].astype(str)
     return table
+
+
+def _level_column(table: pd.DataFrame, levels: tuple[int | None, ...] | None) -> list:
+    if levels is None or TRAIN_CELLS_COLUMN not in table.columns:  # no levels, or no rows yet
+        return [None] * len(table)
+    return table[TRAIN_CELLS_COLUMN].astype(str).tolist()
+
+
+def _tagged(table: pd.DataFrame, tag: str | None) -> pd.DataFrame:
+    """``table`` with its level in a ``train_cells`` column (none without levels)."""
+    return table if tag is None else table.assign(**{TRAIN_CELLS_COLUMN: tag})
+
+
+def _at(tag: str | None) -> str:
+    return "" if tag is None else f" ({tag} training cells)"
+
+
+def _file_suffix(tag: str | None) -> str:
+    # The full-data level keeps the plain file names the report reads.
+    return "" if tag in (None, ALL_CELLS) else f"_cells{tag}"
+
+
+def _summary(
+    results: pd.DataFrame, sizes: pd.DataFrame | None, levels: tuple[int | None, ...] | None
+) -> pd.DataFrame:
+    """The summary of :func:`benchmark_summary`, once per level (led by ``train_cells``)."""
+    if levels is None:
+        return benchmark_summary(results, sizes=sizes)
+    parts = [
+        benchmark_summary(part, sizes=sizes).assign(**{TRAIN_CELLS_COLUMN: tag})
+        for tag, part in results.groupby(TRAIN_CELLS_COLUMN, sort=False)
+    ]
+    summary = pd.concat(parts, ignore_index=True)
+    return summary[[TRAIN_CELLS_COLUMN, *[c for c in summary.columns if c != TRAIN_CELLS_COLUMN]]]
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -404,8 +501,10 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(nonempty, ignore_index=True) if nonempty else _empty_results()
 
 
-def _checkpoint(frames, timings, metadata: dict, out: Path) -> None:
+def _checkpoint(
+    frames, timings, metadata: dict, out: Path, timing_columns: Sequence[str] = TIMING_COLUMNS
+) -> None:
     write_csv(_concat(frames), out / "results.csv", overwrite=True)
-    write_csv(pd.DataFrame(timings, columns=TIMING_COLUMNS), out / "timings.csv", overwrite=True)
+    write_csv(pd.DataFrame(timings, columns=timing_columns), out / "timings.csv", overwrite=True)
     text = json.dumps(metadata, indent=2) + "\n"
     write_atomic(out / RUNS_FILE, True, lambda tmp: tmp.write_text(text))
