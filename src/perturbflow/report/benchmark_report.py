@@ -27,6 +27,7 @@ from perturbflow.report.benchmark_figures import (
 )
 from perturbflow.report.grn_figures import pr_curves, top_edges_figure
 from perturbflow.report.html import package_versions, render_report, write_report
+from perturbflow.report.low_sample_figures import TRAIN_CELLS, level_order, low_sample_curves
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +95,20 @@ def build_report(
     run), falling back to ``dataset``.
     """
     summary = result.summary[result.summary["metric"].isin(HEADLINE)]
-    figures: dict[str, object] = {
-        "Metrics per subgroup (mean ± sd over seeds; dashed: noise ceiling)": metric_bars_over_seeds(
-            result.results
-        )
-    }
+    figures: dict[str, object] = {}
+    results = result.results
+    if TRAIN_CELLS in results.columns:
+        levels = level_order(results[TRAIN_CELLS])
+        if len(levels) > 1:
+            figures[
+                "Low-sample curves: each metric against training cells per condition, all test "
+                "conditions (mean ± sd over seeds; dashed: noise ceiling)"
+            ] = low_sample_curves(results)
+        # The bars show one level: the most training cells (the predictions figures' level).
+        results = results[results[TRAIN_CELLS].astype(str) == levels[-1]]
+    figures["Metrics per subgroup (mean ± sd over seeds; dashed: noise ceiling)"] = (
+        metric_bars_over_seeds(results)
+    )
     seed = min(result.splits)
     split = result.splits[seed]
     dataset = result.eval_datasets.get(seed, dataset)
