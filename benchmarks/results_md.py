@@ -4,6 +4,9 @@ Every run folder holds ``command.txt`` (the command that made it, printed above 
 either ``table.md`` (written by the ablation, program-quality and speed scripts) or the
 ``results.csv`` of ``perturbflow benchmark``, tabled here (mean ± sd over seeds of per-seed
 subgroup means). ``timings.csv``, when present, gives the median fit time of the slow models.
+A low-sample run (``--train-cells``, a ``train_cells`` column) is tabled as metric × model ×
+training cells per condition over its combo subgroups' conditions, with scbig's discrimination
+at the fewest cells next to the additive baseline's.
 
 Run (the default list of run folders is :data:`RUNS`):
 ``.venv/bin/python benchmarks/results_md.py`` or ``… results_md.py runs/a runs/b --out FILE``
@@ -18,7 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from perturbflow.report.markdown import HEADLINE, metrics_table
+from perturbflow.report.markdown import (
+    HEADLINE,
+    TRAIN_CELLS,
+    level_order,
+    low_sample_markdown,
+    low_sample_table,
+    metrics_table,
+)
 
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
@@ -37,6 +47,14 @@ RUNS = (
     ("runs/real_papalexi_unseen", "`papalexi21_thp1`, unseen-single split: scbig's start points"),
     ("runs/unseen_norman", "Unseen genes with prior embeddings: `norman19_subset`, simulation"),
     ("runs/real_mcfaline23_ccl", "`mcfaline23_subset`, cross-cell-line split, 5 seeds"),
+    (
+        "runs/low_sample_norman",
+        "Low-sample curve: `norman19_subset`, combo split, 10/25/50/all training cells, 3 seeds",
+    ),
+    (
+        "runs/low_sample_grn",
+        "Low-sample curve: GRN screen (DoRothEA, seed 2), combo split, 10/25/50/all cells, 3 seeds",
+    ),
     (
         "runs/context_matching",
         "Control cells matched by context vs unmatched on confounded two-context screens",
@@ -97,8 +115,43 @@ def section(folder: Path, title: str | None = None) -> str:
         results = pd.read_csv(folder / "results.csv")
         seeds = sorted(results["seed"].unique())
         lines.append(f"Seeds: {', '.join(str(s) for s in seeds)}.\n")
-        lines.append(metrics_table(results, ("pearson_delta", *HEADLINE)))
+        if TRAIN_CELLS in results.columns:
+            lines.extend(low_sample_section(results))
+        else:
+            lines.append(metrics_table(results, ("pearson_delta", *HEADLINE)))
     return "\n".join(lines)
+
+
+LOW_SAMPLE_MODEL, LOW_SAMPLE_REFERENCE = "scbig", "additive"
+
+
+def low_sample_section(results: pd.DataFrame) -> list[str]:
+    """A low-sample run: the metric × model × level table of the combo subgroups and scbig's
+    discrimination at the fewest cells next to additive's."""
+    subgroups = sorted(s for s in results["subgroup"].unique() if str(s).startswith("combo"))
+    chosen = subgroups or None
+    lines = [
+        "Each cell: mean ± sd over seeds of the per-seed mean over the conditions of "
+        + (", ".join(f"`{s}`" for s in subgroups) if subgroups else "every subgroup")
+        + "; only the training conditions' cells are subsampled, the test cells are the same at "
+        "every level.\n",
+        low_sample_markdown(results, HEADLINE, subgroups=chosen),
+    ]
+    table = low_sample_table(results, ["discrimination_l1"], subgroups=chosen).set_index(
+        [TRAIN_CELLS, "model"]
+    )
+    fewest = level_order(table.index.get_level_values(TRAIN_CELLS))[0]
+    pair = [(fewest, model) for model in (LOW_SAMPLE_MODEL, LOW_SAMPLE_REFERENCE)]
+    if all(key in table.index for key in pair):
+        (model, model_sd), (reference, reference_sd) = (
+            table.loc[key, ["mean", "sd"]].to_numpy() for key in pair
+        )
+        lines.append(
+            f"Discrimination (`discrimination_l1`, higher is better) at {fewest} training cells "
+            f"per condition: {LOW_SAMPLE_MODEL} {model:.3f} ± {model_sd:.3f}, "
+            f"{LOW_SAMPLE_REFERENCE} {reference:.3f} ± {reference_sd:.3f}.\n"
+        )
+    return lines
 
 
 def main() -> None:

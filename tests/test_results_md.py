@@ -89,3 +89,24 @@ def test_a_folder_without_its_command_is_refused(tmp_path):
     )
     assert done.returncode == 2 and "without command.txt" in done.stderr
     assert not (tmp_path / "R.md").exists()
+
+
+def test_a_low_sample_run_is_tabled_per_level_with_the_discrimination_line(tmp_path):
+    module = _load()
+    folder = tmp_path / "low_sample"
+    folder.mkdir()
+    (folder / "command.txt").write_text("perturbflow benchmark --train-cells 10,all\n")
+    rows = [
+        ("A+B", subgroup, "discrimination_l1", value + 0.1 * (level == "all"), model, seed, level)
+        for subgroup in ("combo_seen2", "unseen_single")
+        for model, value in (("scbig", 0.7), ("additive", 0.6))
+        for seed in (1, 2)
+        for level in ("10", "all")
+    ]
+    columns = ["condition", "subgroup", "metric", "value", "model", "seed", "train_cells"]
+    pd.DataFrame(rows, columns=columns).to_csv(folder / "results.csv", index=False)
+    text = module.section(folder)
+    assert "| metric | model | 10 cells | all cells |" in text
+    assert "| discrimination_l1 | scbig | 0.700 ± 0.000 | 0.800 ± 0.000 |" in text
+    assert "`combo_seen2`" in text and "unseen_single" not in text
+    assert "at 10 training cells per condition: scbig 0.700 ± 0.000, additive 0.600" in text

@@ -18,65 +18,25 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from perturbflow.eval.metrics import METRICS
+from perturbflow.report.markdown import (
+    HEADLINE,
+    TRAIN_CELLS,
+    LowSampleDataError,
+    level_order,
+    low_sample_table,
+)
 
-__all__ = ["CURVE_METRICS", "LowSampleDataError", "low_sample_curves", "low_sample_table"]
+__all__ = [
+    "CURVE_METRICS",
+    "TRAIN_CELLS",
+    "LowSampleDataError",
+    "level_order",
+    "low_sample_curves",
+    "low_sample_table",
+]
 
-CURVE_METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
-TRAIN_CELLS = "train_cells"
+CURVE_METRICS = HEADLINE
 NOISE_CEILING = "noise_ceiling"
-_COLUMNS = ("condition", "subgroup", "metric", "value", "model", "seed", TRAIN_CELLS)
-
-
-class LowSampleDataError(ValueError):
-    """The results table lacks what a low-sample curve needs."""
-
-
-def level_order(levels: Sequence[object]) -> list[str]:
-    """Distinct levels as text, numbers ascending and anything else (``all``) after them."""
-    names = list(dict.fromkeys(str(level) for level in levels))
-    numbers = sorted((name for name in names if name.isdigit()), key=int)
-    return numbers + [name for name in names if not name.isdigit()]
-
-
-def low_sample_table(
-    results: pd.DataFrame,
-    metrics: Sequence[str] = CURVE_METRICS,
-    *,
-    subgroups: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Mean ± sd over seeds per (train_cells, model, metric), long format.
-
-    Each seed's values are first averaged over the conditions of ``subgroups`` (all test
-    conditions when ``None``; ``nan`` skipped). Columns: train_cells (text), model, metric,
-    mean, sd, n_seeds, n_conditions; rows in level order (:func:`level_order`), then model and
-    metric as they first appear.
-    """
-    absent = [column for column in _COLUMNS if column not in results.columns]
-    if absent:
-        raise LowSampleDataError(
-            f"results lack column(s) {absent}; a low-sample curve needs the results of a run "
-            "with train_cells levels (perturbflow benchmark --train-cells 10,25,all)"
-        )
-    rows = results[results["metric"].isin(metrics)]
-    if subgroups is not None:
-        rows = rows[rows["subgroup"].isin(subgroups)]
-    if rows.empty:
-        raise LowSampleDataError(
-            f"no rows of metrics {list(metrics)}"
-            + (f" in subgroups {list(subgroups)}" if subgroups is not None else "")
-            + f"; the results hold metrics {sorted(set(results['metric']))} and subgroups "
-            f"{sorted(set(results['subgroup']))}"
-        )
-    rows = rows.assign(**{TRAIN_CELLS: rows[TRAIN_CELLS].astype(str)})
-    keys = [TRAIN_CELLS, "model", "metric"]
-    per_seed = rows.groupby([*keys, "seed"], sort=False)["value"].mean()
-    table = per_seed.groupby(keys, sort=False).agg(mean="mean", sd="std", n_seeds="count")
-    table["n_conditions"] = rows.groupby(keys, sort=False)["condition"].nunique()
-    table = table.reset_index()
-    rank = {level: index for index, level in enumerate(level_order(table[TRAIN_CELLS]))}
-    return table.sort_values(TRAIN_CELLS, key=lambda s: s.map(rank), kind="stable").reset_index(
-        drop=True
-    )
 
 
 def low_sample_curves(
@@ -89,7 +49,7 @@ def low_sample_curves(
 ) -> Figure:
     """One panel per metric: the metric against training cells per condition, a line per model.
 
-    Points and bars are :func:`low_sample_table`'s mean ± sd over seeds. The noise ceiling
+    Points and bars are :func:`perturbflow.report.markdown.low_sample_table`'s mean ± sd over seeds. The noise ceiling
     (``ceiling_model`` rows, the same at every level since the test cells are) is a dashed
     horizontal line, not a model. Metrics absent from ``results`` are skipped.
     """
