@@ -23,6 +23,8 @@ cell's context (``ctx0``, ``ctx1``, …). Each perturbed cell's context is an ev
 control cells follow ``control_context_fractions`` exactly (default: even random draws too). Uneven control composition is the
 confounding of a real two-context screen: a naive delta (perturbed mean minus pooled control
 mean) then carries the context difference, the same artefact for every perturbation.
+``context_response`` (sd of a log-normal factor per context and gene, first context 1) makes
+contexts respond to the same perturbation differently, as cell lines do.
 ``uns["synthetic"]["true_delta"]`` is the change within a context (the first one's).
 """
 
@@ -70,6 +72,7 @@ class SyntheticConfig:
     variance_factor: float = 2.5
     n_contexts: int = 1
     context_effect: float = 0.8
+    context_response: float = 0.0
     control_context_fractions: tuple[float, ...] | None = None
     seed: int = 0
 
@@ -198,6 +201,13 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         0.0, config.context_effect, (config.n_contexts, config.n_genes)
     )
     context_offset[0] = 0.0  # the first context is the reference baseline (true_delta's)
+    # How strongly each context expresses each gene's response (1 everywhere by default).
+    context_scale = np.ones((config.n_contexts, config.n_genes))
+    if config.n_contexts > 1 and config.context_response > 0:
+        context_scale = np.exp(
+            context_rng.normal(0.0, config.context_response, (config.n_contexts, config.n_genes))
+        )
+        context_scale[0] = 1.0
     blocks, labels, contexts = [], [], []
     for name, shift in shifts.items():
         n_cells = config.n_control_cells if name == CONTROL_NAME else config.n_cells_per_condition
@@ -215,6 +225,7 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
                 config,
                 rng,
                 offset=context_offset[context] if config.n_contexts > 1 else None,
+                scale=context_scale[context] if config.context_response > 0 else None,
             )
         )
         labels += [name] * n_cells
@@ -259,6 +270,9 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         "unmeasured_targets": [gene for gene in targets if gene not in target_index],
         "context_offset": pd.DataFrame(
             context_offset, index=[f"ctx{c}" for c in range(config.n_contexts)], columns=genes
+        ),
+        "context_response_scale": pd.DataFrame(
+            context_scale, index=[f"ctx{c}" for c in range(config.n_contexts)], columns=genes
         ),
         "program_regulation": regulation,
     }
@@ -322,13 +336,16 @@ def _sample_counts(
     config: SyntheticConfig,
     rng: np.random.Generator,
     offset: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Counts of ``n_cells`` cells; ``offset`` ``(n, G)`` moves each cell's baseline (context)."""
+    """Counts of ``n_cells`` cells; ``offset`` ``(n, G)`` moves each cell's baseline and ``scale``
+    ``(n, G)`` multiplies its response (both by context)."""
     noise = config.program_noise * (config.variance_factor if kind == "variance" else 1.0)
     activity = rng.normal(0.0, noise, (n_cells, config.n_programs))  # (n, K)
     responds = rng.random((n_cells, 1)) < _responding(kind, config)  # (n, 1)
+    response = shift[None, :] if scale is None else shift[None, :] * scale  # (1 or n, G)
     cell_log_rate = (
-        base_log_rate[None, :] + responds * shift[None, :] + loading[None, :] * activity[:, program]
+        base_log_rate[None, :] + responds * response + loading[None, :] * activity[:, program]
     )  # (n, G)
     if offset is not None:
         cell_log_rate = cell_log_rate + offset

@@ -41,6 +41,7 @@ import pandas as pd
 
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
+from perturbflow.models.baselines.context import ContextCalibration, fit_context_calibration
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
 from perturbflow.programs.priors import (
     check_embedding_spec,
@@ -305,10 +306,13 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     (correlation embedding of the training cells, ``n_components`` wide), a registered prior
     source (``go``, ``ppi``, ``text``, …) or a table path, used next to the data embedding; the
     name ``calibrated_additive[go]`` sets it. ``priors``: the data folder holding ``priors/``.
+    ``context``: on a context split (``cross_cell_line``, ``cross_context``), calibrate the
+    transferred change to the target context (:mod:`perturbflow.models.baselines.context`).
     """
 
     calibrate: bool = True
     target_aware: bool = True
+    context: bool = True
     unseen: str = "auto"
     embedding: str = "data"
     n_components: int = 32
@@ -343,6 +347,9 @@ class CalibratedAdditive(MeanShiftModel):
 
     def _fit(self, dataset, train) -> None:
         cfg = self.config
+        self.context_ = (
+            fit_context_calibration(dataset, self.split_) if cfg.context else ContextCalibration()
+        )
         self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))
         if cfg.unseen_mode == "ridge" or cfg.embedding != "data":
             cells = dataset.expression(train)  # (N_train, G): control + training conditions
@@ -382,10 +389,12 @@ class CalibratedAdditive(MeanShiftModel):
         return {
             "table": self.table_.to_numpy(np.float64),
             "table_genes": np.asarray(self.table_.index, dtype=str),
+            **self.context_.state(len(self.genes_)),
         }
 
     def _set_state(self, arrays) -> None:
         self.table_ = pd.DataFrame(arrays["table"], index=arrays["table_genes"].astype(str))
+        self.context_ = ContextCalibration.from_state(arrays)
         self._build_estimator()
 
     def predict_delta(self, conditions):
@@ -395,4 +404,4 @@ class CalibratedAdditive(MeanShiftModel):
         return super().predict_delta(names)
 
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
-        return self.estimator_.shifts([name])[0]
+        return self.context_.apply(self.estimator_.shifts([name])[0])

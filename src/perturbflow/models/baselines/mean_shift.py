@@ -101,6 +101,7 @@ class MeanShiftModel:
         perturbed = [name for name in train if name != CONTROL_NAME]
         means = dataset.mean_expression(perturbed)
         self.train_deltas_ = means - self.control_mean_
+        self.split_ = split
         self._fit(dataset, train)
         return self
 

@@ -38,6 +38,7 @@ from perturbflow.models.base import (
 )
 from perturbflow.models.baselines.calibrated import CalibratedAdditive, CalibratedAdditiveConfig
 from perturbflow.models.baselines.combinator import Combinator, CombinatorConfig
+from perturbflow.models.baselines.context import fit_context_calibration
 from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
@@ -99,14 +100,26 @@ class FlowStart:
         return frozenset(self.additive.estimator_.genes)
 
     def shifts(
-        self, conditions: list[str], hidden: list[frozenset[str]] | None = None
+        self,
+        conditions: list[str],
+        hidden: list[frozenset[str]] | None = None,
+        in_context: bool = False,
     ) -> np.ndarray:
-        """The start model's deltas ``(C, G)``; ``hidden`` genes are treated as never perturbed."""
+        """The start model's deltas ``(C, G)``; ``hidden`` genes are treated as never perturbed.
+
+        ``in_context``: a prediction in the split's target context, calibrated to it as
+        ``calibrated_additive`` is (the identity off context splits); training conditions, pooled
+        over contexts, are not.
+        """
         if self.kind == "control" or not conditions:
             return np.zeros((len(conditions), len(self.additive.genes_)), np.float32)
         if self.kind == "combinator":
-            return self.combinator.shifts(conditions, hidden)
-        return self.additive.estimator_.shifts(conditions, hidden)
+            shifts = self.combinator.shifts(conditions, hidden)
+        else:
+            shifts = self.additive.estimator_.shifts(conditions, hidden)
+        if in_context:
+            shifts = np.vstack([self.additive.context_.apply(row) for row in shifts])
+        return shifts
 
 
 def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -205,7 +218,7 @@ class ScBIG:
             cells={name: dataset.expression(name) for name in [*train, *val]},
             latents={},
         )
-        self.start_ = self._fit_start(dataset, train)
+        self.start_ = self._fit_start(dataset, train, context_split=split)
         self.mean_weights_ = self._choose_mean_weights(dataset, train, val, data, folder)
         self.condition_model_, self.velocity_ = self._train_flow(
             self.start_, train, val, data, folder, "flow"
@@ -225,12 +238,18 @@ class ScBIG:
             seed=cfg.seed,
         )
 
-    def _fit_start(self, dataset: PerturbationDataset, train: list[str]) -> FlowStart:
-        """The flow's start point fitted on ``train`` (+ control)."""
+    def _fit_start(
+        self, dataset: PerturbationDataset, train: list[str], context_split: Split | None = None
+    ) -> FlowStart:
+        """The flow's start point fitted on ``train`` (+ control); on a context
+        ``context_split`` its predictions are calibrated to the target context as
+        ``calibrated_additive``'s are."""
         inner = Split(
             kind="scbig_start", seed=self.config.seed, train=[CONTROL_NAME, *train], val=(), test=()
         )
         additive = CalibratedAdditive(self._start_config()).fit(dataset, inner)
+        if context_split is not None and additive.config.context:
+            additive.context_ = fit_context_calibration(dataset, context_split)
         combinator = None
         if self.config.start == "combinator":
             combinator = Combinator(CombinatorConfig(seed=self.config.seed)).fit(dataset, inner)
@@ -588,7 +607,13 @@ class ScBIG:
     def _predict_cells(self, name: str, n_cells: int, generator: np.random.Generator) -> np.ndarray:
         """``n_cells`` predicted cells ``(n, G)``: start cells moved by the weighted flow change."""
         start, change = self._flow_change(
-            name, n_cells, generator, self.start_, self.condition_model_, self.velocity_
+            name,
+            n_cells,
+            generator,
+            self.start_,
+            self.condition_model_,
+            self.velocity_,
+            in_context=True,
         )  # (n, G), (n, G)
         weight = self._mean_weight(name)
         # Keep the flow's reshaping of the cells around their mean; scale its change of the mean.
@@ -603,8 +628,10 @@ class ScBIG:
         start_model: FlowStart,
         condition_model: ConditionModel,
         velocity: VelocityField,
+        in_context: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Start cells (control + start delta) and the flow's change of each, both ``(n, G)``."""
+        """Start cells (control + start delta) and the flow's change of each, both ``(n, G)``;
+        ``in_context``: see :meth:`FlowStart.shifts`."""
         index = generator.choice(
             len(self.control_cells_), n_cells, replace=n_cells > len(self.control_cells_)
         )
@@ -612,7 +639,7 @@ class ScBIG:
         source = recentre(self.control_cells_[index], self.control_mean_)  # (n, G)
         if name == CONTROL_NAME:
             return source, np.zeros_like(source)
-        start = source + start_model.shifts([name])  # (n, G): the flow's start point
+        start = source + start_model.shifts([name], in_context=in_context)  # (n, G)
         latent = self._encode(start)  # (n, L)
         condition = condition_model.encode([name]).expand(n_cells, -1)  # (n, E)
         moved = integrate(
