@@ -318,3 +318,25 @@ def test_staged_screen_loads() -> None:
     assert dataset.normalization == "log1p_cp10k"
     assert dataset.n_genes == 250
     assert sum("+" in c for c in dataset.conditions) == 100
+
+
+def test_cell_types_differ_in_their_master_regulators_and_share_the_network(
+    screen, network_csv
+) -> None:
+    """Two types: every condition in both, n cells each; types differ in expression; one type
+    alone is the one-type screen's design (same conditions, knock-outs zero in both)."""
+    typed = simulate_grn_screen(small_config(network_csv, n_cell_types=2))
+    per_type = pd.crosstab(typed.obs["condition"], typed.obs["cell_type"])
+    assert list(per_type.columns) == ["type0", "type1"]
+    counts = screen.obs["condition"].value_counts()
+    assert (per_type["type0"] == counts.reindex(per_type.index)).all()
+    assert (per_type["type1"] == per_type["type0"]).all()
+    control = block(typed, "ctrl", "clean")
+    kinds = typed.obs.loc[typed.obs["condition"] == "ctrl", "cell_type"].to_numpy()
+    type_means = [control[kinds == t].mean(axis=0) for t in ("type0", "type1")]
+    assert np.abs(type_means[0] - type_means[1]).max() > 0.5
+    knocked = typed.uns["simulator"]["knockouts"][0]
+    column = list(typed.var_names).index(knocked)
+    assert np.all(block(typed, knocked, "clean")[:, column] == 0)
+    assert "cell_type" not in screen.obs
+    assert typed.uns["simulator"]["n_cell_types"] == 2

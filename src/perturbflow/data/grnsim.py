@@ -89,7 +89,10 @@ class GRNScreenConfig:
     of them, ``n_cells`` cells per knock-out and ``n_control_cells`` controls. SERGIO: ``scale_iter``
     steps per sampled cell after ``safety_iter`` burn-in steps, step ``dt``, noise amplitude
     ``noise_s``. Counts: Poisson at a log-normal library size (median ``library_median``, log-scale
-    sd ``library_sigma``).
+    sd ``library_sigma``). ``n_cell_types`` > 1: cell types that differ in their master
+    regulators' production rates (sergio-rs draws one profile per type); every condition is
+    simulated in every type, ``n_cells`` / ``n_control_cells`` cells per type, and
+    ``obs["cell_type"]`` names each cell's type (``type0``, ``type1``, …).
     """
 
     network: str = "collectri"
@@ -112,6 +115,7 @@ class GRNScreenConfig:
     library_sigma: float = 0.4
     min_targets: int = 5
     regulator_pool_factor: int = 3
+    n_cell_types: int = 1
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -133,6 +137,7 @@ class GRNScreenConfig:
             "safety_iter": 0,
             "min_targets": 0,
             "regulator_pool_factor": 1,
+            "n_cell_types": 1,
             "seed": 0,
         }
         for name, lowest in minimum.items():
@@ -258,7 +263,7 @@ def simulate_grn_screen(
         config.network,
         config.seed,
     )
-    clean_blocks, count_blocks, labels = [], [], []
+    clean_blocks, count_blocks, labels, cell_types = [], [], [], []
     for index, (name, knocked_out) in enumerate(_progress(conditions, progress)):
         n_cells = config.n_control_cells if name == CONTROL_NAME else config.n_cells
         stream = np.random.SeedSequence([config.seed, _CONDITION_STREAM, zlib.crc32(name.encode())])
@@ -268,7 +273,8 @@ def simulate_grn_screen(
         )  # (n, G)
         clean_blocks.append(clean)
         count_blocks.append(_sample_counts(clean, config, np.random.default_rng(noise_seed)))
-        labels += [name] * n_cells
+        labels += [name] * len(clean)
+        cell_types += [f"type{t}" for t in range(config.n_cell_types) for _ in range(n_cells)]
         if not progress and (index + 1) % max(1, len(conditions) // 10) == 0:
             logger.info("simulated %d/%d conditions", index + 1, len(conditions))
 
@@ -277,6 +283,8 @@ def simulate_grn_screen(
         {"condition": pd.Categorical(labels, categories=[name for name, _ in conditions])},
         index=[f"c{i}" for i in range(len(labels))],
     )
+    if config.n_cell_types > 1:
+        obs["cell_type"] = pd.Categorical(cell_types)
     var = pd.DataFrame(
         {
             "regulator": [gene in set(regulators) for gene in genes],
@@ -560,7 +568,8 @@ def _simulate_condition(
     mr_seed: int,
     seed: int,
 ) -> np.ndarray:
-    """Noise-free expression (cells × genes) of one condition; knocked-out genes are 0.
+    """Noise-free expression (cells × genes) of one condition; knocked-out genes are 0. With
+    several cell types the rows are ``n_cells`` of the first type, then of the next.
 
     The network is built afresh: a knock-out mutates the network it is applied to (see the
     module docstring), so no network object outlives one condition.
@@ -570,7 +579,9 @@ def _simulate_condition(
     for source, target, k in zip(edges["source"], edges["target"], edges["k"], strict=True):
         grn.add_interaction(nodes[source], nodes[target], float(k), None, config.hill)
     grn.set_mrs()
-    profile = sergio_rs.MrProfile.from_random(grn, 1, config.mr_low, config.mr_high, mr_seed)
+    profile = sergio_rs.MrProfile.from_random(
+        grn, config.n_cell_types, config.mr_low, config.mr_high, mr_seed
+    )
     for gene in knocked_out:
         grn, profile = grn.ko_perturbation(gene, profile)
     simulated = sergio_rs.Sim(
@@ -584,7 +595,7 @@ def _simulate_condition(
             f"expected {len(expected)}"
         )
     values = simulated.drop("Genes").to_numpy().T  # (n, G - len(knocked_out))
-    clean = np.zeros((n_cells, len(genes)), dtype=np.float64)  # (n, G)
+    clean = np.zeros((len(values), len(genes)), dtype=np.float64)  # (n × types, G)
     position = {gene: i for i, gene in enumerate(genes)}
     clean[:, [position[name] for name in names]] = values
     return clean
