@@ -49,11 +49,13 @@ RUNS = (
     ("runs/real_mcfaline23_ccl", "`mcfaline23_subset`, cross-cell-line split, 5 seeds"),
     (
         "runs/low_sample_norman",
-        "Low-sample curve: `norman19_subset`, combo split, 10/25/50/all training cells, 3 seeds",
+        "Low-sample curve: `norman19_subset`, combo split, 10/25/50/all training cells, 3 seeds "
+        "(`benchmarks/low_sample.sh`; scbig at 200 flow steps)",
     ),
     (
         "runs/low_sample_grn",
-        "Low-sample curve: GRN screen (DoRothEA, seed 2), combo split, 10/25/50/all cells, 3 seeds",
+        "Low-sample curve: GRN screen (DoRothEA, seed 2), combo split, 10/25/50/all cells, 3 seeds "
+        "(`benchmarks/low_sample.sh`; scbig at 200 flow steps)",
     ),
     (
         "runs/context_matching",
