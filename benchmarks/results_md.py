@@ -58,6 +58,11 @@ RUNS = (
         "(`benchmarks/low_sample.sh`; scbig at 200 flow steps)",
     ),
     (
+        "runs/context_transfer",
+        "Cross-context prediction: calibration to the target context (paired over seeds)",
+    ),
+    ("runs/guides", "`papalexi21_thp1` at guide level: held-out guides of seen genes"),
+    (
         "runs/context_matching",
         "Control cells matched by context vs unmatched on confounded two-context screens",
     ),

@@ -33,7 +33,7 @@ from perturbflow.data.outputs import (
     write_figure,
     write_h5ad,
 )
-from perturbflow.data.splits import Split, make_split
+from perturbflow.data.splits import GUIDE_KINDS, Split, make_split
 from perturbflow.data.synthetic import simulate as simulate_synthetic
 
 # perturbflow.programs, .models, .eval and .report import torch, Lightning and scanpy, which takes
@@ -108,6 +108,17 @@ BatchKey = Annotated[
     str | None,
     typer.Option(help="obs column of each cell's batch: compare within batches too."),
 ]
+GuideKey = Annotated[
+    str | None,
+    typer.Option(
+        help="obs column of each cell's guide: one condition per guide (--condition-key still "
+        "names the gene)."
+    ),
+]
+GuideMap = Annotated[
+    str | None,
+    typer.Option(help="CSV/TSV of guide,gene rows (default: read from the cells)."),
+]
 KeepUnassigned = Annotated[
     bool,
     typer.Option(
@@ -168,6 +179,8 @@ _FLAGS = {
     "cell_type_key": "--cell-type-key",
     "context_key": "--context-key",
     "batch_key": "--batch-key",
+    "guide_key": "--guide-key",
+    "guide_map": "--guide-map",
     "layer": "--layer",
     "keep_unassigned": "--keep-unassigned",
     "unassigned": "--unassigned",
@@ -196,6 +209,8 @@ def _read_options(
     unassigned,
     context_key=None,
     batch_key=None,
+    guide_key=None,
+    guide_map=None,
 ) -> ReadOptions:
     """The one read-options object of every command that reads a user's file."""
     return ReadOptions(
@@ -208,6 +223,8 @@ def _read_options(
         unassigned=(*UNASSIGNED_LABELS, *(unassigned or ())),
         context_key=context_key,
         batch_key=batch_key,
+        guide_key=guide_key,
+        guide_map=guide_map,
     )
 
 
@@ -402,6 +419,8 @@ def fit(
     layer: Layer = None,
     context_key: ContextKey = None,
     batch_key: BatchKey = None,
+    guide_key: GuideKey = None,
+    guide_map: GuideMap = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
     overwrite: Overwrite = False,
@@ -443,11 +462,14 @@ def fit(
             unassigned,
             context_key,
             batch_key,
+            guide_key,
+            guide_map,
         ).read(data)
         if split is not None:
             chosen = Split.load(split)
         else:
-            chosen = make_split(split_kind, dataset.conditions, seed=seed)
+            extra = {"guide_map": dataset.guide_genes} if split_kind in GUIDE_KINDS else {}
+            chosen = make_split(split_kind, dataset.conditions, seed=seed, **extra)
             chosen.save(split_out or out.with_suffix(".split.json"), overwrite=overwrite)
         estimator = get_model(model, model_config)
         extra = {}
@@ -530,6 +552,8 @@ def evaluate(
     layer: Layer = None,
     context_key: ContextKey = None,
     batch_key: BatchKey = None,
+    guide_key: GuideKey = None,
+    guide_map: GuideMap = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
     overwrite: Overwrite = False,
@@ -552,6 +576,8 @@ def evaluate(
             unassigned,
             context_key,
             batch_key,
+            guide_key,
+            guide_map,
         ).read(data)
         chosen = Split.load(split)
         if not predictions.exists():
@@ -589,8 +615,9 @@ def benchmark(
         str,
         typer.Option(
             "--split",
-            help="Split kind: simulation, combo, unseen_single, random, cross_cell_line or "
-            "cross_context (hold out conditions in one context of --context-key).",
+            help="Split kind: simulation, combo, unseen_single, random, cross_cell_line, "
+            "cross_context (hold out conditions in one context of --context-key), unseen_guide "
+            "or unseen_guide_gene (with --guide-key).",
         ),
     ] = "simulation",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. 1,2,3,4,5.")] = "1,2,3",
@@ -639,6 +666,8 @@ def benchmark(
     layer: Layer = None,
     context_key: ContextKey = None,
     batch_key: BatchKey = None,
+    guide_key: GuideKey = None,
+    guide_map: GuideMap = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
     overwrite: Overwrite = False,
@@ -686,6 +715,8 @@ def benchmark(
             unassigned,
             context_key,
             batch_key,
+            guide_key,
+            guide_map,
         )
         given = [value for value in (source, dataset, data) if value is not None]
         if len(given) > 1:

@@ -45,7 +45,15 @@ logger = logging.getLogger(__name__)
 DATA_DIR_ENV = "PERTURBFLOW_DATA_DIR"
 CACHE_DIR_ENV = "PERTURBFLOW_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/perturbflow")
-SPLITS = ("simulation", "combo", "unseen_single", "cross_cell_line", "cross_context")
+SPLITS = (
+    "simulation",
+    "combo",
+    "unseen_single",
+    "cross_cell_line",
+    "cross_context",
+    "unseen_guide",
+    "unseen_guide_gene",
+)
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 _SHARED_DATA = Path("..") / "shared" / "data"
 

@@ -11,7 +11,7 @@ import difflib
 import logging
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,13 @@ from perturbflow.data.covariates import (
     composition_imbalance,
     match_controls,
     strata_labels,
+)
+from perturbflow.data.guides import (
+    GENE_CONDITION_COLUMN,
+    GUIDE_MAP_KEY,
+    GuideError,
+    guide_conditions,
+    read_guide_map,
 )
 
 logger = logging.getLogger(__name__)
@@ -116,6 +123,11 @@ class PerturbationDataset:
         return [name for name in self.conditions if name != CONTROL_NAME]
 
     @property
+    def guide_genes(self) -> dict[str, str]:
+        """Guide → gene of a guide-level dataset (``read(..., guide_key=)``); empty otherwise."""
+        return dict(self.adata.uns.get(UNS_KEY, {}).get(GUIDE_MAP_KEY, {}))
+
+    @property
     def perturbed_genes(self) -> frozenset[str]:
         return frozenset(genes_of(self.perturbations))
 
@@ -175,7 +187,8 @@ class PerturbationDataset:
 class ReadOptions:
     """How to read a user's file; every field is an argument of :func:`read` (the CLI's
     ``--condition-key``, ``--control``, ``--gene-key``, ``--separator``, ``--cell-type-key``,
-    ``--unassigned``, ``--keep-unassigned``, ``--layer``, ``--context-key``, ``--batch-key``)."""
+    ``--unassigned``, ``--keep-unassigned``, ``--layer``, ``--context-key``, ``--batch-key``,
+    ``--guide-key``, ``--guide-map``)."""
 
     condition_key: str = "condition"
     control: str | Sequence[str] | None = None
@@ -187,6 +200,8 @@ class ReadOptions:
     layer: str | None = None
     context_key: str | None = None
     batch_key: str | None = None
+    guide_key: str | None = None
+    guide_map: str | None = None
 
     def read(self, source: str | Path | ad.AnnData) -> PerturbationDataset:
         return read(
@@ -201,6 +216,8 @@ class ReadOptions:
             layer=self.layer,
             context_key=self.context_key,
             batch_key=self.batch_key,
+            guide_key=self.guide_key,
+            guide_map=self.guide_map,
         )
 
 
@@ -219,6 +236,8 @@ def read(
     layer: str | None = None,
     context_key: str | None = None,
     batch_key: str | None = None,
+    guide_key: str | None = None,
+    guide_map: str | Path | Mapping[str, str] | None = None,
 ) -> PerturbationDataset:
     """Read a Perturb-seq dataset from an ``.h5ad`` file or an in-memory AnnData.
 
@@ -259,6 +278,11 @@ def read(
         context split holds out) unless ``cell_type_key`` is given. Without either key, a
         :class:`ControlCompositionWarning` names any recorded covariate whose mix differs
         between control and perturbed cells.
+    guide_key, guide_map
+        Guide-level conditions (:mod:`perturbflow.data.guides`): ``obs[guide_key]`` names each
+        cell's guide, which becomes its condition; ``condition_key`` still names its gene. The
+        guide → gene map is ``guide_map`` (a mapping or a CSV/TSV of guide, gene) or, without
+        it, read from the cells.
 
     Cells without an assigned perturbation and cells with zero total expression are dropped, each
     with a WARNING that counts them. Raw counts (non-negative integers) are normalised to log1p
@@ -278,7 +302,7 @@ def read(
             f"{where}: obs has no column {condition_key!r}{_suggest(condition_key, adata.obs.columns)}"
             f"; available columns: {_preview(adata.obs.columns)}. Pass condition_key=<column>."
         )
-    for key, what in ((context_key, "context"), (batch_key, "batch")):
+    for key, what in ((context_key, "context"), (batch_key, "batch"), (guide_key, "guide")):
         if key is not None and key not in adata.obs.columns:
             raise DataValidationError(
                 f"{where}: obs has no {what} column {key!r}{_suggest(key, adata.obs.columns)}; "
@@ -341,6 +365,20 @@ def read(
     if not (canonical == CONTROL_NAME).any():
         raise DataValidationError(_no_control_message(adata.obs[condition_key], labels, where))
 
+    guide_genes = None
+    if guide_key is not None:
+        try:
+            guide_labels, guide_genes = guide_conditions(
+                adata.obs[guide_key],
+                pd.Series(canonical, index=adata.obs_names),
+                where,
+                read_guide_map(guide_map) if guide_map is not None else None,
+                separator,
+            )
+        except GuideError as error:
+            raise DataValidationError(str(error)) from error
+        adata.obs[GENE_CONDITION_COLUMN] = pd.Categorical(canonical)
+        canonical = guide_labels.to_numpy(dtype=str)
     adata.obs[CONDITION_COLUMN] = pd.Categorical(canonical)
     adata = _normalise_if_counts(adata, stats, where, matrix)
     adata.uns[UNS_KEY] = {
@@ -348,12 +386,15 @@ def read(
         "layer": "X" if layer is None else layer,
         "dropped_unassigned": int(no_perturbation.sum()),
         "dropped_zero_counts": int(empty_assigned.sum()),
+        **({GUIDE_MAP_KEY: guide_genes, "guide_key": guide_key} if guide_genes else {}),
     }
 
     adata = _match_or_warn(adata, condition_key, (context_key, batch_key), cell_type_key, where)
 
-    unmeasured = frozenset(genes_of(set(canonical)) - set(adata.var_names))
-    _refuse_ids_for_symbols(adata, unmeasured, set(canonical), where)
+    # Measured or not is a question about genes, also at guide level.
+    gene_level = set(adata.obs[GENE_CONDITION_COLUMN]) if guide_genes else set(canonical)
+    unmeasured = frozenset(genes_of(gene_level) - set(adata.var_names))
+    _refuse_ids_for_symbols(adata, unmeasured, gene_level, where)
     if unmeasured:
         logger.warning(
             "%s: %d perturbed gene(s) are not measured in var (allowed, e.g. CRISPRa targets): %s",

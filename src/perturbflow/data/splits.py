@@ -562,6 +562,79 @@ def unseen_single_split(
     )
 
 
+def unseen_guide_split(
+    conditions: Iterable[str],
+    *,
+    seed: int,
+    guide_map: Mapping[str, str],
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
+) -> Split:
+    """Guide level: hold out ``test_fraction`` of each gene's guides (at least one, never all),
+    among genes with two or more guides; subgroup ``unseen_guide``. The held-out guides' genes
+    stay seen through their other guides. ``guide_map`` is the dataset's guide → gene map
+    (:attr:`PerturbationDataset.guide_genes`)."""
+    return _guide_split("unseen_guide", conditions, seed, guide_map, test_fraction, val_fraction)
+
+
+def unseen_guide_gene_split(
+    conditions: Iterable[str],
+    *,
+    seed: int,
+    guide_map: Mapping[str, str],
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
+) -> Split:
+    """Guide level: hold out every guide of ``test_fraction`` of the genes (subgroup
+    ``unseen_guide_gene``): genes never seen through any guide."""
+    return _guide_split(
+        "unseen_guide_gene", conditions, seed, guide_map, test_fraction, val_fraction
+    )
+
+
+def _guide_split(
+    kind: str,
+    conditions: Iterable[str],
+    seed: int,
+    guide_map: Mapping[str, str],
+    test_fraction: float,
+    val_fraction: float,
+) -> Split:
+    rng = _rng(seed)
+    params = {
+        "test_fraction": _fraction("test_fraction", test_fraction, zero_ok=False, one_ok=False),
+        "val_fraction": _fraction("val_fraction", val_fraction, zero_ok=True, one_ok=False),
+        "guide_map": {str(k): str(v) for k, v in sorted(dict(guide_map).items())},
+    }
+    perturbations = _perturbations(conditions)
+    guides = [name for name, genes in perturbations.items() if len(genes) == 1]
+    unmapped = sorted(name for name in guides if name not in params["guide_map"])
+    if not params["guide_map"] or unmapped:
+        raise ValueError(
+            f"a {kind!r} split needs guide-level conditions with a guide → gene map (read the "
+            f"data with guide_key=); conditions without a gene: {unmapped[:5] or 'all'}"
+        )
+    by_gene: dict[str, list[str]] = {}
+    for name in guides:
+        by_gene.setdefault(params["guide_map"][name], []).append(name)
+    if kind == "unseen_guide":
+        test = []
+        for gene in sorted(by_gene):
+            names = sorted(by_gene[gene])
+            if len(names) >= 2:
+                n_test = min(max(_count(params["test_fraction"], len(names)), 1), len(names) - 1)
+                test += _sample(names, n_test, rng)
+        label = "unseen_guide"
+    else:
+        genes = sorted(by_gene)
+        n_test = min(max(_count(params["test_fraction"], len(genes)), 1), len(genes) - 1)
+        test = sorted(g for gene in _sample(genes, n_test, rng) for g in by_gene[gene])
+        label = "unseen_guide_gene"
+    if not test:
+        raise ValueError(f"a {kind!r} split needs a gene with two or more guides")
+    return _build(kind, seed, params, perturbations, test, rng, single_label=label)
+
+
 def random_split(
     conditions: Iterable[str], *, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.1
 ) -> Split:
@@ -678,10 +751,17 @@ SPLITS: dict[str, Callable[..., Split]] = {
     "unseen_single": unseen_single_split,
     "random": random_split,
 }
+# Kinds that need the dataset's guide → gene map (``guide_map=``) besides condition names.
+GUIDE_SPLITS: dict[str, Callable[..., Split]] = {
+    "unseen_guide": unseen_guide_split,
+    "unseen_guide_gene": unseen_guide_gene_split,
+}
+GUIDE_KINDS: frozenset[str] = frozenset(GUIDE_SPLITS)
 
 
 def make_split(kind: str, conditions: Iterable[str], *, seed: int, **params: object) -> Split:
-    """Make a split of ``kind`` (a key of :data:`SPLITS`) with the function's ``params``.
+    """Make a split of ``kind`` (a key of :data:`SPLITS` or :data:`GUIDE_SPLITS`, which also take
+    ``guide_map=``) with the function's ``params``.
 
     Context kinds (:data:`CONTEXT_KINDS`) need cells, not names, and raise a ``ValueError`` that
     points to :func:`perturbflow.data.contexts.cross_cell_line_task`.
@@ -692,13 +772,13 @@ def make_split(kind: str, conditions: Iterable[str], *, seed: int, **params: obj
             "the cells, not from condition names: use "
             "perturbflow.data.contexts.cross_cell_line_task(dataset, seed=...)"
         )
-    if kind not in SPLITS:
+    if kind not in SPLITS and kind not in GUIDE_SPLITS:
         raise ValueError(
             f"unknown split kind {kind!r}; valid kinds: {', '.join(sorted(SPLITS))} "
             f"(and {', '.join(sorted(CONTEXT_KINDS))}, made from cells by "
-            "perturbflow.data.contexts)"
+            f"perturbflow.data.contexts; {', '.join(sorted(GUIDE_SPLITS))} with guide_map=)"
         )
-    function = SPLITS[kind]
+    function = SPLITS.get(kind) or GUIDE_SPLITS[kind]
     accepted = [
         p for p in inspect.signature(function).parameters if p not in ("conditions", "seed")
     ]

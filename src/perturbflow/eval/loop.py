@@ -44,7 +44,7 @@ import pandas as pd
 from perturbflow.data.contexts import cross_cell_line_task
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
 from perturbflow.data.outputs import write_atomic, write_csv
-from perturbflow.data.splits import CONTEXT_KINDS, Split, make_split
+from perturbflow.data.splits import CONTEXT_KINDS, GUIDE_KINDS, Split, make_split
 from perturbflow.data.subsample import (
     ALL_CELLS,
     parse_train_cells,
@@ -398,6 +398,8 @@ def _seed_task(
     if split_kind in CONTEXT_KINDS:
         task = cross_cell_line_task(dataset, seed=seed, kind=split_kind, **split_params)
         return task.fit, task.evaluation, task.split, task.to_target_line
+    if split_kind in GUIDE_KINDS and "guide_map" not in split_params:
+        split_params = {**split_params, "guide_map": dataset.guide_genes}
     split = make_split(split_kind, dataset.conditions, seed=seed, **split_params)
     return dataset, dataset, split, _same_space
 

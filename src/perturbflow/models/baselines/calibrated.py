@@ -26,6 +26,10 @@ each single's own change minus what its fallback, fitted without it, predicts th
 single's own residual left out when a seen gene is hidden). The calibration also fits the
 perturbed genes' own columns with a scale of their own per category (``target_scales``), next to
 the downstream scale.
+
+Guide-level data (``read(..., guide_key=)``): a guide without training cells falls back to the
+mean delta of its gene's seen guides (and a seen guide, hidden for calibration, to that of its
+siblings) before the mean-single fallback.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class AdditiveShiftPrior:
         calibrate: bool = False,
         var_names: Sequence[str] | None = None,
         target_aware: bool = False,
+        guide_genes: Mapping[str, str] | None = None,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -148,6 +153,17 @@ class AdditiveShiftPrior:
                 leverage = np.maximum(1.0 - np.diag(hat) - 1.0 / len(covered), 1e-6)  # (S',)
                 rows = [self._index[g] for g in covered]
                 self.loo_deltas[rows] = (targets - error / leverage[:, None]).astype(np.float32)
+        # Guide level: a guide's fallback is the mean of its gene's other (seen) guides.
+        self.siblings: dict[str, list[int]] = {}
+        for guide, gene in (guide_genes or {}).items():
+            self.siblings[guide] = [
+                self._index[other]
+                for other, same in guide_genes.items()
+                if same == gene and other != guide and other in self._index
+            ]
+        for guide, rows in self.siblings.items():
+            if rows and guide in self._index:
+                self.loo_deltas[self._index[guide]] = self.deltas[rows].mean(axis=0)
         self.column = {str(g): i for i, g in enumerate(var_names)} if var_names is not None else {}
         self.target_aware = target_aware
         self.on_target = self._on_target_residuals()  # (S,)
@@ -252,6 +268,8 @@ class AdditiveShiftPrior:
             if not hidden:
                 return self.deltas[index]
             delta = self.loo_deltas[index]
+        elif self.siblings.get(gene):
+            delta = self.deltas[self.siblings[gene]].mean(axis=0)
         elif self.unseen == "ridge" and gene in self.prior.index and self.prior.shape[1]:
             features = self.prior.loc[gene].to_numpy(np.float32) - self.feature_mean
             delta = features @ self.coef + self.mean_delta
@@ -350,6 +368,7 @@ class CalibratedAdditive(MeanShiftModel):
         self.context_ = (
             fit_context_calibration(dataset, self.split_) if cfg.context else ContextCalibration()
         )
+        self.guide_genes_ = dataset.guide_genes
         self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))
         if cfg.unseen_mode == "ridge" or cfg.embedding != "data":
             cells = dataset.expression(train)  # (N_train, G): control + training conditions
@@ -381,6 +400,7 @@ class CalibratedAdditive(MeanShiftModel):
             calibrate=self.config.calibrate,
             var_names=list(self.genes_),
             target_aware=self.config.target_aware,
+            guide_genes=self.guide_genes_,
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -390,11 +410,20 @@ class CalibratedAdditive(MeanShiftModel):
             "table": self.table_.to_numpy(np.float64),
             "table_genes": np.asarray(self.table_.index, dtype=str),
             **self.context_.state(len(self.genes_)),
+            "guide_names": np.asarray(list(self.guide_genes_), dtype=str),
+            "guide_targets": np.asarray(list(self.guide_genes_.values()), dtype=str),
         }
 
     def _set_state(self, arrays) -> None:
         self.table_ = pd.DataFrame(arrays["table"], index=arrays["table_genes"].astype(str))
         self.context_ = ContextCalibration.from_state(arrays)
+        self.guide_genes_ = dict(
+            zip(
+                arrays["guide_names"].astype(str).tolist(),
+                arrays["guide_targets"].astype(str).tolist(),
+                strict=True,
+            )
+        )
         self._build_estimator()
 
     def predict_delta(self, conditions):
