@@ -818,6 +818,14 @@ def simulate(
         int | None,
         typer.Option(help="sergio only: regulators in the sub-network (default 60)."),
     ] = None,
+    contexts: Annotated[
+        int | None,
+        typer.Option(
+            help="Cell contexts (default 1): synthetic, contexts with their own baselines "
+            "(obs['context']); sergio, cell types with their own master-regulator rates, every "
+            "condition in each (obs['cell_type'], --cells and --control-cells per type)."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed (default: the engine's, synthetic 0, sergio 1).")
     ] = None,
@@ -854,6 +862,8 @@ def simulate(
         options = {names[size]: value for size, value in sizes.items() if value is not None}
         if seed is not None:
             options["seed"] = seed
+        if contexts is not None:
+            options["n_contexts" if engine == "synthetic" else "n_cell_types"] = contexts
         sergio_only = {"--network": network, "--regulators": regulators, "--data-dir": data_dir}
         if engine == "synthetic":
             given = [flag for flag, value in sergio_only.items() if value is not None]

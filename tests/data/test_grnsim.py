@@ -285,6 +285,9 @@ def test_cli_simulate_sergio_writes_a_screen_and_refuses_to_overwrite(network_cs
     refused = runner.invoke(app, args)
     assert refused.exit_code == 1 and "--overwrite" in refused.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    typed = runner.invoke(app, [*args, "--overwrite", "--contexts", "2"])
+    assert typed.exit_code == 0, typed.output
+    assert set(ad.read_h5ad(out).obs["cell_type"]) == {"type0", "type1"}
 
 
 def test_cli_simulate_synthetic_rejects_sergio_options(tmp_path) -> None:

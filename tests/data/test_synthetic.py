@@ -284,3 +284,16 @@ def test_variance_response_widens_program_fluctuations():
 def test_unknown_response_type_names_the_field():
     with pytest.raises(ValueError, match="response_mix"):
         SyntheticConfig(response_mix=(("bimodal", 1.0),))
+
+
+def test_cli_simulates_contexts(tmp_path):
+    import anndata as ad
+    from typer.testing import CliRunner
+
+    from perturbflow.cli import app
+
+    out = tmp_path / "contexts.h5ad"
+    args = ["simulate", "--out", str(out), "--contexts", "3", "--genes", "40", "--singles", "6"]
+    result = CliRunner().invoke(app, [*args, "--doubles", "3", "--cells", "20"])
+    assert result.exit_code == 0, result.output
+    assert sorted(ad.read_h5ad(out).obs["context"].unique()) == ["ctx0", "ctx1", "ctx2"]
