@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -81,6 +82,18 @@ Priors = Annotated[
         help="Data folder holding priors/ (GO, STRING, gene sets); default "
         "$PERTURBFLOW_DATA_DIR, else ../shared/data."
     ),
+]
+AnnotationFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--annotation",
+        help="Gene coordinates (TSV: gene, chrom, start, end, strand; or GTF) for the 'locus' "
+        "and 'sequence' gene embeddings.",
+    ),
+]
+GenomeFile = Annotated[
+    Path | None,
+    typer.Option("--genome", help="Genome FASTA for the 'sequence' gene embedding."),
 ]
 GeneEmbedding = Annotated[
     str | None,
@@ -197,6 +210,19 @@ def _fail(error: Exception) -> None:
         message = re.sub(rf"\b{name}=", f"{flag} ", message)
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=1)
+
+
+def _use_genome_files(annotation: Path | None, genome: Path | None) -> None:
+    """--annotation / --genome: the prior bundle of every model of this process reads them
+    (through $PERTURBFLOW_ANNOTATION / $PERTURBFLOW_GENOME)."""
+    from perturbflow.programs.priors.bundle import GENOME_ENV
+
+    for piece, path in (("annotation", annotation), ("genome", genome)):
+        if path is None:
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"--{piece} {path}: file not found")
+        os.environ[GENOME_ENV[piece]] = str(path.resolve())
 
 
 def _read_options(
@@ -329,6 +355,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the simulation, split and predictions.")] = 0,
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
     priors: Priors = None,
+    annotation: AnnotationFile = None,
+    genome: GenomeFile = None,
     gene_embedding: GeneEmbedding = None,
     relation_graph: RelationGraph = None,
     overwrite: Overwrite = False,
@@ -343,6 +371,7 @@ def demo(
     from perturbflow.report.figures import metric_bars
 
     try:
+        _use_genome_files(annotation, genome)
         runs = _model_runs(
             models,
             overrides={
@@ -410,6 +439,8 @@ def fit(
         bool, typer.Option("--progress/--no-progress", help="Show training progress bars.")
     ] = True,
     priors: Priors = None,
+    annotation: AnnotationFile = None,
+    genome: GenomeFile = None,
     gene_embedding: GeneEmbedding = None,
     relation_graph: RelationGraph = None,
     condition_key: ConditionKey = "condition",
@@ -433,6 +464,7 @@ def fit(
         options = _read_yaml(config) if config else {}
         if "," in model or model == "all":
             raise ValueError(f"--model takes one model name, got {model!r}")
+        _use_genome_files(annotation, genome)
         (spec,) = _model_runs(
             model,
             {model: options},
@@ -649,6 +681,8 @@ def benchmark(
         typer.Option(help="YAML mapping model name → options, e.g. 'scbig: {flow_steps: 200}'."),
     ] = None,
     priors: Priors = None,
+    annotation: AnnotationFile = None,
+    genome: GenomeFile = None,
     gene_embedding: GeneEmbedding = None,
     relation_graph: RelationGraph = None,
     cell_type_key: Annotated[
@@ -696,6 +730,7 @@ def benchmark(
         bad = [name for name, values in options.items() if not isinstance(values, dict)]
         if bad:
             raise ValueError(f"{model_config}: options of {bad} must be mappings of option: value")
+        _use_genome_files(annotation, genome)
         runs = _model_runs(
             models,
             options,

@@ -283,7 +283,16 @@ def test_text_embedding_with_the_bundled_model_offline():
 
 def test_registry_lists_sources_and_rejects_unknown_names():
     listing = list_embedding_sources()
-    assert set(listing["name"]) == {"data", "go", "ppi", "text", "concat", "mean"}
+    assert set(listing["name"]) == {
+        "data",
+        "go",
+        "ppi",
+        "text",
+        "locus",
+        "sequence",
+        "concat",
+        "mean",
+    }
     assert listing.set_index("name").loc["go", "parameters"]["n_components"] == 64
     with pytest.raises(UnknownEmbeddingSourceError, match=r"'gopher'; available: data, go, ppi"):
         gene_embedding("gopher")

@@ -8,6 +8,7 @@ takes explicit paths; every table goes through the validating readers of
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from perturbflow.data.datasets import DATA_DIR_ENV, data_dir
+from perturbflow.programs.priors.locus import read_gene_annotation
 from perturbflow.programs.priors.tables import (
     MissingPriorError,
     PriorError,
@@ -37,7 +39,12 @@ _LAYOUT = {
     "go_terms": "go_orghs/go_terms.tsv.gz",
     "gene_info": "go_orghs/gene_info.tsv.gz",
     "ppi": "string_v12/string_ppi_700_ntm.tsv.gz",
+    "annotation": "genome/gene_annotation.tsv",
+    "genome": "genome/genome.fa",
 }
+# Environment variables that point at the genome files directly (the CLI's --annotation and
+# --genome set them), overriding the priors folder's layout.
+GENOME_ENV = {"annotation": "PERTURBFLOW_ANNOTATION", "genome": "PERTURBFLOW_GENOME"}
 _REGULON_LAYOUT = {
     "collectri": "collectri/collectri_human.tsv.gz",
     "dorothea": "dorothea/dorothea_hs.tsv.gz",
@@ -72,6 +79,8 @@ class PriorBundle:
     go_terms: Path | None = None
     gene_info: Path | None = None
     ppi: Path | None = None
+    annotation: Path | None = None
+    genome: Path | None = None
     regulons: Mapping[str, Path] = field(default_factory=dict)
     gene_sets: Mapping[str, Path] = field(default_factory=dict)
     _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -120,8 +129,9 @@ class PriorBundle:
                 DATA_DIR_ENV,
                 PRIORS_SUBDIR,
             )
-            return cls()
+            return cls(**_genome_overrides())
         pieces = {name: root / rel for name, rel in _LAYOUT.items() if (root / rel).is_file()}
+        pieces.update(_genome_overrides())
         regulons = {n: root / r for n, r in _REGULON_LAYOUT.items() if (root / r).is_file()}
         gene_sets = {n: root / r for n, r in _GENE_SET_LAYOUT.items() if (root / r).is_file()}
         known = set(gene_sets.values())
@@ -131,6 +141,13 @@ class PriorBundle:
         bundle = cls(root=root, regulons=regulons, gene_sets=gene_sets, **pieces)
         logger.info("prior-knowledge files in %s: %s", root, bundle.describe())
         return bundle
+
+    def load_annotation(self) -> pd.DataFrame:
+        """Gene coordinates (:func:`~perturbflow.programs.priors.locus.read_gene_annotation`)."""
+        return self._cached(
+            ("annotation",),
+            lambda: read_gene_annotation(self.require("annotation", "the locus features")),
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -147,7 +164,10 @@ class PriorBundle:
         where it was expected) when the bundle has none."""
         found = self.path(piece)
         if found is None:
-            raise MissingPriorError(self._missing_message(piece, _LAYOUT[piece], purpose))
+            message = self._missing_message(piece, _LAYOUT[piece], purpose)
+            if piece in GENOME_ENV:
+                message += f" (or --{piece} FILE / ${GENOME_ENV[piece]})"
+            raise MissingPriorError(message)
         return found
 
     def describe(self) -> str:
@@ -263,3 +283,10 @@ def _priors_root(folder: Path) -> Path | None:
     if folder.is_dir() and any((folder / name).is_dir() for name in known_dirs):
         return folder
     return None
+
+
+def _genome_overrides() -> dict[str, Path]:
+    """Genome pieces named by environment variables (:data:`GENOME_ENV`)."""
+    return {
+        piece: Path(os.environ[var]) for piece, var in GENOME_ENV.items() if os.environ.get(var)
+    }

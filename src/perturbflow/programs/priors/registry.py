@@ -11,6 +11,8 @@ Sources (see :func:`list_embedding_sources`):
 - ``ppi``: diffusion-map (spectral) embedding of the STRING graph's largest component.
 - ``text``: GenePT-style sentence embedding of a description of each gene (symbol, NCBI full
   name, GO BP/MF term names), with the offline all-MiniLM-L6-v2 model of the ``[text]`` extra.
+- ``locus`` / ``sequence``: where each gene sits in the genome and the DNA around its TSS
+  (:mod:`perturbflow.programs.priors.locus`; a gene annotation, and a genome FASTA).
 - ``concat`` / ``mean``: several sources, each L2-normalised row-wise, concatenated or averaged.
 
 The cache key is the source name, its parameters, a fingerprint of every input (path, size and
@@ -40,6 +42,11 @@ import scipy.sparse as sp
 from perturbflow.data.datasets import cache_dir as default_cache_dir
 from perturbflow.programs.genesets import _gene_positions
 from perturbflow.programs.priors.bundle import PriorBundle
+from perturbflow.programs.priors.locus import (
+    GENOME_EXTRA_HINT,
+    locus_embedding,
+    sequence_embedding,
+)
 from perturbflow.programs.priors.sources import (
     TEXT_EXTRA_HINT,
     TEXT_MODEL_PACKAGE,
@@ -339,6 +346,42 @@ def _build_text(
     return cache.get_or_build("text", params, inputs, build)
 
 
+def _build_locus(
+    bundle: PriorBundle,
+    genes: Sequence[str] | None,
+    expression: object,
+    cache: _DiskCache,
+    *,
+    window: int = 1_000_000,
+) -> pd.DataFrame:
+    path = bundle.require("annotation", "the 'locus' gene embedding")
+    return cache.get_or_build(
+        "locus",
+        {"window": window},
+        {"annotation": _file_fingerprint(path)},
+        lambda: locus_embedding(bundle.load_annotation(), window=window),
+    )
+
+
+def _build_sequence(
+    bundle: PriorBundle,
+    genes: Sequence[str] | None,
+    expression: object,
+    cache: _DiskCache,
+    *,
+    flank: int = 1000,
+    k: int = 4,
+) -> pd.DataFrame:
+    annotation = bundle.require("annotation", "the 'sequence' gene embedding")
+    genome = bundle.require("genome", "the 'sequence' gene embedding")
+    return cache.get_or_build(
+        "sequence",
+        {"flank": flank, "k": k},
+        {"annotation": _file_fingerprint(annotation), "genome": _file_fingerprint(genome)},
+        lambda: sequence_embedding(bundle.load_annotation(), genome, flank=flank, k=k),
+    )
+
+
 def _text_model_version() -> str:
     try:
         return f"{TEXT_MODEL_PACKAGE}=={importlib.metadata.version(TEXT_MODEL_PACKAGE)}"
@@ -406,6 +449,19 @@ EMBEDDING_SOURCES: dict[str, EmbeddingSource] = {
             f"sentence embedding of gene descriptions (needs the [text] extra: {TEXT_EXTRA_HINT})",
             _build_text,
             requires=("gene_info",),
+        ),
+        EmbeddingSource(
+            "locus",
+            "chromosome, TSS position at several scales, strand and TSS density (gene annotation)",
+            _build_locus,
+            requires=("annotation",),
+        ),
+        EmbeddingSource(
+            "sequence",
+            "k-mer spectrum of the DNA around each TSS (gene annotation and genome FASTA; needs "
+            f"the [genome] extra: {GENOME_EXTRA_HINT})",
+            _build_sequence,
+            requires=("annotation", "genome"),
         ),
         EmbeddingSource(
             "concat",
