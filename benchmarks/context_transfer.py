@@ -48,7 +48,11 @@ REFERENCE = "calibrated_additive"
 
 def runs(models: str) -> list[RunSpec]:
     """The compared models, plus the reference without its context calibration."""
-    return [*model_runs(models), RunSpec("calibrated_no_context", REFERENCE, {"context": False})]
+    return [
+        *model_runs(models),
+        RunSpec("calibrated_no_context", REFERENCE, {"context": False}),
+        RunSpec("calibrated_all_genes", REFERENCE, {"context_genes": 0}),
+    ]
 
 
 def benchmark(dataset, split_kind: str, label: str, args) -> pd.DataFrame:
@@ -100,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context-response", type=float, default=0.5)
     parser.add_argument("--models", default="additive,calibrated_additive,linear,ridge")
     parser.add_argument("--no-real", action="store_true", help="skip mcfaline23_subset")
+    parser.add_argument("--no-sim", action="store_true", help="skip the simulated screens")
+    parser.add_argument(
+        "--screen", type=Path, action="append", default=[], help="a .h5ad with obs['cell_type']"
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -111,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         ".venv/bin/python benchmarks/context_transfer.py " + " ".join(sys.argv[1:]) + "\n"
     )
     frames = []
-    for screen in (int(s) for s in args.screens.split(",")):
+    for path in args.screen:
+        dataset = read(path, context_key="cell_type")
+        frames.append(benchmark(dataset, "cross_context", path.stem, args))
+    for screen in (int(s) for s in args.screens.split(",")) if not args.no_sim else ():
         adata = simulate(**SCREEN, context_response=args.context_response, seed=screen)
         dataset = read(adata, context_key="context")
         frames.append(

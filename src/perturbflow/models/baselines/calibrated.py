@@ -325,12 +325,14 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     source (``go``, ``ppi``, ``text``, …) or a table path, used next to the data embedding; the
     name ``calibrated_additive[go]`` sets it. ``priors``: the data folder holding ``priors/``.
     ``context``: on a context split (``cross_cell_line``, ``cross_context``), calibrate the
-    transferred change to the target context (:mod:`perturbflow.models.baselines.context`).
+    transferred change to the target context (:mod:`perturbflow.models.baselines.context`),
+    fitted on each perturbation's ``context_genes`` largest changes (0: all genes).
     """
 
     calibrate: bool = True
     target_aware: bool = True
     context: bool = True
+    context_genes: int = 20
     unseen: str = "auto"
     embedding: str = "data"
     n_components: int = 32
@@ -366,7 +368,9 @@ class CalibratedAdditive(MeanShiftModel):
     def _fit(self, dataset, train) -> None:
         cfg = self.config
         self.context_ = (
-            fit_context_calibration(dataset, self.split_) if cfg.context else ContextCalibration()
+            fit_context_calibration(dataset, self.split_, cfg.context_genes)
+            if cfg.context
+            else ContextCalibration()
         )
         self.guide_genes_ = dataset.guide_genes
         self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))

@@ -10,8 +10,9 @@ context and in the others.
 The calibrated change of a condition is ``a · transferred + b · m_T``: ``transferred`` is what
 the estimator predicts from the pooled training data (for a held-out condition, its change in
 the other contexts), ``m_T`` the mean change of the target context's training perturbations.
-``a`` and ``b`` (non-negative, at most ``MAX_SCALE``) are fitted by least squares over genes
-and the target context's training perturbations measured in both places, each predicted from
+``a`` and ``b`` (non-negative, at most ``MAX_SCALE``) are fitted by least squares over each
+perturbation's largest target-context changes (``top_genes``, default 20, the genes DE metrics
+score) and the target context's training perturbations measured in both places, each predicted from
 its other-context change and ``m_T`` computed without it (leave one out). ``a = 1, b = 0`` is the
 plain transfer; ``a = 0, b = 1`` predicts the context's mean response for every condition.
 The calibration is kept only when, fitted without each of those perturbations in turn, it
@@ -68,9 +69,14 @@ class ContextCalibration:
         return cls(transfer, context_mean, np.asarray(arrays["context_mean"]), int(n))
 
 
-def fit_context_calibration(dataset: PerturbationDataset, split: Split) -> ContextCalibration:
+def fit_context_calibration(
+    dataset: PerturbationDataset, split: Split, top_genes: int = 20
+) -> ContextCalibration:
     """The calibration of ``split``'s target context (identity for other splits, or when fewer
-    than ``MIN_CONDITIONS`` target-context training perturbations have cells on both sides)."""
+    than ``MIN_CONDITIONS`` target-context training perturbations have cells on both sides).
+
+    ``top_genes``: fit and check on each perturbation's ``top_genes`` largest target-context
+    changes (``0``: all genes)."""
     if split.kind not in CONTEXT_KINDS:
         return ContextCalibration()
     key, target = split.params["cell_type_key"], split.params["target_line"]
@@ -113,8 +119,12 @@ def fit_context_calibration(dataset: PerturbationDataset, split: Split) -> Conte
     features, targets = [], []
     for name in both:
         loo_mean = (total - target_deltas[name]) / (n - 1) if n > 1 else np.zeros_like(total)
-        features.append(np.column_stack([other_deltas[name], loo_mean]))  # (G, 2)
-        targets.append(np.asarray(target_deltas[name], np.float64))  # (G,)
+        target_delta = np.asarray(target_deltas[name], np.float64)  # (G,)
+        rows = np.arange(len(target_delta))
+        if top_genes:  # the genes this perturbation changes most, as DE metrics weigh them
+            rows = np.argsort(-np.abs(target_delta), kind="stable")[:top_genes]
+        features.append(np.column_stack([other_deltas[name], loo_mean])[rows])  # (g, 2)
+        targets.append(target_delta[rows])  # (g,)
     transfer, context_mean = (float(c) for c in _fit_scales(features, targets))
     # Keep the calibration only where it predicts a held-out perturbation better than the plain
     # transfer does (each perturbation predicted with scales fitted on the others).

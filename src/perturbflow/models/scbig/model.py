@@ -249,7 +249,9 @@ class ScBIG:
         )
         additive = CalibratedAdditive(self._start_config()).fit(dataset, inner)
         if context_split is not None and additive.config.context:
-            additive.context_ = fit_context_calibration(dataset, context_split)
+            additive.context_ = fit_context_calibration(
+                dataset, context_split, additive.config.context_genes
+            )
         combinator = None
         if self.config.start == "combinator":
             combinator = Combinator(CombinatorConfig(seed=self.config.seed)).fit(dataset, inner)
