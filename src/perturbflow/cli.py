@@ -1266,6 +1266,84 @@ def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{flag} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+@app.command()
+def design(
+    data: Annotated[Path, typer.Argument(help="The screen (.h5ad) with measured singles.")],
+    out: Annotated[Path, typer.Option(help="Ranked CSV of untested pairs.")],
+    model: Annotated[
+        str, typer.Option(help="Model predicting the doubles (it must learn interactions).")
+    ] = "combinator",
+    seeds: Annotated[
+        str, typer.Option(help="Ensemble members (bootstrap + model seed), e.g. 0,1,2.")
+    ] = "0,1,2",
+    kappa: Annotated[
+        float, typer.Option(help="Weight of uncertainty against predicted interaction.")
+    ] = 1.0,
+    genes: Annotated[
+        str | None, typer.Option(help="Only pairs of these genes (comma-separated).")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Rows printed (the CSV has every pair).")] = 15,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    layer: Layer = None,
+    context_key: ContextKey = None,
+    batch_key: BatchKey = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Rank untested gene pairs by predicted interaction and uncertainty: what to measure next.
+
+    See docs/method.md §5 and perturbflow.eval.design for what the score means.
+    """
+    from perturbflow.eval.design import candidate_pairs, rank_pairs  # heavy: torch
+    from perturbflow.eval.loop import RunSpec
+
+    try:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        dataset = _read_options(
+            condition_key,
+            control,
+            gene_key,
+            separator,
+            layer,
+            keep_unassigned,
+            unassigned,
+            context_key,
+            batch_key,
+        ).read(data)
+        chosen = [g.strip() for g in genes.split(",")] if genes else None
+        with console.status(f"fitting {len(seed_list)} {model} models"):
+            table = rank_pairs(
+                dataset,
+                RunSpec(model, model),
+                candidates=candidate_pairs(dataset, chosen),
+                seeds=seed_list,
+                kappa=kappa,
+            )
+        write_csv(table, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    shown = Table(title=f"untested pairs ranked by {model} (kappa {kappa})")
+    for column in ("rank", "condition", "score", "interaction", "uncertainty", "kind"):
+        shown.add_column(column)
+    for _, row in table.head(top).iterrows():
+        shown.add_row(
+            str(row["rank"]),
+            row["condition"],
+            f"{row['score']:.3f}",
+            f"{row['interaction']:.3f}",
+            f"{row['uncertainty']:.3f}",
+            row["kind"],
+        )
+    console.print(shown)
+    console.print(f"{len(table)} pairs written to [bold]{out}[/]")
+
+
 @app.command("datasets")
 def list_datasets() -> None:
     """List the registered datasets and whether they are available here."""
