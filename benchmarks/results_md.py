@@ -61,7 +61,14 @@ RUNS = (
         "runs/context_transfer",
         "Cross-context prediction: calibration to the target context (paired over seeds)",
     ),
+    (
+        "runs/grn_2types_cross_context",
+        "Two-cell-type GRN screen (DoRothEA, seed 4): cross_context split, 5 seeds",
+    ),
     ("runs/guides", "`papalexi21_thp1` at guide level: held-out guides of seen genes"),
+    ("runs/locus_papalexi", "Locus features (GENCODE hg38): `papalexi21_thp1`, unseen-single"),
+    ("runs/locus_norman", "Locus features (GENCODE hg38): `norman19_subset`, simulation split"),
+    ("runs/design", "Experiment design: ranked vs random doubles over simulated rounds"),
     (
         "runs/context_matching",
         "Control cells matched by context vs unmatched on confounded two-context screens",

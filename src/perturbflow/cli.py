@@ -1296,7 +1296,7 @@ def design(
 ) -> None:
     """Rank untested gene pairs by predicted interaction and uncertainty: what to measure next.
 
-    See docs/method.md §5 and perturbflow.eval.design for what the score means.
+    perturbflow.eval.design explains the score; benchmarks/design.py measures the ranking.
     """
     from perturbflow.eval.design import candidate_pairs, rank_pairs  # heavy: torch
     from perturbflow.eval.loop import RunSpec
