@@ -153,14 +153,27 @@ class PerturbationDataset:
         """Dense ``(cells, genes)`` float32 expression of the cells of one or more conditions."""
         return _dense(self.adata[self.cell_mask(name)].X)
 
+    def matrix(self, name: str | Sequence[str]):
+        """The cells of one or more conditions as stored: a sparse matrix stays sparse (for
+        statistics that never need a dense copy, e.g. gene correlations)."""
+        matrix = self.adata[self.cell_mask(name)].X
+        return matrix if sp.issparse(matrix) else np.asarray(matrix)
+
     def control_expression(self) -> np.ndarray:
         return self.expression(CONTROL_NAME)
 
     def mean_expression(self, names: Sequence[str] | None = None) -> pd.DataFrame:
-        """Mean expression per condition: DataFrame ``(conditions, genes)``."""
+        """Mean expression per condition: DataFrame ``(conditions, genes)``; sparse data are
+        averaged without a dense copy."""
         names = self.conditions if names is None else list(names)
-        rows = [self.expression(name).mean(axis=0) for name in names]
-        return pd.DataFrame(np.vstack(rows), index=names, columns=self.genes)
+        rows = [
+            np.asarray(self.matrix(name).mean(axis=0), dtype=np.float32).ravel() for name in names
+        ]
+        return pd.DataFrame(
+            np.vstack(rows) if rows else np.zeros((0, self.n_genes), np.float32),
+            index=names,
+            columns=self.genes,
+        )
 
     def subset(self, names: Sequence[str]) -> PerturbationDataset:
         """A dataset holding only the cells of ``names`` (loaded into memory)."""

@@ -375,7 +375,7 @@ class CalibratedAdditive(MeanShiftModel):
         self.guide_genes_ = dataset.guide_genes
         self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))
         if cfg.unseen_mode == "ridge" or cfg.embedding != "data":
-            cells = dataset.expression(train)  # (N_train, G): control + training conditions
+            cells = dataset.matrix(train)  # (N_train, G), sparse kept: control + training
             table = correlation_embedding(cells, dataset.genes, cfg.n_components)
             if cfg.embedding != "data":
                 prior = prior_gene_table(

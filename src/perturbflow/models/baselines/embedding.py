@@ -74,7 +74,7 @@ class _EmbeddingModel(MeanShiftModel):
 
     def _fit(self, dataset, train) -> None:
         if self.config.embedding == "data":
-            cells = dataset.expression(train)  # (N_train, G): control + training conditions only
+            cells = dataset.matrix(train)  # (N_train, G), sparse kept: control + training only
             table = correlation_embedding(cells, dataset.genes, self.config.n_components)
         else:
             table = prior_gene_table(

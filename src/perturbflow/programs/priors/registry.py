@@ -208,15 +208,19 @@ def _build_data(
             "and genes= (their symbols)"
         )
     gene_index = pd.Index(list(_gene_positions(genes)))
-    if sp.issparse(expression):
-        expression = expression.toarray()
-    expression = np.asarray(expression, dtype=np.float64)  # (N, G)
+    if not sp.issparse(expression):
+        expression = np.asarray(expression, dtype=np.float64)  # (N, G)
     if expression.ndim != 2 or expression.shape[1] != len(gene_index):
         raise EmbeddingInputError(
             f"expression must be (cells, genes) with {len(gene_index)} columns, got "
             f"{expression.shape}"
         )
-    inputs = {"expression": _array_digest(expression, gene_index.to_numpy(dtype=str))}
+    if sp.issparse(expression):  # digest of the stored values, without a dense copy
+        csr = sp.csr_matrix(expression, dtype=np.float64)
+        parts = (csr.data, csr.indices, csr.indptr, np.asarray(csr.shape))
+    else:
+        parts = (expression,)
+    inputs = {"expression": _array_digest(*parts, gene_index.to_numpy(dtype=str))}
     return cache.get_or_build(
         "data",
         {"n_components": n_components},

