@@ -541,3 +541,18 @@ def test_repr_summarises_the_dataset(dataset):
     assert "48 cells × 5 genes" in text
     assert "3 perturbations" in text
     assert "source='<AnnData>'" in text
+
+
+def test_sparse_means_equal_dense_means_without_a_dense_copy(simulated_screen):
+    import scipy.sparse as sp
+
+    from perturbflow.data import read
+
+    adata = simulated_screen("tiny")
+    dense = read(adata)
+    adata.X = sp.csr_matrix(adata.X)
+    stored = read(adata)
+    assert sp.issparse(stored.matrix(["ctrl"]))
+    np.testing.assert_allclose(
+        stored.mean_expression().to_numpy(), dense.mean_expression().to_numpy(), atol=1e-5
+    )

@@ -435,3 +435,23 @@ def test_use_cache_false_writes_nothing(bundle, tmp_path):
 
 def test_every_registered_source_has_a_description():
     assert all(source.description for source in EMBEDDING_SOURCES.values())
+
+
+def test_correlation_embedding_of_sparse_cells_equals_the_dense_one():
+    import scipy.sparse as sp
+
+    from perturbflow.programs.priors.sources import correlation_embedding
+
+    rng = np.random.default_rng(3)
+    cells = rng.gamma(1.0, 1.0, (300, 25)) * (rng.random((300, 25)) < 0.3)  # mostly zeros
+    cells[:, 4] = 2.0  # a constant gene gets a zero row
+    genes = pd.Index([f"g{i}" for i in range(25)])
+    dense = correlation_embedding(cells, genes, 6)
+    sparse = correlation_embedding(sp.csr_matrix(cells), genes, 6)
+    np.testing.assert_allclose(sparse.to_numpy(), dense.to_numpy(), atol=1e-10)
+    assert np.abs(dense.loc["g4"]).max() < 1e-8
+    # Dot products of the full embedding are the correlations.
+    full = correlation_embedding(cells, genes, 25)
+    expected = np.corrcoef(np.delete(cells, 4, axis=1), rowvar=False)
+    approx = (full.to_numpy() @ full.to_numpy().T)[np.ix_(*[np.r_[0:4, 5:25]] * 2)]
+    np.testing.assert_allclose(approx, expected, atol=1e-8)
