@@ -30,8 +30,7 @@ from perturbflow.data.splits import Split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.design import rank_pairs
 from perturbflow.eval.evaluate import evaluate
-from perturbflow.eval.loop import RunSpec
-from perturbflow.models import get_model
+from perturbflow.eval.loop import RunSpec, fit_model
 
 logger = logging.getLogger("design")
 
@@ -92,7 +91,7 @@ def score(dataset, singles, measured, split, de, seed, strategy) -> pd.DataFrame
     train = Split(
         kind="design_round", seed=seed, train=(CONTROL_NAME, *singles, *measured), val=(), test=()
     )
-    model = get_model("combinator").fit(dataset, train)
+    model = fit_model(RunSpec("combinator", "combinator"), dataset, train, seed)
     predicted = model.predict(list(split.test), n_cells=100, seed=seed)
     results = evaluate(predicted, dataset, split, model="combinator", seed=seed, de=de)
     results = results[results["metric"].isin(METRICS)]

@@ -31,8 +31,7 @@ from perturbflow.data.datasets import DATASETS, data_dir
 from perturbflow.data.splits import Split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import evaluate
-from perturbflow.eval.loop import model_runs, run
-from perturbflow.models import get_model
+from perturbflow.eval.loop import RunSpec, fit_model, model_runs, run
 
 logger = logging.getLogger("guides")
 
@@ -93,7 +92,7 @@ def gene_level(raw: ad.AnnData, options: dict, guides, split: Split, seed: int) 
     de = de_genes(guides, list(split.test))
     frames = []
     for name in GENE_MODELS:
-        model = get_model(name).fit(genes, train)
+        model = fit_model(RunSpec(name, name), genes, train, seed)
         targets = sorted({guide_gene[g] for g in split.test})
         predicted = model.predict(targets, n_cells=100, seed=seed)
         blocks = []

@@ -21,8 +21,7 @@ import pandas as pd
 
 from perturbflow.data.io import CONDITION_COLUMN, PerturbationDataset
 from perturbflow.data.splits import Split
-from perturbflow.eval.loop import RunSpec
-from perturbflow.models.base import get_model
+from perturbflow.eval.loop import RunSpec, fit_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def fit_ensemble(
     for number, seed in enumerate(seeds):
         data = resample_cells(dataset, seed) if bootstrap else dataset
         start = time.perf_counter()
-        model = get_model(spec.model, spec.config(seed)).fit(data, split)
+        model = fit_model(spec, data, split, seed)
         seconds.append(time.perf_counter() - start)
         predicted = [
             pseudobulk_delta(

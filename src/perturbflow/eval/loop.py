@@ -171,6 +171,12 @@ def model_runs(
     return [RunSpec(name, name, dict(options.get(name, {}))) for name in resolve_models(models)]
 
 
+def fit_model(spec: RunSpec, dataset: PerturbationDataset, split: Split, seed: int):
+    """``spec``'s model with model seed ``seed``, fitted on ``split``'s training conditions: the
+    one place a run's model is fitted (the loop, ensembles, design and benchmark scripts)."""
+    return get_model(spec.model, spec.config(seed)).fit(dataset, split)
+
+
 def run(
     dataset: PerturbationDataset,
     split_kind: str,
@@ -262,9 +268,7 @@ def run(
             if progress is not None:
                 progress(f"seed {seed}{_at(tag)}: {spec.label}")
             start = time.perf_counter()
-            model = get_model(spec.model, spec.config(replicate.model_seed)).fit(
-                level_data[tag], split
-            )
+            model = fit_model(spec, level_data[tag], split, replicate.model_seed)
             fitted = time.perf_counter()
             predictions = to_eval_space(
                 model.predict(split.test, n_cells=n_cells, seed=replicate.sampling_seed)
