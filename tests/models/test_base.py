@@ -199,3 +199,42 @@ def test_checkpoint_of_an_unregistered_model_is_refused(tmp_path) -> None:
     )
     with pytest.raises(CheckpointError, match="alien_model"):
         load_model(path)
+
+
+def test_gene_names_match_by_letter_case_then_by_alias_and_only_when_unambiguous(caplog):
+    from perturbflow.models.base import match_gene_names
+
+    aliases = {"P53": {"TP53"}, "MLL": {"KMT2A"}, "SHARED": {"TP53", "KMT2A"}}
+
+    def resolver():
+        return lambda symbol: aliases.get(symbol.upper(), {symbol.upper()})
+
+    vocabulary = {"TP53", "KMT2A", "GAPDH"}
+    reported: set[str] = set()
+    with caplog.at_level("INFO"):
+        names = match_gene_names(
+            ["gapdh", "p53+MLL", "SHARED", "NOVEL"],
+            vocabulary,
+            owner="m",
+            reported=reported,
+            aliases=resolver,
+        )
+    assert names == ["GAPDH", "KMT2A+TP53", "SHARED", "NOVEL"]
+    assert "'p53' matched to 'TP53' (alias in the gene info)" in caplog.text
+    assert "'gapdh' matched to 'GAPDH' (letter case)" in caplog.text
+    calls = []
+    match_gene_names(
+        ["TP53"], vocabulary, owner="m", reported=set(), aliases=lambda: calls.append(1)
+    )
+    assert calls == []  # known genes never load the alias table
+
+
+def test_real_gene_info_resolves_a_previous_symbol():
+    from perturbflow.data.datasets import data_dir
+    from perturbflow.models.base import default_alias_resolver, match_gene_names
+
+    if data_dir() is None or not (data_dir() / "priors" / "go_orghs" / "gene_info.tsv.gz").exists():
+        pytest.skip("real gene info absent (set PERTURBFLOW_DATA_DIR)")
+    assert default_alias_resolver() is not None
+    names = match_gene_names(["MLL"], {"KMT2A", "TP53"}, owner="m", reported=set())
+    assert names == ["KMT2A"]

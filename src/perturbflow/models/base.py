@@ -8,6 +8,7 @@ Every model — baseline or not — implements ``fit(dataset, split, config) -> 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import zipfile
@@ -131,14 +132,39 @@ def canonical_conditions(conditions: Iterable[str] | str) -> list[str]:
     return list(dict.fromkeys(canonical(label) for label in conditions))
 
 
+@functools.lru_cache(maxsize=1)
+def default_alias_resolver():
+    """Alias resolver from the gene info of the default data folder's priors, or ``None``.
+
+    Loaded on first need only (a gene the model does not know by name or letter case)."""
+    # Lazy: the prior bundle imports scanpy; most predictions never need an alias.
+    from perturbflow.programs.priors import PriorBundle
+    from perturbflow.programs.priors.tables import PriorError, alias_resolver
+
+    try:
+        info = PriorBundle.discover().gene_info_or_none()
+    except PriorError as error:
+        logger.info("gene aliases unavailable: %s", error)
+        return None
+    return alias_resolver(info) if info is not None else None
+
+
 def match_gene_names(
-    names: Iterable[str], vocabulary: Iterable[str], *, owner: str, reported: set[str]
+    names: Iterable[str],
+    vocabulary: Iterable[str],
+    *,
+    owner: str,
+    reported: set[str],
+    aliases=default_alias_resolver,
 ) -> list[str]:
     """Canonical ``names`` with every gene matched to the model's ``vocabulary`` (the genes it
     measured, saw perturbed or has a vector for): exactly, else case-insensitively when exactly
-    one vocabulary gene matches (``tp53`` → ``TP53``). Each case match is logged once per gene
-    (``reported`` remembers what was said); a gene matching nothing is kept as given, and the
-    model's own fallback for genes it has never seen applies."""
+    one vocabulary gene matches (``tp53`` → ``TP53``), else through the gene info's aliases and
+    previous symbols when exactly one vocabulary gene is what the name denotes (``p53`` →
+    ``TP53``). ``aliases`` returns that resolver (or ``None``); it is called only for a gene
+    that matched neither way. Each match is logged once per gene (``reported`` remembers what
+    was said); a gene matching nothing is kept as given, and the model's own fallback for genes
+    it has never seen applies."""
     known = set(vocabulary)
     by_lower: dict[str, set[str]] = {}
     for gene in known:
@@ -147,12 +173,20 @@ def match_gene_names(
     for name in canonical_conditions(names):
         genes = []
         for gene in parse_condition(name):
+            found, how = None, ""
             candidates = by_lower.get(gene.lower(), set())
             if gene not in known and len(candidates) == 1:
-                (found,) = candidates
+                (found,), how = candidates, "letter case"
+            elif gene not in known and not candidates and aliases is not None:
+                resolve = aliases()
+                officials = resolve(gene) if resolve is not None else set()
+                hits = {g for g in known if g.upper() in officials}
+                if len(hits) == 1:
+                    (found,), how = hits, "alias in the gene info"
+            if found is not None:
                 if gene not in reported:
                     reported.add(gene)
-                    logger.info("%s: gene %r matched to %r (letter case)", owner, gene, found)
+                    logger.info("%s: gene %r matched to %r (%s)", owner, gene, found, how)
                 gene = found
             genes.append(gene)
         matched.append(format_condition(frozenset(genes)))

@@ -562,6 +562,12 @@ def harmonise_table(
     return result, report
 
 
+def alias_resolver(gene_info: pd.DataFrame):
+    """Function from a gene symbol to the set of official (upper-case) symbols it may denote:
+    itself when official, else every gene listing it as an alias or previous symbol."""
+    return _alias_resolver(gene_info)
+
+
 def _alias_resolver(gene_info: pd.DataFrame):
     """Function from a symbol to the set of official (upper-case) symbols it may denote."""
     official = set(gene_info["gene_symbol"].astype(str).str.upper())
