@@ -308,6 +308,17 @@ def _model_runs(
     return runs
 
 
+# Short column labels of the terminal table; its caption spells each out.
+_SHORT_METRIC = {
+    "pearson_delta": "rΔ",
+    "pearson_delta_de20": "rΔ de20",
+    "mse_de20": "mse de20",
+    "direction_acc_de20": "dir de20",
+    "discrimination_l1": "discr",
+    "energy_distance": "energy",
+}
+
+
 def summary_table(results, title: str) -> Table:
     """Rich table: mean of each metric per subgroup and model."""
     from perturbflow.eval.metrics import METRICS  # heavy: torch
@@ -320,13 +331,14 @@ def summary_table(results, title: str) -> Table:
         index=["subgroup", "model"], columns="metric", values="value", aggfunc="mean"
     )
     counts = results.groupby(["subgroup", "model"])["condition"].nunique()
-    table = Table(title=title, show_lines=False)
-    table.add_column("subgroup")
-    table.add_column("model")
+    legend = "; ".join(f"{_SHORT_METRIC.get(m, m)} = {m}" for m in shown)
+    table = Table(title=title, show_lines=False, caption=legend, caption_justify="left")
+    table.add_column("subgroup", overflow="fold")
+    table.add_column("model", overflow="fold")
     table.add_column("n", justify="right")
     for metric in shown:
         arrow = "↑" if METRICS[metric].higher_is_better else "↓"
-        table.add_column(f"{metric} {arrow}", justify="right")
+        table.add_column(f"{_SHORT_METRIC.get(metric, metric)} {arrow}", justify="right")
     previous = None
     for (subgroup, model), row in pivot.iterrows():
         label = subgroup if subgroup != previous else ""

@@ -484,3 +484,21 @@ def test_benchmark_with_context_key_matches_controls_and_holds_out_a_context(
     assert set(results["subgroup"]) == {"cross_context_ctx0"}
     missing = runner.invoke(app, [*args[:4], "--context-key", "stim", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 1 and "obs has no context column 'stim'" in missing.output
+
+
+def test_terminal_table_abbreviates_metrics_with_a_legend_and_wraps_names():
+    from rich.console import Console
+
+    from perturbflow.cli import summary_table
+
+    rows = [
+        {"subgroup": "combo_seen2", "model": "calibrated_additive", "metric": m, "value": 0.5}
+        for m in ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
+    ]
+    frame = pd.DataFrame(rows).assign(condition="A+B")
+    console = Console(width=80, record=True)
+    console.print(summary_table(frame, "t"))
+    text = console.export_text()
+    assert "rΔ de20 ↑" in text and "…" not in text  # nothing cut off at 80 columns
+    assert "rΔ de20 = pearson_delta_de20" in text.replace("\n", " ")
+    assert max(len(line) for line in text.splitlines()) <= 80
