@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.data import ControlCompositionWarning, read
+from perturbflow.data.outputs import mark_complete, prepare_output_dir
 from perturbflow.data.synthetic import simulate
 from perturbflow.eval.loop import model_runs, run
 
@@ -117,16 +118,15 @@ def main(argv: list[str] | None = None) -> None:
     args.screens = [int(s) for s in args.screens.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        parser.error(f"{args.out} exists and is not empty; pass --overwrite to replace it")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(
+    folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(
         ".venv/bin/python benchmarks/context_matching.py " + " ".join(sys.argv[1:]) + "\n"
     )
     results = pd.concat([benchmark_screen(s, args) for s in args.screens], ignore_index=True)
-    results.to_csv(args.out / "results.csv", index=False)
-    (args.out / "table.md").write_text(table(results, args))
-    logger.info("wrote %s", args.out / "table.md")
+    results.to_csv(folder / "results.csv", index=False)
+    (folder / "table.md").write_text(table(results, args))
+    mark_complete(folder)
+    logger.info("wrote %s", folder / "table.md")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import pandas as pd
 
 from perturbflow.data import read
 from perturbflow.data.datasets import load_dataset
+from perturbflow.data.outputs import mark_complete, prepare_output_dir
 from perturbflow.data.synthetic import simulate
 from perturbflow.eval.loop import RunSpec, model_runs, run
 
@@ -112,10 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        parser.error(f"{args.out} exists and is not empty; pass --overwrite to replace it")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(
+    folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(
         ".venv/bin/python benchmarks/context_transfer.py " + " ".join(sys.argv[1:]) + "\n"
     )
     frames = []
@@ -137,9 +136,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     results = pd.concat(frames, ignore_index=True)
-    results.to_csv(args.out / "results.csv", index=False)
-    (args.out / "table.md").write_text(table(results))
-    logger.info("wrote %s", args.out / "table.md")
+    results.to_csv(folder / "results.csv", index=False)
+    (folder / "table.md").write_text(table(results))
+    mark_complete(folder)
+    logger.info("wrote %s", folder / "table.md")
 
 
 if __name__ == "__main__":

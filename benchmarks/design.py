@@ -26,6 +26,7 @@ import pandas as pd
 
 from perturbflow.data import read
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
+from perturbflow.data.outputs import mark_complete, prepare_output_dir
 from perturbflow.data.splits import Split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.design import rank_pairs
@@ -158,10 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        parser.error(f"{args.out} exists and is not empty; pass --overwrite to replace it")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(
+    folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(
         ".venv/bin/python benchmarks/design.py " + " ".join(sys.argv[1:]) + "\n"
     )
     frames = []
@@ -172,10 +171,11 @@ def main(argv: list[str] | None = None) -> None:
             frame["round"] = frame.groupby(["strategy", "metric"]).cumcount()
             frames.append(frame)
             results = pd.concat(frames, ignore_index=True)
-            results.to_csv(args.out / "results.csv", index=False)
-    (args.out / "table.md").write_text(table(results))
-    plot(results, args.out / "rounds.png")
-    logger.info("wrote %s", args.out / "table.md")
+            results.to_csv(folder / "results.csv", index=False)
+    (folder / "table.md").write_text(table(results))
+    plot(results, folder / "rounds.png")
+    mark_complete(folder)
+    logger.info("wrote %s", folder / "table.md")
 
 
 def plot(results: pd.DataFrame, path: Path) -> None:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from perturbflow.data import CONDITION_COLUMN, read
 from perturbflow.data.datasets import DATASETS, data_dir
+from perturbflow.data.outputs import mark_complete, prepare_output_dir
 from perturbflow.data.splits import Split
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.evaluate import evaluate
@@ -49,17 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        parser.error(f"{args.out} exists and is not empty; pass --overwrite to replace it")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(
+    folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(
         ".venv/bin/python benchmarks/guides.py " + " ".join(sys.argv[1:]) + "\n"
     )
     spec = DATASETS["papalexi21_thp1"]
-    folder = data_dir()
-    if folder is None:
+    data = data_dir()
+    if data is None:
         parser.error("no data folder: set PERTURBFLOW_DATA_DIR")
-    raw = ad.read_h5ad(folder / spec.local_path)
+    raw = ad.read_h5ad(data / spec.local_path)
     options = dict(condition_key=spec.condition_key, control=spec.control)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -76,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         frames.append(gene_level(raw, options, guides, split, seed))
     results = pd.concat(frames, ignore_index=True)
     results = results[results["metric"].isin(METRICS)]
-    results.to_csv(args.out / "results.csv", index=False)
-    (args.out / "table.md").write_text(table(results, guides, seeds))
-    logger.info("wrote %s", args.out / "table.md")
+    results.to_csv(folder / "results.csv", index=False)
+    (folder / "table.md").write_text(table(results, guides, seeds))
+    mark_complete(folder)
+    logger.info("wrote %s", folder / "table.md")
 
 
 def gene_level(raw: ad.AnnData, options: dict, guides, split: Split, seed: int) -> pd.DataFrame:
