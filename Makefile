@@ -6,7 +6,8 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.perturbflow-installed
 DEMO_OUT ?= runs/demo
-# Test workers (pytest-xdist): every test runs on one thread, so one worker per core uses them all.
+# Test workers (pytest-xdist): every test runs on one thread, so one worker per core uses them
+# all; work stealing keeps both busy when a long test comes last.
 TEST_WORKERS ?= auto
 
 .PHONY: install demo test lint clean
@@ -31,7 +32,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
