@@ -58,6 +58,7 @@ from perturbflow.data.io import (
     DataValidationError,
     PerturbationDataset,
 )
+from perturbflow.data.messages import preview as _preview
 from perturbflow.data.splits import (
     CONTEXT_KINDS,
     CROSS_CELL_LINE,
@@ -320,9 +321,3 @@ def _with_adata(
         unmeasured_genes=dataset.unmeasured_genes,
         cell_type_key=key,
     )
-
-
-def _preview(items, limit: int = 8) -> str:
-    items = [str(item) for item in items]
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")

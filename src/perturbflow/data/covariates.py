@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency
 
+from perturbflow.data.messages import preview as _preview
+
 __all__ = [
     "CovariateError",
     "Imbalance",
@@ -203,9 +205,3 @@ def _varies_within(values: pd.Series, conditions: pd.Series, is_control: np.ndar
     sizes = perturbed.groupby("condition", observed=True)["value"].agg(["size", "nunique"])
     sizes = sizes[sizes["size"] >= 2]
     return len(sizes) > 0 and float((sizes["nunique"] > 1).mean()) >= 0.5
-
-
-def _preview(items, limit: int = 8) -> str:
-    items = [str(item) for item in items]
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")

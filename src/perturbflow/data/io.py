@@ -41,6 +41,7 @@ from perturbflow.data.guides import (
     guide_conditions,
     read_guide_map,
 )
+from perturbflow.data.messages import preview as _preview
 
 logger = logging.getLogger(__name__)
 
@@ -836,9 +837,3 @@ def _dense(matrix) -> np.ndarray:
 def _suggest(name: str, options) -> str:
     match = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _preview(items, limit: int = 8) -> str:
-    items = [str(item) for item in items]
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.data.io import PerturbationDataset
+from perturbflow.data.messages import preview as _preview
 from perturbflow.programs.priors import PriorBundle, harmonise_symbols
 
 logger = logging.getLogger(__name__)
@@ -457,9 +458,3 @@ def _gene_list(genes: Sequence[str], what: str) -> list[str]:
     if len(duplicated):
         raise GRNInputError(f"{what} has duplicates: {_preview(list(duplicated.unique()))}")
     return gene_list
-
-
-def _preview(items, limit: int = 8) -> str:
-    items = [str(item) for item in items]
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
