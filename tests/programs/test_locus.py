@@ -208,3 +208,18 @@ def test_registered_annotation_downloads_once_verifies_and_converts(tmp_path, ht
     assert fetch_gene_annotation("test", cache_dir=cache, source=source) == path
     with pytest.raises(GenomeError, match="unknown gene annotation 'mm99'"):
         fetch_gene_annotation("mm99", cache_dir=cache)
+
+
+def test_kmer_counts_match_a_direct_count_and_skip_windows_with_n():
+    import itertools
+
+    from perturbflow.programs.priors.locus import _kmer_counts
+
+    sequence = "ACGTNNACGGTTAAACCCGGGTTTAN" * 3
+    for k in (1, 2, 3):
+        kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
+        direct = [
+            sum(sequence[i : i + k] == kmer for i in range(len(sequence) - k + 1)) for kmer in kmers
+        ]
+        np.testing.assert_array_equal(_kmer_counts(sequence, k), direct)
+    assert _kmer_counts("AC", 3).sum() == 0

@@ -194,7 +194,6 @@ def sequence_embedding(
             f"{sorted(present)[:8]}. Use the genome build of the annotation, or drop those genes"
         )
     kmers = ["".join(letters) for letters in itertools.product("ACGT", repeat=k)]
-    column = {kmer: i for i, kmer in enumerate(kmers)}
     counts = np.zeros((len(annotation), len(kmers)))  # (G, 4^k)
     for row, (chrom, tss, strand) in enumerate(
         zip(annotation["chrom"].astype(str), annotation["tss"], annotation["strand"], strict=True)
@@ -204,10 +203,7 @@ def sequence_embedding(
         sequence = str(fasta[chrom][start - 1 : end]).upper()
         if strand == "-":
             sequence = sequence.translate(_COMPLEMENT)[::-1]
-        for i in range(len(sequence) - k + 1):
-            index = column.get(sequence[i : i + k])
-            if index is not None:
-                counts[row, index] += 1
+        counts[row] = _kmer_counts(sequence, k)
     totals = counts.sum(axis=1, keepdims=True)
     frequencies = counts / np.maximum(totals, 1.0)  # (G, 4^k)
     frequencies -= frequencies.mean(axis=0, keepdims=True)
@@ -217,6 +213,23 @@ def sequence_embedding(
             "%d gene(s) have no A/C/G/T k-mer around their TSS: %s", len(empty), list(empty[:5])
         )
     return pd.DataFrame(frequencies, index=annotation.index, columns=kmers).astype(np.float32)
+
+
+_BASE_CODE = np.full(256, -1, dtype=np.int64)
+_BASE_CODE[[ord(base) for base in "ACGT"]] = np.arange(4)
+
+
+def _kmer_counts(sequence: str, k: int) -> np.ndarray:
+    """Counts ``(4**k,)`` of the k-mers of ``sequence`` made of A/C/G/T only, in
+    ``itertools.product("ACGT", repeat=k)`` order (k-mer code = its bases read in base 4)."""
+    codes = _BASE_CODE[np.frombuffer(sequence.encode("ascii", "replace"), dtype=np.uint8)]
+    n = len(codes) - k + 1
+    if n <= 0:
+        return np.zeros(4**k)
+    windows = np.lib.stride_tricks.sliding_window_view(codes, k)  # (n, k)
+    valid = (windows >= 0).all(axis=1)  # no N or other letter in the window
+    index = windows[valid] @ (4 ** np.arange(k - 1, -1, -1))  # (valid,)
+    return np.bincount(index, minlength=4**k).astype(np.float64)
 
 
 def _open_fasta(path: str | Path):
