@@ -52,6 +52,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from perturbflow.data.conditions import CONTROL_NAME
+from perturbflow.data.covariates import centre_on_controls, control_counts
 from perturbflow.data.io import (
     CONDITION_COLUMN,
     UNS_KEY,
@@ -158,9 +159,9 @@ def centre_by_context(dataset: PerturbationDataset, key: str | None = None) -> P
     """
     labels = context_labels(dataset, key).to_numpy()  # (N,)
     key = key if key is not None else dataset.cell_type_key
-    lines = sorted(set(labels))
     is_control = (dataset.condition_labels == CONTROL_NAME).to_numpy()  # (N,)
-    n_control = {line: int((is_control & (labels == line)).sum()) for line in lines}
+    n_control = control_counts(labels, is_control)
+    lines = list(n_control)
     lacking = [line for line, n in n_control.items() if n == 0]
     if lacking:
         raise ContextError(
@@ -169,14 +170,8 @@ def centre_by_context(dataset: PerturbationDataset, key: str | None = None) -> P
             f"{n_control}. Drop those lines or add their control cells"
         )
     source = dataset.adata.to_memory() if dataset.adata.isbacked else dataset.adata
-    matrix = source.X
-    dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
-    expression = dense.astype(np.float32, copy=True)  # (N, G)
-    means = np.zeros((dataset.n_genes, len(lines)))  # (G, L)
-    for j, line in enumerate(lines):
-        rows = labels == line  # (N,)
-        means[:, j] = expression[rows & is_control].mean(axis=0, dtype=np.float64)
-        expression[rows] = expression[rows] - means[:, j]  # float64 arithmetic, stored float32
+    expression, line_means = centre_on_controls(source.X, labels, is_control)  # (N, G), (L, G)
+    means = line_means.T  # (G, L)
     uns = copy.deepcopy(dict(source.uns))
     info = dict(uns.get(UNS_KEY, {}))
     info[CENTRING_KEY] = {

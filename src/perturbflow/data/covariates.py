@@ -28,12 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy.stats import chi2_contingency
 
 from perturbflow.data.messages import preview as _preview
 
 __all__ = [
     "CovariateError",
+    "centre_on_controls",
+    "control_counts",
     "Imbalance",
     "composition_imbalance",
     "match_controls",
@@ -117,8 +120,7 @@ def match_controls(
     """
     labels = strata.to_numpy()  # (N,)
     is_control = np.asarray(is_control, dtype=bool)  # (N,)
-    levels = sorted(set(labels))
-    n_control = {level: int((is_control & (labels == level)).sum()) for level in levels}
+    n_control = control_counts(labels, is_control)
     lacking = [level for level, n in n_control.items() if n == 0]
     if lacking:
         raise CovariateError(
@@ -126,15 +128,34 @@ def match_controls(
             f"cells cannot be compared with control cells of the same {strata.name}; control cells "
             f"per value: {n_control}. Drop those cells or match on another column"
         )
-    expression = np.array(matrix, dtype=np.float32, copy=True)  # (N, G)
-    pooled = expression[is_control].mean(axis=0, dtype=np.float64)  # (G,)
+    pooled = np.asarray(matrix, dtype=np.float32)[is_control].mean(axis=0, dtype=np.float64)
+    expression, means = centre_on_controls(matrix, labels, is_control, onto=pooled)
+    table = pd.DataFrame(np.vstack([means, pooled]), index=[*n_control, "all control cells"])
+    return expression, table
+
+
+def control_counts(labels: np.ndarray, is_control: np.ndarray) -> dict[str, int]:
+    """Control cells per stratum (sorted strata), zeros included."""
+    return {level: int((is_control & (labels == level)).sum()) for level in sorted(set(labels))}
+
+
+def centre_on_controls(
+    matrix, labels: np.ndarray, is_control: np.ndarray, onto: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 copy of ``matrix`` ``(N, G)`` with each cell minus its stratum's control mean
+    (plus ``onto`` ``(G,)`` when given), and those means ``(strata, G)`` in sorted stratum order.
+    Every stratum must have control cells (callers check, with their own message)."""
+    dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+    expression = dense.astype(np.float32, copy=True)  # (N, G)
+    levels = sorted(set(labels))
     means = np.zeros((len(levels), expression.shape[1]))  # (S, G)
     for i, level in enumerate(levels):
         rows = labels == level  # (N,)
         means[i] = expression[rows & is_control].mean(axis=0, dtype=np.float64)
-        expression[rows] = expression[rows] - means[i] + pooled  # float64 arithmetic, float32 kept
-    table = pd.DataFrame(np.vstack([means, pooled]), index=[*levels, "all control cells"])
-    return expression, table
+        # float64 arithmetic, float32 kept
+        moved = expression[rows] - means[i]
+        expression[rows] = moved if onto is None else moved + onto
+    return expression, means
 
 
 def composition_imbalance(
