@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from perturbflow.eval.metrics import (
     pearson_systema,
     pearson_systema_de20,
 )
+from perturbflow.eval.overlap import DETable
 
 SETTINGS = settings(max_examples=40, deadline=None)
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -55,6 +57,10 @@ def test_registry_lists_the_method_metrics_with_best_values():
         "discrimination_l1",
         "energy_distance",
         "energy_distance_genes",
+        "overlap_at_20",
+        "overlap_at_50",
+        "overlap_at_100",
+        "overlap_at_N",
     ]
     assert {name: (m.best, m.higher_is_better, m.kind) for name, m in METRICS.items()} == {
         "pearson_delta": (1.0, True, "mean"),
@@ -66,7 +72,18 @@ def test_registry_lists_the_method_metrics_with_best_values():
         "discrimination_l1": (1.0, True, "set"),
         "energy_distance": (0.0, False, "cells"),
         "energy_distance_genes": (0.0, False, "gene_cells"),
+        "overlap_at_20": (1.0, True, "de_overlap"),
+        "overlap_at_50": (1.0, True, "de_overlap"),
+        "overlap_at_100": (1.0, True, "de_overlap"),
+        "overlap_at_N": (1.0, True, "de_overlap"),
     }
+    # The costly DE overlap is computed only when asked.
+    assert [name for name, m in METRICS.items() if not m.by_default] == [
+        "overlap_at_20",
+        "overlap_at_50",
+        "overlap_at_100",
+        "overlap_at_N",
+    ]
     assert all(spec.name == name and spec.description for name, spec in METRICS.items())
     # The registry says in which space each energy distance is measured.
     assert (
@@ -100,6 +117,12 @@ def test_perfect_prediction_scores_best_value_of_every_metric(seed, n_conditions
                 assert value == pytest.approx(spec.best, abs=1e-12), spec.name
         elif spec.kind == "set":
             np.testing.assert_array_equal(spec.fn(true.copy(), true, None), spec.best)
+        elif spec.kind == "de_overlap":  # every gene significant, ranked by the true change
+            names = tuple(f"c{i}" for i in range(n_conditions))
+            genes = pd.Index([f"g{j}" for j in range(n_genes)])
+            fdr = np.full(true.shape, 1e-3)
+            table = DETable(names, genes, true - ctrl, fdr, fdr, backend="scipy")
+            np.testing.assert_array_equal(spec.fn(table, table), spec.best)
         else:
             cells = rng.normal(size=(7, 3))
             assert spec.fn(cells.copy(), cells) == spec.best

@@ -29,6 +29,7 @@ from perturbflow.data.conditions import CONTROL_NAME, ConditionError, canonical,
 from perturbflow.data.io import CONDITION_COLUMN
 from perturbflow.eval.de import de_genes
 from perturbflow.eval.metrics import METRICS, MetricSpec, get_metric
+from perturbflow.eval.overlap import DETable, de_table, describe_backend, resolve_backend
 
 if TYPE_CHECKING:
     from perturbflow.data.io import PerturbationDataset
@@ -44,6 +45,7 @@ __all__ = [
     "condition_sizes",
     "evaluate",
     "noise_ceiling",
+    "real_de_table",
     "summarize",
     "training_reference",
 ]
@@ -91,6 +93,9 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     exclude_target_genes: bool = True,
     systema_reference: np.ndarray | None = None,
+    de_overlap: bool = False,
+    real_de: DETable | None = None,
+    de_backend: str = "auto",
 ) -> pd.DataFrame:
     """Score predicted cells against the real cells of each condition.
 
@@ -133,13 +138,24 @@ def evaluate(
         thousands of lowly expressed genes. ``None`` uses all genes. ``energy_distance_genes``
         is always computed on all genes, from the same cell samples.
     metrics
-        Registered metric names to compute; default all of :data:`METRICS`.
+        Registered metric names to compute; default those computed by default
+        (:data:`perturbflow.eval.metrics.DEFAULT_METRIC_NAMES`: all but the DE overlap).
     exclude_target_genes
         Drop each condition's perturbed genes from its discrimination distances (as cell-eval).
     systema_reference
         ``(G,)`` over ``dataset.genes``: the reference of ``pearson_systema*`` when the dataset
         does not hold the training perturbations (e.g. a cross-cell-line evaluation set holds only
         the target line's control and test cells); default :func:`training_reference`.
+    de_overlap
+        Also compute cell-eval's ``overlap_at_*`` (:mod:`perturbflow.eval.overlap`): a rank test
+        per gene of every condition's predicted cells (all of them) and real cells against the
+        real control cells.
+    real_de
+        The real cells' DE tests (:func:`real_de_table`) covering the evaluated conditions, to
+        reuse across models; computed when ``None``.
+    de_backend
+        ``"auto"`` (cell-eval's own functions when installed, else numpy/scipy), ``"cell-eval"``
+        or ``"scipy"``; the predictions' test uses ``real_de``'s backend when it is given.
 
     Returns
     -------
@@ -148,7 +164,7 @@ def evaluate(
     among the evaluated conditions only.
     """
     names = _resolve_conditions(conditions, split, dataset)
-    specs = _resolve_metrics(metrics)
+    specs = _resolve_metrics(metrics, de_overlap)
     labels = _prediction_labels(predictions)
     gene_columns = _align_genes(predictions, dataset.genes)
     missing = [name for name in names if not (labels == name).any()]
@@ -161,6 +177,7 @@ def evaluate(
     de_source = "computed" if de is None else "given"
     de = _resolve_de(de, dataset, names, specs)
     reference, reference_source = _resolve_reference(systema_reference, dataset, split, specs)
+    real_de, de_backend = _resolve_real_de(real_de, dataset, names, specs, de_backend)
 
     def prediction_and_truth(name: str, rng: np.random.Generator):
         pred = _rows(predictions.X, labels == name, gene_columns)  # (n_pred, G)
@@ -184,9 +201,18 @@ def evaluate(
         max_cells=max_cells,
         energy_pcs=energy_pcs,
         exclude_target_genes=exclude_target_genes,
+        real_de=real_de,
+        de_backend=de_backend,
     )
     results.attrs["perturbflow"] = _provenance(
-        "evaluate", seed, max_cells, energy_pcs, exclude_target_genes, de_source, reference_source
+        "evaluate",
+        seed,
+        max_cells,
+        energy_pcs,
+        exclude_target_genes,
+        de_source,
+        reference_source,
+        _overlap_source(specs, de_backend),
     )
     return results
 
@@ -205,6 +231,8 @@ def noise_ceiling(
     exclude_target_genes: bool = True,
     correction: Literal["perfect_model", "none"] = "perfect_model",
     systema_reference: np.ndarray | None = None,
+    de_overlap: bool = False,
+    de_backend: str = "auto",
 ) -> pd.DataFrame:
     """What a perfect model could reach on each condition, estimated from two halves of its cells.
 
@@ -252,6 +280,9 @@ def noise_ceiling(
       The split-half value is a lower bound of the perfect model's.
     - ``discrimination_l1``: a rank among every condition's half-cell truth, a function of all
       conditions' noise at once.
+    - ``overlap_at_*`` (``de_overlap=True``): each half's DE genes against control; a half has
+      about ``n/2`` cells where a model predicts ``n_cells``, and the test's power grows with
+      cells, so the split-half value is no bound on a model's.
     - Any metric registered later, until a rule for it is added here.
 
     ``correction="none"`` returns the raw split-half scores. ``attrs["perturbflow"]`` records the
@@ -263,7 +294,7 @@ def noise_ceiling(
             f"got {correction!r}"
         )
     names = _resolve_conditions(conditions, split, dataset)
-    specs = _resolve_metrics(metrics)
+    specs = _resolve_metrics(metrics, de_overlap)
     counts = dataset.condition_labels.value_counts()
     too_small = [f"{name!r} ({int(counts.get(name, 0))})" for name in names if counts[name] < 2]
     if too_small:
@@ -274,6 +305,7 @@ def noise_ceiling(
     de_source = "computed" if de is None else "given"
     de = _resolve_de(de, dataset, names, specs)
     reference, reference_source = _resolve_reference(systema_reference, dataset, split, specs)
+    de_backend = resolve_backend(de_backend) if _needs_de_tests(specs) else de_backend
 
     def two_halves(name: str, rng: np.random.Generator):
         cells = dataset.expression(name)  # (n, G)
@@ -294,6 +326,8 @@ def noise_ceiling(
         max_cells=max_cells,
         energy_pcs=energy_pcs,
         exclude_target_genes=exclude_target_genes,
+        real_de=None,
+        de_backend=de_backend,
     )
     corrected: list[str] = []
     if correction == "perfect_model":
@@ -312,6 +346,7 @@ def noise_ceiling(
         exclude_target_genes,
         de_source,
         reference_source,
+        _overlap_source(specs, de_backend),
     ) | {"ceiling_correction": correction, "corrected_metrics": corrected}
     return results
 
@@ -482,13 +517,20 @@ def _score_pairs(
     max_cells: int,
     energy_pcs: int | None,
     exclude_target_genes: bool,
+    real_de: DETable | None,
+    de_backend: str,
 ) -> pd.DataFrame:
     """Score ``cells_of(name, rng) -> (predicted cells, true cells)`` for every condition.
 
     Shared by :func:`evaluate` and :func:`noise_ceiling`: pseudobulk means over all cells, cell
-    samples of at most ``max_cells`` per side drawn from each condition's own stream.
+    samples of at most ``max_cells`` per side drawn from each condition's own stream. The DE
+    overlap metrics test all cells of each side (the true side only when ``real_de`` is
+    ``None``) against the real control cells.
     """
+    tests = _needs_de_tests(specs)
+    control = dataset.control_expression() if tests else None  # (n_ctrl, G)
     pred_means, true_means, pred_cells, true_cells = [], [], [], []
+    pred_de, true_de = [], []
     for name in names:
         rng = _condition_rng(sampling_seed, name)
         pred, true = cells_of(name, rng)  # (n_pred, G), (n_true, G)
@@ -496,6 +538,10 @@ def _score_pairs(
         true_means.append(true.mean(axis=0, dtype=np.float64))
         pred_cells.append(_subsample(pred, max_cells, rng))
         true_cells.append(_subsample(true, max_cells, rng))
+        if tests:  # one condition at a time: no side's cells are kept for all conditions
+            pred_de.append(de_table({name: pred}, control, dataset.genes, backend=de_backend))
+            if real_de is None:
+                true_de.append(de_table({name: true}, control, dataset.genes, backend=de_backend))
     return _score(
         names,
         subgroups=[_subgroup(name, split) for name in names],
@@ -511,6 +557,12 @@ def _score_pairs(
         pca=_control_pca(dataset, energy_pcs, specs),
         model=model,
         seed=seed,
+        de_tests=(
+            real_de.select(names) if real_de is not None else DETable.concat(true_de),
+            DETable.concat(pred_de),
+        )
+        if tests
+        else None,
     )
 
 
@@ -573,11 +625,13 @@ def _score(
     pca: tuple[np.ndarray, np.ndarray] | None,
     model: str,
     seed: int,
+    de_tests: tuple[DETable, DETable] | None = None,
 ) -> pd.DataFrame:
     """Run ``specs`` on prepared arrays: means ``(C, G)``, ctrl ``(G,)``, cells ``[(n_i, G)]``.
 
     ``reference`` ``(G,)`` is the Systema reference; ``None`` makes the ``"reference"`` metrics
-    ``nan`` (the caller logged why).
+    ``nan`` (the caller logged why). ``de_tests`` are the real and predicted DE tables of
+    ``names``, in that order, for the ``"de_overlap"`` metrics.
     """
     values: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -607,6 +661,8 @@ def _score(
                     for pred, true in zip(pred_cells, true_cells, strict=True)
                 ]
             )
+        elif spec.kind == "de_overlap" and de_tests is not None:
+            values[spec.name] = np.asarray(spec.fn(*de_tests))
         else:  # a registry entry with a kind evaluate() does not know how to call
             raise EvaluationError(f"metric {spec.name!r} has unsupported kind {spec.kind!r}")
     rows = [
@@ -647,12 +703,63 @@ def _resolve_conditions(
     return names
 
 
-def _resolve_metrics(metrics: Sequence[str] | None) -> list[MetricSpec]:
+def _resolve_metrics(metrics: Sequence[str] | None, de_overlap: bool = False) -> list[MetricSpec]:
+    """The metrics asked for (default: those on by default), plus the DE overlap if asked."""
     if metrics is None:
-        return list(METRICS.values())
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    return [get_metric(name) for name in dict.fromkeys(metrics)]
+        specs = [spec for spec in METRICS.values() if spec.by_default]
+    else:
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        specs = [get_metric(name) for name in dict.fromkeys(metrics)]
+    if de_overlap:
+        chosen = {spec.name for spec in specs}
+        specs += [s for s in METRICS.values() if s.kind == "de_overlap" and s.name not in chosen]
+    return specs
+
+
+def _needs_de_tests(specs: list[MetricSpec]) -> bool:
+    return any(spec.kind == "de_overlap" for spec in specs)
+
+
+def real_de_table(
+    dataset: PerturbationDataset, conditions: Sequence[str], *, backend: str = "auto"
+) -> DETable:
+    """DE tests of the real cells of ``conditions`` against the real control cells, for
+    :func:`evaluate`'s ``real_de`` (computed once, reused for every model)."""
+    names = _resolve_conditions(conditions, None, dataset)
+    control = dataset.control_expression()  # (n_ctrl, G)
+    return DETable.concat(
+        [
+            de_table({name: dataset.expression(name)}, control, dataset.genes, backend=backend)
+            for name in names
+        ]
+    )
+
+
+def _resolve_real_de(
+    given: DETable | None,
+    dataset: PerturbationDataset,
+    names: list[str],
+    specs: list[MetricSpec],
+    backend: str,
+) -> tuple[DETable | None, str]:
+    """The given real DE tests (checked) and the backend the predictions' tests use."""
+    if not _needs_de_tests(specs):
+        return None, backend
+    if given is None:
+        return None, resolve_backend(backend)
+    absent = [name for name in names if name not in given.conditions]
+    if absent or not given.genes.equals(dataset.genes):
+        raise EvaluationError(
+            f"the given real DE tests lack {len(absent)} evaluated condition(s) "
+            f"({_preview(absent)}) or differ in genes; compute them with "
+            "perturbflow.eval.evaluate.real_de_table(dataset, conditions)"
+        )
+    return given, given.backend
+
+
+def _overlap_source(specs: list[MetricSpec], backend: str) -> str:
+    return describe_backend(backend) if _needs_de_tests(specs) else "not computed"
 
 
 def _resolve_de(
@@ -802,6 +909,7 @@ def _provenance(
     exclude: bool,
     de_source: str,
     reference_source: str,
+    overlap_source: str,
 ) -> dict[str, Any]:
     return {
         "function": function,
@@ -813,6 +921,7 @@ def _provenance(
         "systema_reference": reference_source,
         "exclude_target_genes": bool(exclude),
         "de_genes": "top-20 t-test vs ctrl" if de_source == "computed" else "given",
+        "de_overlap": overlap_source,
     }
 
 

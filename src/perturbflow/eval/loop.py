@@ -58,6 +58,7 @@ from perturbflow.eval.evaluate import (
     condition_sizes,
     evaluate,
     noise_ceiling,
+    real_de_table,
 )
 from perturbflow.eval.summary import benchmark_summary
 from perturbflow.models.base import MODELS, config_to_dict, get_model, make_config, model_class
@@ -192,6 +193,7 @@ def run(
     progress: Callable[[str], None] | None = None,
     on_fitted: Callable[[RunSpec, Seeds, Any], None] | None = None,
     train_cells: Sequence[int | str | None] | None = None,
+    de_overlap: bool = False,
 ) -> RunResult:
     """Fit, predict and evaluate every run on every seed; with ``out``, write results as they finish.
 
@@ -203,6 +205,8 @@ def run(
     column (``split_params`` go to :func:`perturbflow.data.contexts.cross_cell_line_task`).
     ``train_cells`` lists levels of training cells per condition (ints, ``"all"``/``None``):
     each run is fitted at each level, the subsample drawn with the replicate's sampling seed.
+    ``de_overlap`` adds cell-eval's DE overlap (``overlap_at_*``) to every model's and the noise
+    ceiling's scores; the real cells' DE tests run once per seed.
     """
     labels = [spec.label for spec in runs]
     if len(set(labels)) != len(labels):
@@ -257,6 +261,9 @@ def run(
             logger.info("seed %d: all runs already evaluated (resume)", seed)
             continue
         de = de_genes(eval_data, list(split.test)) if score else None
+        real_de = (
+            real_de_table(eval_data, list(split.test)) if score and de_overlap and todo else None
+        )
         level_data: dict[str | None, PerturbationDataset] = {}
         for level, tag, spec in todo:
             if tag not in level_data:  # the seed's draw, the same for every run of the level
@@ -290,6 +297,8 @@ def run(
                             seed=seed,
                             de=de,
                             sampling_seed=replicate.sampling_seed,
+                            de_overlap=de_overlap,
+                            real_de=real_de,
                         ),
                         tag,
                     )
@@ -320,7 +329,12 @@ def run(
             )
         if ceilings_needed:
             ceiling = noise_ceiling(
-                eval_data, split, seed=seed, de=de, sampling_seed=replicate.sampling_seed
+                eval_data,
+                split,
+                seed=seed,
+                de=de,
+                sampling_seed=replicate.sampling_seed,
+                de_overlap=de_overlap,
             )
             # The test cells are the same at every level, and so is the ceiling.
             frames.extend(_tagged(ceiling, tag) for tag in ceilings_needed)

@@ -15,7 +15,10 @@ without special cases:
 - ``"set"``:  ``fn(pred_means, true_means, exclude) -> (C,)`` across all evaluated conditions;
 - ``"cells"``: ``fn(pred_cells, true_cells) -> float`` for one condition's single cells projected
   on the principal components of the control cells (``evaluate(energy_pcs=...)``);
-- ``"gene_cells"``: the same on all genes, never projected.
+- ``"gene_cells"``: the same on all genes, never projected;
+- ``"de_overlap"``: ``fn(real_de, pred_de) -> (C,)`` from the DE tests of the real and the predicted
+  cells against control (:class:`perturbflow.eval.overlap.DETable`). Costly (a rank test per gene
+  and condition), so not computed by default (:data:`DEFAULT_METRIC_NAMES`).
 
 Pearson correlations of a constant vector (e.g. a model that predicts no change at all) are
 undefined: they return ``nan`` silently rather than warning once per condition; summaries skip
@@ -31,7 +34,10 @@ from typing import Literal
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from perturbflow.eval.overlap import OVERLAP_KS, DETable, de_overlap, overlap_metric_name
+
 __all__ = [
+    "DEFAULT_METRIC_NAMES",
     "METRICS",
     "MetricSpec",
     "UnknownMetricError",
@@ -277,15 +283,17 @@ class MetricSpec:
     """A registered metric: its best value, direction, calling convention (``kind``) and function.
 
     ``fn`` follows the convention of its ``kind`` (see the module docstring), which may differ
-    from the signature of the public function of the same name.
+    from the signature of the public function of the same name. ``by_default``: computed when no
+    metric list is given (the costly DE overlap is not; ``evaluate(de_overlap=True)`` adds it).
     """
 
     name: str
     best: float
     higher_is_better: bool
-    kind: Literal["mean", "reference", "set", "cells", "gene_cells"]
+    kind: Literal["mean", "reference", "set", "cells", "gene_cells", "de_overlap"]
     description: str
     fn: Callable[..., float | np.ndarray]
+    by_default: bool = True
 
 
 class UnknownMetricError(KeyError):
@@ -388,6 +396,36 @@ METRICS: dict[str, MetricSpec] = {
         ),
     )
 }
+
+
+def _overlap_at(k: int | None) -> Callable[[DETable, DETable], np.ndarray]:
+    def overlap(real_de: DETable, pred_de: DETable) -> np.ndarray:
+        # The overlap uses the implementation that ran the DE test (cell-eval's when it did).
+        return de_overlap(real_de, pred_de, k, backend=real_de.backend)
+
+    return overlap
+
+
+METRICS.update(
+    {
+        overlap_metric_name(k): MetricSpec(
+            overlap_metric_name(k),
+            1.0,
+            True,
+            "de_overlap",
+            "cell-eval "
+            + overlap_metric_name(k)
+            + ": fraction of the real top-"
+            + ("N (every real DE gene)" if k is None else str(k))
+            + " DE genes among the predicted top ones; each side Mann-Whitney vs the real control "
+            "cells, FDR < 0.05, ranked by |log2 fold change|",
+            _overlap_at(k),
+            by_default=False,
+        )
+        for k in OVERLAP_KS
+    }
+)
+DEFAULT_METRIC_NAMES = tuple(name for name, spec in METRICS.items() if spec.by_default)
 
 
 def get_metric(name: str) -> MetricSpec:
