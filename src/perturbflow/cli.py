@@ -408,6 +408,7 @@ def demo(
             seeds=[seed],
             n_cells=n_cells,
             progress=lambda text: status.update(text),
+            de_overlap=True,
         )
         result.splits[seed].save(folder / "split.json", overwrite=True)
     write_csv(result.results, folder / "results.csv", overwrite=True)
@@ -789,6 +790,7 @@ def benchmark(
                 resume=resume,
                 progress=lambda text: status.update(text),
                 train_cells=levels,
+                de_overlap=True,
             )
             status.update("writing report.html")
             label = chosen

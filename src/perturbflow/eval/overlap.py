@@ -24,8 +24,11 @@ of a process (about 10 s).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Mapping, Sequence
+import io
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
@@ -33,7 +36,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
-from scipy.stats import false_discovery_control, rankdata
+from scipy.stats import false_discovery_control
 
 from perturbflow.data.conditions import CONTROL_NAME
 
@@ -253,7 +256,7 @@ def _scipy_test(
         reference = np.expm1(control.mean(axis=0))  # (G,)
         lfc = np.log2(target.astype(np.float64) / reference.astype(np.float64))  # (G,)
     lfc[np.isnan(lfc)] = 0.0
-    p = _mann_whitney_p(cells.astype(np.float64), control.astype(np.float64))  # (G,)
+    p = _mann_whitney_p(cells, control)  # (G,) float32 values rank as the float64 ones
     return lfc, p, false_discovery_control(p)
 
 
@@ -262,27 +265,37 @@ def _mann_whitney_p(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     normal approximation with tie and continuity corrections (scipy's ``asymptotic``)."""
     n1, n2 = len(x), len(y)
     n = n1 + n2
-    both = np.concatenate([x, y])  # (n, G)
-    rank_sum = rankdata(both, axis=0)[:n1].sum(axis=0)  # (G,)
+    rank_sum, tie_term = _rank_sums(np.concatenate([x, y]).T, n1)  # (G,), (G,)
     u1 = rank_sum - n1 * (n1 + 1) / 2.0
     u = np.maximum(u1, n1 * n2 - u1)  # (G,)
-    variance = n1 * n2 / 12.0 * ((n + 1) - _tie_term(both) / (n * (n - 1.0)))  # (G,)
+    variance = n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1.0)))  # (G,)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (u - n1 * n2 / 2.0 - 0.5) / np.sqrt(variance)
         p = np.clip(2.0 * ndtr(-z), 0.0, 1.0)
     return np.where(variance > 0, p, 1.0)  # all values equal: no evidence of a difference
 
 
-def _tie_term(values: np.ndarray) -> np.ndarray:
-    """``sum(t^3 - t)`` over the groups of tied values of each column ``(G,)``."""
-    ordered = np.sort(values, axis=0).T  # (G, n)
-    n_genes, n = ordered.shape
-    starts = np.ones((n_genes, n + 1), dtype=bool)  # (G, n + 1): a new value starts here
-    starts[:, 1:n] = ordered[:, 1:] != ordered[:, :-1]
-    gene, position = np.nonzero(starts)  # row-major: per gene, its run starts then n
-    runs = np.diff(position).astype(np.float64)  # run lengths (and junk across genes)
-    same_gene = gene[1:] == gene[:-1]
-    return np.bincount(gene[1:][same_gene], weights=(runs**3 - runs)[same_gene], minlength=n_genes)
+def _rank_sums(values: np.ndarray, n_first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``values`` ``(G, n)``: the sum of the average ranks of its first ``n_first``
+    entries, and ``sum(t^3 - t)`` over its groups of tied values; both ``(G,)``.
+
+    One sort of contiguous rows; runs of equal values never cross rows because every row starts
+    a new run.
+    """
+    n_genes, n = values.shape
+    order = np.argsort(values, axis=1, kind="stable")  # (G, n)
+    ordered = np.take_along_axis(values, order, axis=1)  # (G, n)
+    starts = np.ones((n_genes, n), dtype=bool)  # (G, n): a new value starts here
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.flatnonzero(starts)  # (R,) flat start of each run
+    length = np.diff(np.append(first, n_genes * n)).astype(np.float64)  # (R,)
+    average_rank = first % n + (length + 1.0) / 2.0  # (R,) 1-based
+    run = np.cumsum(starts.ravel()) - 1  # (G * n,) run of each sorted entry
+    row = np.repeat(np.arange(n_genes), n)  # (G * n,)
+    mine = order.ravel() < n_first  # (G * n,)
+    rank_sum = np.bincount(row[mine], weights=average_rank[run[mine]], minlength=n_genes)
+    tie_term = np.bincount(first // n, weights=length**3 - length, minlength=n_genes)
+    return rank_sum, tie_term
 
 
 def _pdex_test(
@@ -302,15 +315,16 @@ def _pdex_test(
     )
     # cell-eval's MetricsEvaluator: mode "ref", log1p input, epsilon 0 (its pdex<0.2.5 behaviour);
     # one numba thread, as the rest of the evaluation.
-    frame = pdex(
-        adata,
-        groupby=_LABEL,
-        mode="ref",
-        reference=CONTROL_NAME,
-        threads=1,
-        is_log1p=True,
-        epsilon=0.0,
-    )
+    with _quiet():
+        frame = pdex(
+            adata,
+            groupby=_LABEL,
+            mode="ref",
+            reference=CONTROL_NAME,
+            threads=1,
+            is_log1p=True,
+            epsilon=0.0,
+        )
     return (
         frame["log2_fold_change"].to_numpy().astype(np.float64),
         frame["p_value"].to_numpy().astype(np.float64),
@@ -326,8 +340,9 @@ def _celleval_overlap(
     from cell_eval import initialize_de_comparison
     from cell_eval.metrics import de_overlap_metric
 
-    comparison = initialize_de_comparison(real=_polars(real, pl), pred=_polars(pred, pl))
-    scores = de_overlap_metric(comparison, k=k, metric="overlap", fdr_threshold=fdr_threshold)
+    with _quiet():
+        comparison = initialize_de_comparison(real=_polars(real, pl), pred=_polars(pred, pl))
+        scores = de_overlap_metric(comparison, k=k, metric="overlap", fdr_threshold=fdr_threshold)
     return np.array([float(scores[name]) for name in real.conditions], dtype=np.float64)
 
 
@@ -343,6 +358,20 @@ def _polars(table: DETable, pl):
             "fdr": table.fdr.ravel(),
         }
     )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Without pdex's progress bar (one per call, on stderr) and cell-eval's warning about
+    infinite fold changes (one per table and call; such genes simply rank first)."""
+    celleval_log = logging.getLogger("cell_eval")
+    level = celleval_log.level
+    celleval_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        celleval_log.setLevel(level)
 
 
 def _version(package: str) -> str:
