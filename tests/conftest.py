@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
+    # Peer environments made on this machine (.venv-peers) would register peers at import; the
+    # tests see none (a folder never made) unless a test sets up its own.
+    os.environ["PERTURBFLOW_PEERS_DIR"] = str(Path(tempfile.gettempdir()) / "perturbflow-no-peers")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1379,6 +1379,48 @@ def list_models() -> None:
         console.print(f"[bold]{name}[/]: {doc}")
 
 
+peers_app = typer.Typer(
+    help="Peer models in environments of their own (.venv-peers/NAME; PERTURBFLOW_PEERS_DIR "
+    "moves them): install one, list them.",
+    no_args_is_help=True,
+)
+app.add_typer(peers_app, name="peers")
+
+
+@peers_app.command("install")
+def peers_install(
+    name: Annotated[str, typer.Argument(help="The peer: cellflow or gears.")],
+) -> None:
+    """Create (or remake) a peer's environment with its own pins, CPU builds only.
+
+    Torch, when the peer needs it, is installed first from PERTURBFLOW_TORCH_SPEC (default
+    torch==2.13.0) so that no dependency pulls a CUDA build.
+    """
+    from perturbflow.models.peers.envs import PEER_ENVS, PeerEnvError, install_env
+
+    if name not in PEER_ENVS:
+        _fail(ValueError(f"unknown peer {name!r}; choose one of {', '.join(PEER_ENVS)}"))
+    try:
+        with console.status(f"installing the {name} peer") as status:
+            env = install_env(name, progress=lambda step: status.update(escape(step)))
+    except PeerEnvError as error:
+        _fail(error)
+    console.print(f"[bold]{name}[/] peer ready in {env.path} ({env.version})")
+
+
+@peers_app.command("list")
+def peers_list() -> None:
+    """List the peers: where each runs, whether its environment exists, its version."""
+    from perturbflow.models.peers import peer_status
+    from perturbflow.models.peers.envs import env_status
+
+    for name, (available, line) in peer_status().items():
+        env = env_status(name)
+        mark = "[green]available[/]" if available else "[dim]not available[/]"
+        unused = f"; no environment at {env.path}" if available and not env.exists else ""
+        console.print(f"[bold]{name}[/] ({mark}): {escape(line + unused)}")
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: config file not found")

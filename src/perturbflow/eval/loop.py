@@ -3,7 +3,10 @@
 The demo, ``perturbflow benchmark``, the ablation and the speed scripts are this loop with
 different :class:`RunSpec` lists. A run is a label, a registered model name and its options;
 no model is special-cased. What a report needs to know about the runs (which model and options,
-which are peers, which wrote gene programs) is written to ``runs.json`` next to the results.
+which are peers and their package version, which wrote gene programs) is written to ``runs.json``
+next to the results. A peer that fails (:data:`~perturbflow.models.peers.PEER_FAILURES`: a missing
+or broken environment, an adapter that fails) is logged and listed under ``failed`` (seed →
+message) in ``runs.json``; the other runs go on.
 
 With an output folder, every finished (run, seed) cell is appended to ``results.csv`` at once,
 so ``resume=True`` skips what an interrupted run already finished. Files: ``results.csv`` (long
@@ -62,7 +65,7 @@ from perturbflow.eval.evaluate import (
 )
 from perturbflow.eval.summary import benchmark_summary
 from perturbflow.models.base import MODELS, config_to_dict, get_model, make_config, model_class
-from perturbflow.models.peers import PEERS
+from perturbflow.models.peers import PEER_FAILURES, PEERS, missing_peer_hint
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +148,8 @@ def resolve_models(models: str | Sequence[str]) -> list[str]:
     not_installed = [name for name in names if name in PEERS and name not in MODELS]
     if not_installed:
         raise KeyError(
-            f"peer model(s) {not_installed} are not installed; pip install 'perturbflow[peers]'"
+            f"peer model(s) {not_installed} are not installed; "
+            + "; ".join(f"{name}: {missing_peer_hint(name)}" for name in not_installed)
         )
     unknown = [name for name in names if not _known(name)]
     if unknown or not names:
@@ -275,12 +279,22 @@ def run(
             if progress is not None:
                 progress(f"seed {seed}{_at(tag)}: {spec.label}")
             start = time.perf_counter()
-            model = fit_model(spec, level_data[tag], split, replicate.model_seed)
-            fitted = time.perf_counter()
-            predictions = to_eval_space(
-                model.predict(split.test, n_cells=n_cells, seed=replicate.sampling_seed)
-            )
+            try:
+                model = fit_model(spec, level_data[tag], split, replicate.model_seed)
+                fitted = time.perf_counter()
+                predictions = to_eval_space(
+                    model.predict(split.test, n_cells=n_cells, seed=replicate.sampling_seed)
+                )
+            except PEER_FAILURES as error:
+                # A peer's missing or broken environment must not cost the other runs.
+                _record_failure(metadata[spec.label], seed, tag, error)
+                if out is not None:
+                    _checkpoint(frames, timings, metadata, out, timing_columns)
+                continue
             predicted = time.perf_counter()
+            version = getattr(model, "peer_version_", None)
+            if version is not None:
+                metadata[spec.label]["version"] = str(version)
             if on_fitted is not None:
                 on_fitted(spec, replicate, model)
             metadata[spec.label]["programs"] |= isinstance(
@@ -383,7 +397,22 @@ def _run_metadata(runs: Sequence[RunSpec], previous_out: Path | None) -> dict[st
             "peer": spec.model.split("[", 1)[0] in PEERS,
             "programs": bool(previous.get(spec.label, {}).get("programs", False)),
         }
+        if "version" in previous.get(spec.label, {}):  # a peer that ran before a resume
+            metadata[spec.label]["version"] = previous[spec.label]["version"]
     return metadata
+
+
+def _record_failure(meta: dict, seed: int, tag: str | None, error: Exception) -> None:
+    """Note in the run's metadata (``failed``: seed → message) that a peer failed, and log it."""
+    key = str(seed) if tag is None else f"{seed} ({tag} cells)"
+    meta.setdefault("failed", {})[key] = f"{type(error).__name__}: {error}"
+    logger.error(
+        "seed %s: %s failed and is left out (%s: %s); the other runs go on",
+        key,
+        meta["model"],
+        type(error).__name__,
+        error,
+    )
 
 
 def _jsonable(values: dict) -> dict:

@@ -57,6 +57,7 @@ def peers_status(runs: dict[str, dict], out: Path | None = None) -> dict[str, st
         )
         for peer, (installed, state) in peer_status().items()
     }
+    status.update(_peer_runs(runs, out))
     status["cell-eval"] = "not installed (pip install perturbflow[celleval])"
     path = out / "celleval_crosscheck.csv" if out is not None else None
     if path is not None and path.exists():
@@ -68,6 +69,29 @@ def peers_status(runs: dict[str, dict], out: Path | None = None) -> dict[str, st
     elif importlib.util.find_spec("cell_eval"):
         status["cell-eval"] = "installed; no cross-check in this run"
     return status
+
+
+def _peer_runs(runs: dict[str, dict], out: Path | None) -> dict[str, str]:
+    """Run label of each peer run → its package version, mean fit time and failures."""
+    timings_path = out / "timings.csv" if out is not None else None
+    timings = (
+        pd.read_csv(timings_path)
+        if timings_path is not None and timings_path.exists()
+        else pd.DataFrame(columns=["model", "fit_s"])
+    )
+    lines = {}
+    for label, meta in runs.items():
+        if not meta.get("peer"):
+            continue
+        fits = timings.loc[timings["model"] == label, "fit_s"]
+        parts = [f"version {meta['version']}" if meta.get("version") else "version unknown"]
+        if len(fits):
+            parts.append(f"fit {fits.mean():.0f} s per seed (mean of {len(fits)})")
+        if meta.get("failed"):
+            failed = meta["failed"]
+            parts.append(f"failed on seed(s) {', '.join(failed)}: {next(iter(failed.values()))}")
+        lines[label] = "ran in this benchmark: " + "; ".join(parts)
+    return lines
 
 
 def shown_runs(runs: dict[str, dict], out: Path, seed: int) -> list[str]:

@@ -61,6 +61,7 @@ from perturbflow.data.io import PerturbationDataset
 from perturbflow.data.splits import Split
 from perturbflow.models.base import ModelNotFittedError, canonical_conditions
 from perturbflow.models.baselines.mean_shift import MAX_STORED_CONTROL_CELLS, MeanShiftModel
+from perturbflow.models.peers.envs import PeerNotInstalledError
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ MAX_GENES_PER_CONDITION = 2  # GEARS parses conditions as "A+B" / "A+ctrl" only
 _DATASET_NAME = "perturbflow"  # GEARS's dataset name: names its files inside the work folder
 _GEARS_PREDICTION_CELLS = 300  # cells per batch in GEARS.predict (see the module docstring)
 _GRAPH_KEYS = ("G_go", "G_go_weight", "G_coexpress", "G_coexpress_weight")
-
-
-class PeerNotInstalledError(ImportError):
-    """An optional peer model's package is not installed."""
 
 
 class GoTableNotFoundError(FileNotFoundError):
@@ -138,7 +135,8 @@ class GearsConfig:
     and optionally ``evidence``), default the data folder's ``priors/go_orghs/gene_go.tsv.gz``.
     work_dir: keep GEARS's files in a fresh folder under it (default: a temporary folder, removed).
     max_control_cells: control cells stored for predicted cells (not for training: GEARS trains
-    on all of them).
+    on all of them). timeout_s: stop GEARS after this many seconds when it runs in its own
+    environment (``perturbflow peers install gears``; ``None``: no limit).
     """
 
     hidden_size: int = 64
@@ -157,6 +155,7 @@ class GearsConfig:
     go_table: str | None = None
     work_dir: str | None = None
     max_control_cells: int = MAX_STORED_CONTROL_CELLS
+    timeout_s: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -398,6 +397,11 @@ class GearsModel(MeanShiftModel):
         self.network_: torch.nn.Module | None = None
         self.perturbable_genes_: tuple[str, ...] = ()
         self.graphs_: dict[str, torch.Tensor] = {}  # GO and co-expression edges, weights
+
+    @property
+    def peer_version_(self) -> str:
+        """Version of cell-gears that runs this model."""
+        return importlib.metadata.version("cell-gears")
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, dataset: PerturbationDataset, split: Split, config: Any = None) -> GearsModel:

@@ -1,0 +1,100 @@
+"""GEARS run in its own environment (``perturbflow peers install gears``), through files.
+
+The same GEARS as :class:`perturbflow.models.peers.gears.GearsModel` with the same offline
+preparation done here (gene → GO table, GO graph, GEARS spellings, custom split); the adapter
+``adapters/gears_adapter.py`` only trains GEARS and returns its mean shift per condition
+(``GEARS.predict``'s 300-cell average, as the in-process model computes it). Registered as
+``gears`` when cell-gears is not installed in-process but ``.venv-peers/gears`` exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+from pathlib import Path
+from typing import Any, ClassVar
+
+from perturbflow.data.conditions import CONTROL_NAME
+from perturbflow.data.io import PerturbationDataset
+from perturbflow.models.peers.external import EnvPeerModel
+from perturbflow.models.peers.gears import (
+    GearsConfig,
+    GearsModel,
+    default_go_table,
+    gears_condition,
+    go_similarity_edges,
+    read_gene2go,
+)
+
+logger = logging.getLogger(__name__)
+
+_DATASET_NAME = "perturbflow"  # GEARS's dataset name: names its files inside the work folder
+
+
+class GearsEnvModel(EnvPeerModel):
+    """GEARS in its own environment: delta = GEARS's shift; cells = control + delta."""
+
+    name: ClassVar[str] = "gears"
+    peer: ClassVar[str] = "gears"
+    config_class: ClassVar[type] = GearsConfig
+    parts: ClassVar[tuple[str, ...]] = ("train", "val")  # GEARS picks its best epoch on val
+
+    def _select(self, dataset: PerturbationDataset, parts: dict[str, list[str]]) -> dict:
+        go_table = (
+            Path(self.config.go_table).resolve() if self.config.go_table else default_go_table()
+        )
+        vocabulary = set(dataset.genes) | set(dataset.perturbed_genes)
+        self._gene2go = {
+            gene: terms for gene, terms in read_gene2go(go_table).items() if gene in vocabulary
+        }
+        known = frozenset(self._gene2go)
+        train = GearsModel._usable(parts["train"], known, "training")
+        val = GearsModel._usable(parts["val"], known, "validation")
+        perturbed = [name for name in train if name != CONTROL_NAME]
+        if not perturbed:
+            raise ValueError(
+                f"GEARS has no training perturbation to learn from: every training condition "
+                f"names a gene without annotations in {go_table} or more than two genes"
+            )
+        if not val:
+            logger.warning(
+                "GEARS needs validation conditions to pick its best epoch; the split has none "
+                "usable, so it validates on the %d training perturbations",
+                len(perturbed),
+            )
+            val = perturbed
+        return {"train": train, "val": val}
+
+    def _peer_options(self) -> dict[str, Any]:
+        skip = {"go_table", "work_dir", "max_control_cells", "timeout_s", "seed", "device"}
+        values = dataclasses.asdict(self.config)
+        return {key: value for key, value in values.items() if key not in skip}
+
+    def _peer_inputs(
+        self, work: Path, dataset: PerturbationDataset, parts: dict[str, list[str]], predict
+    ) -> dict[str, str]:
+        gene2go = self._gene2go
+        data = work / "data"
+        data.mkdir()
+        with open(data / "gene2go_all.pkl", "wb") as stream:
+            pickle.dump(gene2go, stream)
+        with open(work / "perturbable_genes.pkl", "wb") as stream:
+            pickle.dump(sorted(gene2go), stream)
+        split = {
+            "train": [gears_condition(name) for name in parts["train"]],
+            "val": [gears_condition(name) for name in parts["val"]],
+            "test": [],
+        }
+        with open(work / "split.pkl", "wb") as stream:
+            pickle.dump(split, stream)
+        # GEARS's make_GO reads this file when present instead of forking 25 processes.
+        go_similarity_edges(gene2go, sorted(gene2go)).to_csv(
+            data / f"go_essential_{_DATASET_NAME}.csv", index=False
+        )
+        return {
+            "gene2go": "data/gene2go_all.pkl",
+            "perturbable_genes": "perturbable_genes.pkl",
+            "split": "split.pkl",
+            "go_edges": f"data/go_essential_{_DATASET_NAME}.csv",
+        }
