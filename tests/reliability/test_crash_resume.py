@@ -56,8 +56,10 @@ def test_kill_during_fit_then_resume_gives_the_same_checkpoint_bytes(screen_data
     from perturbflow.models import get_model
 
     dataset, split = screen_data()
-    # Enough flow steps that the worker is still training when the first flow checkpoint lands.
-    config = dataclasses.replace(TINY_SCBIG, flow_steps=48)
+    # Enough flow steps that the worker is still training when the first flow checkpoint lands:
+    # checkpoints come every val_every=6 steps, so 18 cross-validation steps and 6 final ones
+    # remain after the first.
+    config = dataclasses.replace(TINY_SCBIG, flow_steps=24)
     reference = tmp_path / "reference.npz"
     get_model("scbig", config).fit(dataset, split).save(reference)
 
