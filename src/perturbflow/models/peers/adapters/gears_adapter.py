@@ -51,13 +51,14 @@ def main(work_dir: Path) -> None:
     options, files, seed = request["options"], request["files"], int(request["seed"])
     genes_of = request["condition_genes"]
 
+    import gears
     import torch
+    from torch_geometric.data import Batch, Data
 
+    # After the import: importing GEARS calls torch.manual_seed(0).
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002  (GEARS draws from the legacy global generator)
     torch.manual_seed(seed)
-    import gears
-    from torch_geometric.data import Batch, Data
 
     started = time.perf_counter()
     cells = ad.read_h5ad(work_dir / files["cells"])
