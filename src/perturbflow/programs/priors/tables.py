@@ -18,6 +18,7 @@ Tidy shapes returned:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -203,6 +204,20 @@ def read_gene_info(path: str | Path) -> pd.DataFrame:
     """NCBI gene info: columns ``gene_symbol, full_name, aliases`` (``|``-joined, may include the
     symbol itself and previous symbols), plus ``entrez_id``/``gene_type`` when present."""
     path = Path(path)
+    if not path.is_file():
+        return _read_gene_info(path)  # raises the missing-file error
+    # Every network, embedding and report reads the same 80k-row table: read it once per version
+    # of the file (path, modification time, size) and hand out copies.
+    stat = path.stat()
+    return _read_gene_info_once(path.resolve(), stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _read_gene_info_once(path: Path, mtime_ns: int, size: int) -> pd.DataFrame:
+    return _read_gene_info(path)
+
+
+def _read_gene_info(path: Path) -> pd.DataFrame:
     table = _read_table(
         path,
         "gene info",
@@ -570,6 +585,29 @@ def alias_resolver(gene_info: pd.DataFrame):
 
 def _alias_resolver(gene_info: pd.DataFrame):
     """Function from a symbol to the set of official (upper-case) symbols it may denote."""
+    # Building the alias map takes ~0.5 s for NCBI's table; the map depends only on the set of
+    # (symbol, aliases) rows, so it is kept per content hash (hashing takes ~0.05 s). Callers get
+    # copies of its sets, never the cached ones.
+    rows = gene_info[["gene_symbol", "aliases"]]
+    key = int(pd.util.hash_pandas_object(rows, index=False).sum())
+    official, alias_to_official = _alias_maps(key, rows)
+
+    def resolve(symbol: str) -> set[str]:
+        key = symbol.upper()
+        if key in official:
+            return {key}
+        return set(alias_to_official.get(key, ()))
+
+    return resolve
+
+
+_ALIAS_MAPS: dict[int, tuple[set[str], dict[str, set[str]]]] = {}
+
+
+def _alias_maps(key: int, gene_info: pd.DataFrame) -> tuple[set[str], dict[str, set[str]]]:
+    """Official symbols and alias → official symbols of ``gene_info`` (cached under ``key``)."""
+    if key in _ALIAS_MAPS:
+        return _ALIAS_MAPS[key]
     official = set(gene_info["gene_symbol"].astype(str).str.upper())
     alias_to_official: dict[str, set[str]] = defaultdict(set)
     for symbol, aliases in zip(
@@ -581,14 +619,10 @@ def _alias_resolver(gene_info: pd.DataFrame):
             alias = alias.strip().upper()
             if alias:
                 alias_to_official[alias].add(symbol)
-
-    def resolve(symbol: str) -> set[str]:
-        key = symbol.upper()
-        if key in official:
-            return {key}
-        return alias_to_official.get(key, set())
-
-    return resolve
+    if len(_ALIAS_MAPS) >= 4:
+        _ALIAS_MAPS.clear()
+    _ALIAS_MAPS[key] = official, dict(alias_to_official)
+    return _ALIAS_MAPS[key]
 
 
 def _no_overlap_message(source: str, symbols: Sequence[str], genes: list[str]) -> str:
