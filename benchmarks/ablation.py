@@ -89,6 +89,11 @@ def main() -> None:
     parser.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic screen")
     parser.add_argument("--n-cells", type=int, default=100, help="predicted cells per condition")
+    parser.add_argument(
+        "--reference",
+        default="scbig",
+        help="the variant the acceptance checks and paired differences are about",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--tables-only", action="store_true", help="rewrite OUT/table.md from OUT/results.csv"
@@ -96,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tables_only:
         results = pd.read_csv(args.out / "results.csv")
-        (args.out / "table.md").write_text(report(results))
+        (args.out / "table.md").write_text(report(results, args.reference))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "perturbflow.models.baselines"):
@@ -161,7 +166,7 @@ def main() -> None:
                 )
                 if weights:
                     write_csv(pd.DataFrame(weights), folder / "mean_weights.csv", overwrite=True)
-                (folder / "table.md").write_text(report(results))
+                (folder / "table.md").write_text(report(results, args.reference))
     mark_complete(folder)
     logger.info("wrote %s", folder)
 
@@ -175,16 +180,19 @@ def summarize_screens(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def report(results: pd.DataFrame) -> str:
-    """The table, acceptance checks and paired ablation differences, per screen and split."""
+def report(results: pd.DataFrame, reference: str = "scbig") -> str:
+    """The table, acceptance checks and paired differences against ``reference``, per screen
+    and split."""
     sections = []
     for (screen, kind), group in results.groupby(["screen", "split"], sort=False):
         group = group.drop(columns=["screen", "split"])
         sections += [
             f"## {screen}, {kind} split ({group['seed'].nunique()} seeds)\n",
             metrics_table(group),
-            markdown_acceptance(acceptance(group, kind)),
-            markdown_paired(paired_differences(group[group["model"].isin(PAIRED)])),
+            markdown_acceptance(acceptance(group, kind, reference)),
+            markdown_paired(
+                paired_differences(group[group["model"].isin(PAIRED)], reference), reference
+            ),
         ]
     return "\n".join(sections)
 
@@ -340,9 +348,9 @@ def paired_differences(
     )
 
 
-def markdown_paired(table: pd.DataFrame) -> str:
+def markdown_paired(table: pd.DataFrame, reference: str = "scbig") -> str:
     lines = [
-        "| subgroup | model − scbig | metric | difference | 95% CI | seeds |",
+        f"| subgroup | model − {reference} | metric | difference | 95% CI | seeds |",
         "|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from perturbflow.models import get_model, load_model
 from perturbflow.models.baselines.calibrated import (
     AdditiveShiftPrior,
     CalibratedAdditiveConfig,
+    coupling_columns,
     loo_ridge_alpha,
 )
 
@@ -142,6 +144,44 @@ def test_calibration_needs_enough_conditions():
     )
 
 
+def _sparse_screen(noise: float, seed: int = 3):
+    """Singles that change 5 of 200 genes, measured with noise on every gene; doubles are the
+    exact sum of the singles' true changes, measured with noise of their own."""
+    rng = np.random.default_rng(seed)
+    n_genes, genes = 200, [f"S{i}" for i in range(12)]
+    true = {}
+    for g in genes:
+        change = np.zeros(n_genes)
+        change[rng.choice(n_genes, 5, replace=False)] = rng.choice([-2.0, 2.0], 5)
+        true[g] = change
+    measured = {g: true[g] + noise * rng.normal(size=n_genes) for g in genes}
+    pairs = [(genes[i], genes[i + 1]) for i in range(0, 12, 2)]
+    combos = {f"{a}+{b}": true[a] + true[b] + noise * rng.normal(size=n_genes) for a, b in pairs}
+    return measured, combos
+
+
+def test_calibration_on_changed_genes_escapes_regression_dilution():
+    measured, combos = _sparse_screen(noise=0.5)
+    # On every gene, the singles' noise on the 190 unchanged ones pulls the scale towards 0 ...
+    every = AdditiveShiftPrior(measured, 200, combo_deltas=combos, calibrate=True)
+    assert every.scales[(2, 0)] < 0.35
+    # ... on each combination's 10 most changed genes only the noise of those genes attenuates
+    # the planted scale 1: about 4 / (4 + 2 * 0.5**2) = 0.89.
+    changed = AdditiveShiftPrior(
+        measured, 200, combo_deltas=combos, calibrate=True, calibration_genes=10
+    )
+    assert 0.83 < changed.scales[(2, 0)] < 1.05
+    # Without noise both read the planted scale.
+    clean, clean_combos = _sparse_screen(noise=0.0)
+    for k in (0, 10):
+        model = AdditiveShiftPrior(
+            clean, 200, combo_deltas=clean_combos, calibrate=True, calibration_genes=k
+        )
+        assert abs(model.scales[(2, 0)] - 1.0) < 1e-6
+    with pytest.raises(ValueError, match="calibration_genes"):
+        AdditiveShiftPrior(measured, 200, calibration_genes=-1)
+
+
 def _targeted_screen(n_singles: int = 12, n_genes: int = 30, seed: int = 5):
     """Singles ``S0..`` that are also measured genes (columns 0..), each knocking itself down."""
     rng, genes, deltas = _screen(n_singles, n_genes, seed)
@@ -206,6 +246,68 @@ def test_target_aware_calibration_scales_own_columns_apart():
     assert single.target_scales == {} and 0.5 < single.scales[(2, 0)] < 1.0
 
 
+def test_coupling_columns_are_regression_slopes_with_and_without_left_out_cells():
+    rng = np.random.default_rng(0)
+    cells = rng.normal(size=(60, 5))
+    cells[:, 2] = 3.0 * cells[:, 0] + 0.1 * rng.normal(size=60)
+    cells[:, 4] = 1.0  # does not vary
+    genes = ["A", "B", "C", "D", "E"]
+    left = np.zeros(60, dtype=bool)
+    left[:15] = True
+    slopes, held = coupling_columns(cells, genes, ["A", "E", "MISSING"], {"A": left})
+    assert set(slopes) == {"A", "E"} and set(held) == {"A"}
+
+    def slope(x, y):
+        return np.cov(y, x, bias=True)[0, 1] / np.var(x)
+
+    expected = [slope(cells[:, 0], cells[:, j]) for j in range(5)]
+    expected[0] = 0.0  # a gene's own change is modelled apart
+    np.testing.assert_allclose(slopes["A"], expected, atol=1e-5)
+    assert slopes["A"][2] == pytest.approx(3.0, abs=0.05)
+    kept = cells[~left]
+    expected = [slope(kept[:, 0], kept[:, j]) for j in range(5)]
+    expected[0] = 0.0
+    np.testing.assert_allclose(held["A"], expected, atol=1e-5)
+    np.testing.assert_array_equal(slopes["E"], np.zeros(5))
+    # A sparse matrix gives the same slopes.
+    sparse_slopes, sparse_held = coupling_columns(sp.csr_matrix(cells), genes, ["A"], {"A": left})
+    np.testing.assert_allclose(sparse_slopes["A"], slopes["A"], atol=1e-5)
+    np.testing.assert_allclose(sparse_held["A"], held["A"], atol=1e-5)
+
+
+def test_propagation_moves_the_genes_that_co_vary_with_an_unseen_target():
+    _, genes, deltas, var_names = _targeted_screen()
+    names = var_names[:12] + ["NEW"] + var_names[13:]  # NEW (column 12): measured, never perturbed
+    slopes = np.zeros(30, np.float32)
+    slopes[20] = 2.0  # column 20 rises twice as much as NEW across the training cells
+    held = {g: np.full(30, 0.5, np.float32) for g in genes}
+    for i, g in enumerate(genes):
+        held[g][i] = 0.0
+    model = AdditiveShiftPrior(
+        deltas,
+        30,
+        var_names=names,
+        target_aware=True,
+        coupling={"NEW": slopes},
+        coupling_held_out=held,
+    )
+    plain = AdditiveShiftPrior(deltas, 30, var_names=names, target_aware=True)
+    own = plain.gene_delta("NEW")[12] - plain.mean_delta[12]  # the mean on-target residual
+    assert own < -2.5
+    np.testing.assert_allclose(
+        model.gene_delta("NEW"), plain.gene_delta("NEW") + own * slopes, rtol=1e-5
+    )
+    # A hidden seen gene uses its slopes without its own cells; seen, it keeps its own delta.
+    base = plain.gene_delta("S3", hidden=True)
+    hidden_own = base[3] - np.mean([deltas[g][3] for g in genes if g != "S3"])
+    np.testing.assert_allclose(
+        model.gene_delta("S3", hidden=True), base + hidden_own * held["S3"], rtol=1e-5
+    )
+    np.testing.assert_allclose(model.gene_delta("S3"), deltas["S3"], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs target_aware"):
+        AdditiveShiftPrior(deltas, 30, var_names=names, coupling={"NEW": slopes})
+
+
 def test_target_aware_needs_matching_var_names():
     _, _, deltas, var_names = _targeted_screen()
     with pytest.raises(ValueError, match="target_aware needs var_names"):
@@ -248,6 +350,27 @@ def test_model_predicts_the_estimator_s_shifts_and_round_trips(screen, tmp_path)
     assert loaded.estimator_.scales == model.estimator_.scales
 
 
+def test_propagation_round_trips_and_changes_only_conditions_with_a_hidden_gene(screen, tmp_path):
+    dataset, split = screen
+    model = get_model("calibrated_additive").fit(dataset, split)  # propagate=True by default
+    plain = get_model("calibrated_additive", CalibratedAdditiveConfig(propagate=False))
+    plain = plain.fit(dataset, split)
+    assert plain.coupling_ == {}
+    unaware = CalibratedAdditiveConfig(target_aware=False)  # nothing to spread: no slopes
+    assert get_model("calibrated_additive", unaware).fit(dataset, split).coupling_ == {}
+    assert set(model.coupling_) == set(dataset.perturbed_genes) & set(dataset.genes)
+    assert set(model.coupling_held_out_) <= set(model.coupling_)
+    test = list(split.test)
+    moved = (model.predict_delta(test) - plain.predict_delta(test)).abs().max(axis=1)
+    seen = {g for name in split.train for g in name.split("+")}
+    unseen = [name for name in test if set(name.split("+")) - seen]
+    assert unseen, "the simulation split holds out genes"
+    assert moved[unseen].min() > 1e-4
+    assert moved.drop(unseen).max() < 1e-6  # conditions of seen genes keep their prediction
+    loaded = load_model(model.save(tmp_path / "propagate.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+
+
 def test_calibration_switch_changes_combination_predictions(screen):
     dataset, split = screen
     doubles = [name for name in split.test if "+" in name]
@@ -267,5 +390,7 @@ def test_config_errors_name_the_field():
         CalibratedAdditiveConfig(unseen="median")
     with pytest.raises(ValueError, match="n_components"):
         CalibratedAdditiveConfig(n_components=0)
+    with pytest.raises(ValueError, match="calibration_genes"):
+        CalibratedAdditiveConfig(calibration_genes=-1)
     assert CalibratedAdditiveConfig().unseen_mode == "mean"
     assert CalibratedAdditiveConfig(embedding="go").unseen_mode == "ridge"

@@ -496,12 +496,18 @@ def test_target_unaware_start_gives_an_unseen_gene_the_mean_delta(quick_fit, dat
     np.testing.assert_allclose(
         plain_model.start_.shifts([unseen])[0], plain.scale(1, 1) * plain.mean_delta, atol=1e-6
     )
-    # Target-aware: the same mean delta, plus the on-target residual in the gene's own column.
+    # Target-aware: the same mean delta, plus the on-target residual in the gene's own column,
+    # spread to the genes that co-vary with it (propagate_prior, the default).
     own = list(dataset.genes).index(unseen)
     others = np.arange(dataset.n_genes) != own
     delta = aware.gene_delta(unseen)
-    np.testing.assert_allclose(delta[others], aware.mean_delta[others], atol=1e-6)
-    assert abs(delta[own] - aware.mean_delta[own]) > 0.05
+    residual = delta[own] - aware.mean_delta[own]
+    assert abs(residual) > 0.05
+    slopes = aware.coupling[unseen]
+    assert slopes[own] == 0.0 and np.abs(slopes).max() > 0
+    np.testing.assert_allclose(
+        delta[others], aware.mean_delta[others] + residual * slopes[others], atol=1e-5
+    )
 
 
 def test_unseen_rate_presents_training_conditions_with_a_hidden_gene(quick_fit):

@@ -11,8 +11,11 @@ With ``calibrate=True`` the summed shift is scaled by a factor per *category* �
 genes in the condition and how many of them lack a training single — fitted by least squares on
 the training conditions themselves: each seen single left out (the fallback must predict its
 delta) for ``(1, 1)``, and each training combination with none, some or all of its genes hidden
-for ``(k, h)``. A hidden gene gets the fallback fitted *without* it (the mean of the other singles,
-or the closed-form leave-one-out ridge prediction). Summed log-expression deltas overshoot
+for ``(k, h)``. Each training condition contributes its ``calibration_genes`` most changed genes
+(0: all genes): on genes a condition leaves alone, the single deltas' measurement noise alone
+would pull the scale towards zero (regression dilution). A hidden gene gets the fallback fitted
+*without* it (the mean of the other singles, or the closed-form leave-one-out ridge prediction).
+Summed log-expression deltas overshoot
 combinations whose effects saturate or buffer each other, and two mean deltas overshoot a pair
 of unseen genes; the scales correct both from training data alone. Categories with fewer than
 ``MIN_CALIBRATION`` training conditions keep the plain sum (scale 1).
@@ -26,6 +29,13 @@ each single's own change minus what its fallback, fitted without it, predicts th
 single's own residual left out when a seen gene is hidden). The calibration also fits the
 perturbed genes' own columns with a scale of their own per category (``target_scales``), next to
 the downstream scale.
+
+With ``propagate=True`` (the default; only with ``target_aware``) that residual also moves the
+genes that co-vary with the perturbed gene across the training cells: a hidden or unseen gene
+``g`` adds ``residual(g) · β_g`` where ``β_g[j] = cov(x_j, x_g) / var(x_g)`` is the regression of each gene on
+``g`` over the control and training cells (:func:`coupling_columns`), a first-order linear
+response. A hidden seen gene's ``β_g`` leaves out the cells of every training condition that
+perturbs it, so its calibration sees no more than an unseen gene would.
 
 Guide-level data (``read(..., guide_key=)``): a guide without training cells falls back to the
 mean delta of its gene's seen guides (and a seen guide, hidden for calibration, to that of its
@@ -91,6 +101,55 @@ def loo_ridge_alpha(features: np.ndarray, targets: np.ndarray) -> float:
     return min(errors, key=errors.get)
 
 
+def coupling_columns(
+    cells, genes: Sequence[str], columns: Sequence[str], leave_out: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Regression slopes of every gene on each gene of ``columns`` over ``cells``.
+
+    ``cells`` ``(N, G)`` (dense or sparse) are the training cells; ``columns`` the genes whose
+    slopes are wanted; ``leave_out[g]`` a boolean ``(N,)`` mask of the cells to leave out of
+    ``g``'s leave-out slopes (the cells of the training conditions that perturb ``g``). Returns
+    ``(slopes, leave_out_slopes)``: gene → ``(G,)`` with ``β_g[j] = cov(x_j, x_g) / var(x_g)`` and
+    ``β_g[g] = 0`` (a gene's own change is modelled apart); a gene that does not vary gets zeros.
+    """
+    index = {str(g): i for i, g in enumerate(genes)}
+    wanted = [str(g) for g in columns if str(g) in index]
+    if not wanted or cells.shape[0] < 2:
+        return {}, {}
+    cols = np.array([index[g] for g in wanted])
+    n = cells.shape[0]
+    total = np.asarray(cells.sum(axis=0), dtype=np.float64).ravel()  # (G,)
+    gram = _array(cells.T @ cells[:, cols])  # (G, P)
+
+    def slope(cross: np.ndarray, sums: np.ndarray, count: int, column: int) -> np.ndarray:
+        mean = sums / count  # (G,)
+        cov = cross / count - mean * mean[column]  # (G,)
+        var = cov[column]
+        if count < 2 or var <= 1e-8:
+            return np.zeros(len(sums), np.float32)
+        beta = cov / var
+        beta[column] = 0.0
+        return beta.astype(np.float32)
+
+    slopes, held = {}, {}
+    for k, gene in enumerate(wanted):
+        column = cols[k]
+        slopes[gene] = slope(gram[:, k], total, n, column)
+        mask = leave_out.get(gene)
+        if mask is None or not mask.any():
+            continue
+        out = cells[mask]  # (n_g, G)
+        cross = gram[:, k] - _array(out.T @ out[:, [column]]).ravel()
+        sums = total - np.asarray(out.sum(axis=0), dtype=np.float64).ravel()
+        held[gene] = slope(cross, sums, n - int(mask.sum()), column)
+    return slopes, held
+
+
+def _array(matrix) -> np.ndarray:
+    """A dense float64 copy of a dense or sparse product."""
+    return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, np.float64)
+
+
 class AdditiveShiftPrior:
     """Per-gene expression shifts from training singles, with a fallback for other genes."""
 
@@ -106,6 +165,9 @@ class AdditiveShiftPrior:
         var_names: Sequence[str] | None = None,
         target_aware: bool = False,
         guide_genes: Mapping[str, str] | None = None,
+        calibration_genes: int = 0,
+        coupling: Mapping[str, np.ndarray] | None = None,
+        coupling_held_out: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -113,6 +175,14 @@ class AdditiveShiftPrior:
             raise ValueError(f"var_names has {len(var_names)} names for {n_genes} genes")
         if target_aware and var_names is None:
             raise ValueError("target_aware needs var_names (which column is a perturbed gene)")
+        if calibration_genes < 0:
+            raise ValueError(f"calibration_genes must be non-negative, got {calibration_genes}")
+        if coupling and not target_aware:
+            raise ValueError("coupling propagates the on-target residual: it needs target_aware")
+        self.calibration_genes = int(calibration_genes)
+        # Slopes of every gene on a perturbed gene (all training cells; without its own cells).
+        self.coupling = dict(coupling or {})
+        self.coupling_held_out = dict(coupling_held_out or {})
         self.genes = sorted(single_deltas)
         self.deltas = (
             np.vstack([single_deltas[g] for g in self.genes]).astype(np.float32)
@@ -184,8 +254,10 @@ class AdditiveShiftPrior:
 
         def add(key: tuple[int, int], genes: list[str], shift: np.ndarray, target: np.ndarray):
             own = self._own_mask(genes)  # (G,)
+            changed = self._changed_mask(target)  # (G,)
             parts = [("downstream", ~own), ("target", own)] if self.target_aware else []
             for part, mask in parts or [("downstream", np.ones_like(own))]:
+                mask = mask & changed
                 if not mask.any():
                     continue
                 entry = sums.setdefault((part, key), [0.0, 0.0, 0.0])
@@ -219,6 +291,20 @@ class AdditiveShiftPrior:
                     ", ".join(f"{k}: {v:.2f}" for k, v in fitted.items()),
                 )
         return scales["downstream"], scales["target"]
+
+    def _changed_mask(self, target: np.ndarray) -> np.ndarray:
+        """``(G,)`` the ``calibration_genes`` columns a training condition changes most (all if 0).
+
+        Columns a condition leaves unchanged carry only the single deltas' measurement noise,
+        which pulls a least-squares scale towards zero (regression dilution); the scale of how
+        effects combine is read where the condition has an effect.
+        """
+        k = self.calibration_genes
+        if k == 0 or k >= len(target):
+            return np.ones(len(target), dtype=bool)
+        mask = np.zeros(len(target), dtype=bool)
+        mask[np.argpartition(-np.abs(target), k - 1)[:k]] = True
+        return mask
 
     def _on_target_residuals(self) -> np.ndarray:
         """``(S,)`` what each seen single's fallback, fitted without it, misses of its own change.
@@ -280,6 +366,13 @@ class AdditiveShiftPrior:
             if own is not None:
                 delta = delta.copy()
                 delta[self.column[gene]] += own
+                slopes = (
+                    self.coupling_held_out.get(gene)
+                    if gene in self._index
+                    else self.coupling.get(gene)
+                )
+                if slopes is not None:
+                    delta += own * slopes
         return delta
 
     def _on_target_residual(self, gene: str) -> float | None:
@@ -327,10 +420,16 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     ``context``: on a context split (``cross_cell_line``, ``cross_context``), calibrate the
     transferred change to the target context (:mod:`perturbflow.models.baselines.context`),
     fitted on each perturbation's ``context_genes`` largest changes (0: all genes).
+    ``calibration_genes``: each training condition's most changed genes that the category scales
+    are fitted on (0: all genes). ``propagate``: the on-target residual of a gene without a
+    training single also moves the genes that co-vary with it (only with ``target_aware``, whose
+    residual it spreads).
     """
 
     calibrate: bool = True
+    calibration_genes: int = 20
     target_aware: bool = True
+    propagate: bool = True
     context: bool = True
     context_genes: int = 20
     unseen: str = "auto"
@@ -347,6 +446,11 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
         if self.n_components < 1:
             raise ValueError(
                 f"CalibratedAdditiveConfig.n_components must be at least 1, got {self.n_components}"
+            )
+        if self.calibration_genes < 0:
+            raise ValueError(
+                "CalibratedAdditiveConfig.calibration_genes must be non-negative, got "
+                f"{self.calibration_genes}"
             )
         check_embedding_spec(self.embedding, "CalibratedAdditiveConfig.embedding")
 
@@ -373,6 +477,9 @@ class CalibratedAdditive(MeanShiftModel):
             else ContextCalibration()
         )
         self.guide_genes_ = dataset.guide_genes
+        self.coupling_, self.coupling_held_out_ = {}, {}
+        if cfg.propagate and cfg.target_aware:
+            self.coupling_, self.coupling_held_out_ = self._coupling(dataset, train)
         self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))
         if cfg.unseen_mode == "ridge" or cfg.embedding != "data":
             cells = dataset.matrix(train)  # (N_train, G), sparse kept: control + training
@@ -384,6 +491,21 @@ class CalibratedAdditive(MeanShiftModel):
                 table = with_data_embedding(prior, table)
             self.table_ = table
         self._build_estimator()
+
+    @staticmethod
+    def _coupling(dataset, train: list[str]):
+        """Slopes of every gene on each measured perturbed gene over the training cells, and
+        for genes perturbed in training, the same without the cells that perturb them."""
+        mask = dataset.cell_mask(train)
+        labels = dataset.condition_labels.to_numpy()[mask]
+        perturbing: dict[str, list[str]] = {}
+        for name in train:
+            for gene in parse_condition(name):
+                perturbing.setdefault(gene, []).append(name)
+        leave_out = {gene: np.isin(labels, names) for gene, names in perturbing.items()}
+        return coupling_columns(
+            dataset.matrix(train), dataset.genes, sorted(dataset.perturbed_genes), leave_out
+        )
 
     def _build_estimator(self) -> None:
         singles, combos = {}, {}
@@ -405,6 +527,9 @@ class CalibratedAdditive(MeanShiftModel):
             var_names=list(self.genes_),
             target_aware=self.config.target_aware,
             guide_genes=self.guide_genes_,
+            calibration_genes=self.config.calibration_genes,
+            coupling=self.coupling_,
+            coupling_held_out=self.coupling_held_out_,
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -416,11 +541,15 @@ class CalibratedAdditive(MeanShiftModel):
             **self.context_.state(len(self.genes_)),
             "guide_names": np.asarray(list(self.guide_genes_), dtype=str),
             "guide_targets": np.asarray(list(self.guide_genes_.values()), dtype=str),
+            **_slopes_state("coupling", self.coupling_, len(self.genes_)),
+            **_slopes_state("coupling_held_out", self.coupling_held_out_, len(self.genes_)),
         }
 
     def _set_state(self, arrays) -> None:
         self.table_ = pd.DataFrame(arrays["table"], index=arrays["table_genes"].astype(str))
         self.context_ = ContextCalibration.from_state(arrays)
+        self.coupling_ = _slopes_from_state("coupling", arrays)
+        self.coupling_held_out_ = _slopes_from_state("coupling_held_out", arrays)
         self.guide_genes_ = dict(
             zip(
                 arrays["guide_names"].astype(str).tolist(),
@@ -438,3 +567,15 @@ class CalibratedAdditive(MeanShiftModel):
 
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
         return self.context_.apply(self.estimator_.shifts([name])[0])
+
+
+def _slopes_state(key: str, slopes: Mapping[str, np.ndarray], n_genes: int) -> dict:
+    """Gene → slopes as two checkpoint arrays (names and a ``(P, G)`` matrix)."""
+    names = list(slopes)
+    matrix = np.vstack([slopes[g] for g in names]) if names else np.zeros((0, n_genes))
+    return {f"{key}_genes": np.asarray(names, dtype=str), key: matrix.astype(np.float32)}
+
+
+def _slopes_from_state(key: str, arrays) -> dict[str, np.ndarray]:
+    names = arrays[f"{key}_genes"].astype(str).tolist()
+    return dict(zip(names, np.asarray(arrays[key], dtype=np.float32), strict=True))

@@ -23,8 +23,8 @@ class ScBIGConfig:
     because GCAE, alignment and OT pairing added nothing measurable on screens with a known
     answer. scBIG's published components are ``autoencoder="gcae"``, ``alignment=True`` and
     ``ot_pairing=True``; the other switches are ``programs="random"``, ``autoencoder="mlp"``,
-    ``start="control"``, ``calibrate_prior=False``, ``target_aware_prior=False`` and
-    ``delta_conditioning=False``. Defaults fit a CPU budget of minutes.
+    ``start="control"``, ``calibrate_prior=False``, ``target_aware_prior=False``,
+    ``propagate_prior=False`` and ``delta_conditioning=False``. Defaults fit a CPU budget of minutes.
     """
 
     # Prior knowledge. Gene vectors: "data" (correlation embedding of the training cells), a prior
@@ -67,7 +67,9 @@ class ScBIGConfig:
         "calibrated_additive"  # where the flow starts: calibrated_additive, combinator, control
     )
     calibrate_prior: bool = True  # calibrated_additive start: per-category scale
+    calibration_genes: int = 20  # ... fitted on each training condition's most changed genes
     target_aware_prior: bool = True  # calibrated_additive start: target-aware fill of unseen genes
+    propagate_prior: bool = True  # ... spread to the genes co-varying with the target
     unseen_shift: str = "auto"  # unseen-gene fallback: mean, ridge, auto (ridge with a prior)
     delta_conditioning: bool = True  # also condition on the start's single deltas (program space)
     sigma: float = 0.0  # noise of the probability path
@@ -134,6 +136,10 @@ class ScBIGConfig:
                 )
         if not 0.0 <= self.unseen_rate <= 1.0:
             raise ValueError(f"ScBIGConfig.unseen_rate must be in [0, 1], got {self.unseen_rate}")
+        if self.calibration_genes < 0:
+            raise ValueError(
+                f"ScBIGConfig.calibration_genes must be non-negative, got {self.calibration_genes}"
+            )
         if self.mean_weight is not None and not 0.0 <= self.mean_weight <= 1.0:
             raise ValueError(f"ScBIGConfig.mean_weight must be in [0, 1], got {self.mean_weight}")
         for name in ("cv_hidden_genes", "cv_doubles"):

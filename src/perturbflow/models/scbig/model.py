@@ -229,7 +229,9 @@ class ScBIG:
         cfg = self.config
         return CalibratedAdditiveConfig(
             calibrate=cfg.calibrate_prior,
+            calibration_genes=cfg.calibration_genes,
             target_aware=cfg.target_aware_prior,
+            propagate=cfg.propagate_prior,
             unseen=cfg.unseen_shift,
             embedding=cfg.gene_embedding,
             n_components=cfg.embedding_components,

@@ -1,0 +1,144 @@
+"""How ``calibrated_additive`` (scbig's start) sets its two defaults, measured with paired seeds.
+
+Variants of the one estimator, each against the default, per screen, split kind and seed:
+
+- ``all_genes``: category scales fitted on every gene (``calibration_genes=0``) instead of each
+  training condition's 20 most changed genes;
+- ``no_propagation``: the on-target residual of a gene without a training single stays in its own
+  column (``propagate=False``) instead of also moving the genes that co-vary with it.
+
+Each job is ``SCREEN:SPLIT:SEEDS`` (a registered dataset or an ``.h5ad`` path; seeds joined by
+``-``), so choice data and held-out data (another screen, other split seeds) are stated in the
+command. Writes ``results.csv`` (long), ``paired.csv`` and ``table.md`` (mean over seeds of each
+variant minus the default, with a 95 % bootstrap CI over seeds and the count of seeds where the
+default is better) into ``--out``.
+
+Run: ``.venv/bin/python benchmarks/start_defaults.py --out runs/start_defaults \
+--jobs runs/screens/grnsim_dorothea_s2.h5ad:simulation:1-2-3-4-5,papalexi21_thp1:unseen_single:1-2-3``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from perturbflow.data import read
+from perturbflow.data.datasets import DATASETS, load_dataset
+from perturbflow.data.outputs import mark_complete, prepare_output_dir, write_csv
+from perturbflow.eval.loop import RunSpec, run
+
+logger = logging.getLogger("start_defaults")
+
+DEFAULT = "calibrated_additive"
+VARIANTS = {
+    "all_genes": {"calibration_genes": 0},
+    "no_propagation": {"propagate": False},
+}
+METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1")
+# Higher is better for these; lower for the rest.
+HIGHER = ("pearson_delta_de20", "discrimination_l1")
+
+
+def parse_job(text: str) -> tuple[str, str, list[int]]:
+    """``SCREEN:SPLIT:SEEDS`` → (screen, split kind, seeds)."""
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3:
+        raise ValueError(f"a job is SCREEN:SPLIT:SEEDS (seeds joined by '-'), got {text!r}")
+    screen, kind, seeds = parts
+    try:
+        return screen, kind, [int(s) for s in seeds.split("-")]
+    except ValueError:
+        raise ValueError(f"seeds of job {text!r} must be integers joined by '-'") from None
+
+
+def paired(results: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each variant minus the default per (screen, split, subgroup, metric), paired by seed."""
+    means = results.groupby(["screen", "split", "subgroup", "metric", "model", "seed"])[
+        "value"
+    ].mean()
+    table = means.unstack("model")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, block in table.groupby(level=["screen", "split", "subgroup", "metric"]):
+        for variant in VARIANTS:
+            difference = (block[variant] - block[DEFAULT]).dropna().to_numpy()
+            if not len(difference):
+                continue
+            boot = rng.choice(difference, (n_boot, len(difference))).mean(axis=1)
+            sign = -1.0 if key[3] in HIGHER else 1.0
+            rows.append(
+                {
+                    "screen": key[0],
+                    "split": key[1],
+                    "subgroup": key[2],
+                    "metric": key[3],
+                    "variant": variant,
+                    "default": float(block[DEFAULT].mean()),
+                    "difference": float(difference.mean()),
+                    "ci_low": float(np.quantile(boot, 0.025)),
+                    "ci_high": float(np.quantile(boot, 0.975)),
+                    "n_seeds": len(difference),
+                    "default_better": int((sign * difference > 0).sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "| screen | split | subgroup | metric | variant | default | variant − default | 95% CI "
+        "| seeds default better |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        lines.append(
+            f"| {row.screen} | {row.split} | {row.subgroup} | {row.metric} | {row.variant} | "
+            f"{row.default:.3f} | {row.difference:+.3f} | [{row.ci_low:+.3f}, {row.ci_high:+.3f}] "
+            f"| {row.default_better}/{row.n_seeds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/start_defaults"))
+    parser.add_argument("--jobs", required=True, help="comma-separated SCREEN:SPLIT:SEEDS")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("perturbflow").setLevel(logging.WARNING)
+    try:
+        jobs = [parse_job(text.strip()) for text in args.jobs.split(",") if text.strip()]
+    except ValueError as error:
+        parser.error(str(error))
+    folder = prepare_output_dir(args.out, overwrite=args.overwrite)
+    (folder / "command.txt").write_text(
+        " ".join([".venv/bin/python benchmarks/start_defaults.py", *sys.argv[1:]]) + "\n"
+    )
+    runs = [RunSpec(DEFAULT, DEFAULT)] + [
+        RunSpec(name, DEFAULT, options) for name, options in VARIANTS.items()
+    ]
+    frames = []
+    for screen, kind, seeds in jobs:
+        dataset = load_dataset(screen) if screen in DATASETS else read(screen)
+        label = Path(screen).stem if screen.endswith(".h5ad") else screen
+        logger.info("%s %s seeds %s", label, kind, seeds)
+        result = run(dataset, kind, runs, seeds, noise_ceiling_row=False)
+        frame = result.results[result.results["metric"].isin(METRICS)]
+        frames.append(frame.assign(screen=label, split=kind))
+        results = pd.concat(frames, ignore_index=True)
+        write_csv(results, folder / "results.csv", overwrite=True)
+        table = paired(results)
+        write_csv(table, folder / "paired.csv", overwrite=True)
+        (folder / "table.md").write_text(markdown(table))
+    mark_complete(folder)
+    logger.info("wrote %s", folder)
+
+
+if __name__ == "__main__":
+    main()
