@@ -4,6 +4,7 @@ results.csv; a damaged or tampered training checkpoint is refused, never unpickl
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import threading
 
@@ -84,6 +85,10 @@ def test_kill_during_benchmark_then_resume_gives_the_same_results_csv(
     # cell-eval's cross-check starts thread pools that a forked worker can deadlock on; it
     # writes its own table, not results.csv. benchmarks/reliability.py kills real processes.
     monkeypatch.setattr(perturbflow.eval.loop, "_crosscheck", lambda *args: None)
+    # So do pdex's and polars' pools behind cell-eval's DE overlap; the numpy/scipy backend
+    # computes the same overlap without them.
+    for module in ("perturbflow.eval.overlap", "perturbflow.eval.evaluate"):
+        monkeypatch.setattr(importlib.import_module(module), "resolve_backend", lambda _: "scipy")
 
     args = ["benchmark", str(screen_file), "--models", "control_mean,additive"]
     args += ["--seeds", "1,2", "--n-cells", "50"]
