@@ -370,6 +370,12 @@ def demo(
     ] = "all",
     seed: Annotated[int, typer.Option(help="Seed of the simulation, split and predictions.")] = 0,
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    de_overlap: Annotated[
+        bool,
+        typer.Option(
+            help="Also score cell-eval's DE overlap (overlap_at_N; a rank test per gene)."
+        ),
+    ] = False,
     priors: Priors = None,
     annotation: AnnotationFile = None,
     genome: GenomeFile = None,
@@ -408,7 +414,7 @@ def demo(
             seeds=[seed],
             n_cells=n_cells,
             progress=lambda text: status.update(text),
-            de_overlap=True,
+            de_overlap=de_overlap,
         )
         result.splits[seed].save(folder / "split.json", overwrite=True)
     write_csv(result.results, folder / "results.csv", overwrite=True)
@@ -677,6 +683,12 @@ def benchmark(
         ),
     ] = "all",
     n_cells: Annotated[int, typer.Option(help="Predicted cells per condition.")] = 100,
+    de_overlap: Annotated[
+        bool,
+        typer.Option(
+            help="Also score cell-eval's DE overlap (overlap_at_N; a rank test per gene)."
+        ),
+    ] = True,
     train_cells: Annotated[
         str | None,
         typer.Option(
@@ -790,7 +802,7 @@ def benchmark(
                 resume=resume,
                 progress=lambda text: status.update(text),
                 train_cells=levels,
-                de_overlap=True,
+                de_overlap=de_overlap,
             )
             status.update("writing report.html")
             label = chosen

@@ -28,7 +28,12 @@ def test_norman_report_compares_gi_with_published_fits(tmp_path):
 @pytest.mark.parametrize(
     ("installed", "ran", "expected"),
     [
-        (False, False, "not installed (pip install 'perturbflow[peers]')"),
+        (
+            False,
+            False,
+            "not installed (pip install 'perturbflow[peers]' (in-process) or "
+            "`perturbflow peers install gears`)",
+        ),
         (True, False, "installed; not run (add it to --models, e.g. --models all,gears)"),
         (True, True, "ran in this benchmark"),
     ],
