@@ -164,8 +164,14 @@ def insilico_part(dataset, truth, name: str, seeds: list[int], models: list[str]
         cells = dataset.expression([c for c in dataset.conditions if c not in set(split.test)])
         methods = {"correlation": correlation_edges(cells, genes, held_out)}
 
-        def in_silico(spec, replicate, model, held_out=held_out, methods=methods):
+        # The same models scored beyond the response every training single shares.
+        background = sorted(c for c in split.train if len(parse_condition(c)) == 1)
+
+        def in_silico(
+            spec, replicate, model, held_out=held_out, methods=methods, background=background
+        ):
             methods[spec.label] = model_edges(model, held_out)
+            methods[f"{spec.label}_specific"] = model_edges(model, held_out, background=background)
 
         # The run loop fits each model on the same unseen_single split (seed) and hands it over.
         run(

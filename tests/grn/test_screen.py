@@ -149,6 +149,12 @@ def test_model_edges_equal_the_additive_models_predicted_deltas(dataset) -> None
     assert len(edges) == 2 * (len(GENES) - 1)
     with pytest.raises(GRNInputError, match="not a single gene"):
         model_edges(model, ["R1+R2"])
+    # Against a background, the effect is the change beyond the background's mean change.
+    specific = model_edges(model, ["R1"], background=["R1", "R2"])
+    shared = deltas.mean(axis=0)
+    for target, effect in specific[["target", "effect"]].itertuples(index=False):
+        assert effect == pytest.approx(deltas.loc["R1", target] - shared[target], abs=1e-9)
+    assert "background" in specific.attrs["perturbflow"]["score"]
 
 
 def test_a_chain_is_reduced_to_its_links() -> None:

@@ -187,15 +187,24 @@ def screen_edges(
     return edges
 
 
-def model_edges(model, regulators: Sequence[str], *, perturbation: str = "loss") -> pd.DataFrame:
+def model_edges(
+    model,
+    regulators: Sequence[str],
+    *,
+    perturbation: str = "loss",
+    background: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """In-silico edges from a fitted perturbflow model's ``predict_delta``.
 
     ``model.predict_delta([regulator, ...])`` gives the predicted mean expression change
     (conditions × genes) of perturbing each regulator alone; every gene other than the regulator
     becomes a target with ``effect`` = that change, ``score`` = ``|effect|`` and ``sign`` as in
     :func:`screen_edges` (``-sign(effect)`` for ``"loss"``, ``+sign(effect)`` for ``"gain"``).
-    Regulators must be single genes (``"A"``, not ``"A+B"``). Returns an edges table (``source,
-    target, score, sign, effect``) sorted like :func:`screen_edges`'s.
+    ``background`` (e.g. the training singles): conditions whose mean predicted change is
+    subtracted first, so a target is scored by what this regulator changes beyond the response
+    every perturbation shares (the Systema reference). Regulators must be single genes (``"A"``,
+    not ``"A+B"``). Returns an edges table (``source, target, score, sign, effect``) sorted like
+    :func:`screen_edges`'s.
     """
     direction = _direction(perturbation)
     names = [regulators] if isinstance(regulators, str) else list(regulators)
@@ -207,6 +216,7 @@ def model_edges(model, regulators: Sequence[str], *, perturbation: str = "loss")
                 f"model_edges: regulator {name!r} is not a single gene; in-silico edges come "
                 "from single-gene perturbations"
             )
+    reference = list(background or [])
     deltas = model.predict_delta(names)  # (R, G)
     model_name = getattr(model, "name", type(model).__name__)
     if not isinstance(deltas, pd.DataFrame) or not set(names) <= set(deltas.index):
@@ -214,6 +224,9 @@ def model_edges(model, regulators: Sequence[str], *, perturbation: str = "loss")
             f"model {model_name!r}: predict_delta must return a DataFrame indexed by the "
             f"conditions {names}; got {type(deltas).__name__}"
         )
+    if reference:
+        shared = model.predict_delta(reference).to_numpy(np.float64).mean(axis=0)  # (G,)
+        deltas = deltas - shared
     genes = pd.Index(deltas.columns.astype(str))
     blocks = []
     for regulator in dict.fromkeys(names):
@@ -232,7 +245,8 @@ def model_edges(model, regulators: Sequence[str], *, perturbation: str = "loss")
             "model": str(model_name),
             "perturbation": perturbation,
             "regulators": list(dict.fromkeys(names)),
-            "score": "|predicted delta|",
+            "score": "|predicted delta|"
+            + (f" minus the mean of {len(reference)} background conditions" if reference else ""),
         }
     }
     return edges
