@@ -454,6 +454,10 @@ def fit(
     strategy: Annotated[
         str | None, typer.Option(help="Trainable models: Lightning strategy, e.g. 'ddp'.")
     ] = None,
+    num_nodes: Annotated[
+        int | None,
+        typer.Option(help="Trainable models: machines of a multi-node 'ddp' run (torchrun/SLURM)."),
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None,
         typer.Option(help="Trainable models: keep training checkpoints here; rerun to resume."),
@@ -482,6 +486,7 @@ def fit(
     """Fit a model on the training conditions of a split and save a self-describing checkpoint."""
     from perturbflow.models import get_model  # heavy: torch
     from perturbflow.programs.priors import PriorError
+    from perturbflow.train import is_global_zero
 
     try:
         options = _read_yaml(config) if config else {}
@@ -495,6 +500,7 @@ def fit(
                 "accelerator": accelerator,
                 "devices": devices,
                 "strategy": strategy,
+                "num_nodes": num_nodes,
                 "progress": progress,
             },
             overrides={
@@ -504,8 +510,12 @@ def fit(
             },
         )
         model_config = spec.config(seed)
+        # Under 'ddp' the launcher reruns this command once per extra device; only rank 0 (the
+        # command the user typed) checks and writes files, the workers only train.
+        writer = is_global_zero()
         for path in (out, split_out or out.with_suffix(".split.json")):
-            if path.exists() and not overwrite and not (split is not None and path != out):
+            exists = writer and path.exists() and not overwrite
+            if exists and not (split is not None and path != out):
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
         dataset = _read_options(
             condition_key,
@@ -525,7 +535,8 @@ def fit(
         else:
             extra = {"guide_map": dataset.guide_genes} if split_kind in GUIDE_KINDS else {}
             chosen = make_split(split_kind, dataset.conditions, seed=seed, **extra)
-            chosen.save(split_out or out.with_suffix(".split.json"), overwrite=overwrite)
+            if writer:
+                chosen.save(split_out or out.with_suffix(".split.json"), overwrite=overwrite)
         estimator = get_model(model, model_config)
         extra = {}
         if checkpoint_dir is not None:
@@ -534,6 +545,8 @@ def fit(
             extra["checkpoint_dir"] = checkpoint_dir
         console.print(f"fitting {model} on {len(chosen.train)} training conditions")
         fitted = estimator.fit(dataset, chosen, **extra)
+        if not writer:
+            return  # a 'ddp' worker: its model equals rank 0's, which alone writes the checkpoint
         fitted.save(out, overwrite=overwrite)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, PriorError) as error:
         _fail(error)

@@ -9,7 +9,9 @@ from perturbflow.train.plan import Objective, StepPlan, step_generator
 from perturbflow.train.trainer import (
     TrainerSettings,
     TrainingInterrupted,
+    build_trainer,
     fit_objective,
+    is_global_zero,
     quiet_lightning,
 )
 
@@ -18,7 +20,9 @@ __all__ = [
     "StepPlan",
     "TrainerSettings",
     "TrainingInterrupted",
+    "build_trainer",
     "fit_objective",
+    "is_global_zero",
     "quiet_lightning",
     "step_generator",
 ]

@@ -9,6 +9,7 @@ would have seen, and reaches the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from typing import Protocol
@@ -20,6 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 
 #: ``log(name, value, batch_size)``: how an objective reports a scalar of the current step.
 LogFn = Callable[[str, torch.Tensor, int], None]
+
+#: DEBUG records ``("train" | "val", step, loss)`` per step and validation: a loss curve for
+#: whoever attaches a handler (benchmarks/ddp.py), at no cost otherwise.
+logger = logging.getLogger(__name__)
 
 
 def step_generator(seed: int, step: int, rank: int, stream: int) -> torch.Generator:
@@ -87,14 +92,21 @@ class StepPlan(L.LightningModule):
     def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
         step, rank = self.global_step, self.global_rank
         torch.manual_seed(self.seed + 31 * step + 7 * rank)
-        return self.objective.training_loss(
+        loss = self.objective.training_loss(
             step, self.current_epoch, batch_idx, rank, self.device, self._log
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s step %d: loss %.6g", "train", step, float(loss.detach()))
+        return loss
 
     @torch.no_grad()
     def validation_step(self, batch: int, batch_idx: int) -> None:
         loss = self.objective.validation_loss(self.device)
-        self.log("val_loss", loss, prog_bar=True, batch_size=1)
+        # Every rank scores the same held-out data with the same weights; sync_dist only keeps
+        # Lightning from warning about an unsynchronised epoch-level value.
+        self.log("val_loss", loss, prog_bar=True, batch_size=1, sync_dist=True)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s step %d: loss %.6g", "val", self.global_step, float(loss))
         if float(loss) < self.best_val:
             self.best_val = float(loss)
             self.best_state = copy.deepcopy(self.objective.trainable().state_dict())

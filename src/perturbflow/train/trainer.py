@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from perturbflow.data.outputs import lock_output_dir, release_output_dir
@@ -49,16 +50,65 @@ def check_resume_checkpoint(path: Path) -> None:
 class TrainerSettings:
     """Where and how a stage trains.
 
-    accelerator/devices/strategy: passed to ``lightning.Trainer`` (``"cpu"``, ``"gpu"``, ``"auto"``;
-    a device count or ``"auto"``; ``"auto"`` or ``"ddp"``). patience: validation periods without
-    improvement before early stopping. progress: show Lightning's progress bar and INFO lines.
+    accelerator/devices/strategy/num_nodes: passed to ``lightning.Trainer`` (``"cpu"``, ``"gpu"``,
+    ``"auto"``; devices per node, a count or ``"auto"``; ``"auto"`` or ``"ddp"``; machines, at least
+    1). Under ``"ddp"`` every process runs the whole program and draws its own batches, so a step
+    sees ``devices × num_nodes`` batches. patience: validation periods without improvement before
+    early stopping. progress: show Lightning's progress bar and INFO lines.
     """
 
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
+    num_nodes: int = 1
     patience: int = 5
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_nodes < 1:
+            raise ValueError(f"num_nodes must be at least 1, got {self.num_nodes}")
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError(f"devices must be at least 1 or 'auto', got {self.devices}")
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of a distributed run (or the only process): the one that
+    writes outputs. Lightning sets the rank when a strategy starts; before, it reads ``RANK``,
+    ``LOCAL_RANK`` or ``SLURM_PROCID`` from the environment (torchrun, SLURM, DDP workers)."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def build_trainer(
+    settings: TrainerSettings,
+    *,
+    callbacks: list,
+    folder: Path | None,
+    has_val: bool,
+    max_steps: int = -1,
+    max_epochs: int | None = None,
+    grad_clip: float | None = None,
+) -> L.Trainer:
+    """The ``lightning.Trainer`` of one stage (built quietly by :func:`fit_objective`)."""
+    return L.Trainer(
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        strategy=settings.strategy,
+        num_nodes=settings.num_nodes,
+        max_steps=max_steps,
+        max_epochs=max_epochs,
+        gradient_clip_val=grad_clip,
+        callbacks=callbacks,
+        enable_checkpointing=folder is not None,
+        enable_progress_bar=settings.progress,
+        enable_model_summary=False,
+        logger=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1 if has_val else 0,
+        # The step loader only counts steps; objectives draw each rank's batch from
+        # (seed, step, rank). A distributed sampler would halve each rank's epoch instead.
+        use_distributed_sampler=False,
+        default_root_dir=str(folder) if folder else tempfile.gettempdir(),
+    )
 
 
 @contextlib.contextmanager
@@ -129,21 +179,14 @@ def fit_objective(
             logger.info("%s: resuming %s from %s", owner, stage, last)
     with warnings.catch_warnings(), quiet_lightning(not settings.progress):
         # Built inside: the Trainer logs its device summary and batch notes on creation.
-        trainer = L.Trainer(
-            accelerator=settings.accelerator,
-            devices=settings.devices,
-            strategy=settings.strategy,
+        trainer = build_trainer(
+            settings,
+            callbacks=callbacks,
+            folder=folder,
+            has_val=has_val,
             max_steps=max_steps,
             max_epochs=max_epochs,
-            gradient_clip_val=grad_clip,
-            callbacks=callbacks,
-            enable_checkpointing=folder is not None,
-            enable_progress_bar=settings.progress,
-            enable_model_summary=False,
-            logger=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=1 if has_val else 0,
-            default_root_dir=str(folder) if folder else tempfile.gettempdir(),
+            grad_clip=grad_clip,
         )
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
@@ -152,14 +195,18 @@ def fit_objective(
         if folder is None:
             trainer.fit(plan)
         else:
-            # Two processes training into one checkpoint folder would overwrite each other's
-            # checkpoints: the second refuses.
+            # Two runs training into one checkpoint folder would overwrite each other's
+            # checkpoints: the second refuses. The ranks of one distributed run share the folder;
+            # rank 0 holds the lock and alone writes checkpoints.
             stage_dir.mkdir(parents=True, exist_ok=True)
-            lock_output_dir(stage_dir)
+            owner_rank = trainer.is_global_zero
+            if owner_rank:
+                lock_output_dir(stage_dir)
             try:
                 trainer.fit(plan, ckpt_path=resume, weights_only=True)
             finally:
-                release_output_dir(stage_dir)
+                if owner_rank:
+                    release_output_dir(stage_dir)
     if trainer.interrupted:
         hint = (
             f"; call fit again with checkpoint_dir={str(folder)!r} to resume"

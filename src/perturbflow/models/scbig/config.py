@@ -98,8 +98,9 @@ class ScBIGConfig:
     max_control_cells: int = 2000  # control cells kept in the checkpoint as flow sources
     # Hardware and reproducibility
     accelerator: str = "cpu"
-    devices: int = 1
-    strategy: str = "auto"
+    devices: int = 1  # devices per node; under "ddp" each draws its own batch every step
+    strategy: str = "auto"  # "auto" or "ddp": one process per device (README, multi-GPU)
+    num_nodes: int = 1  # machines of a multi-node run (torchrun or SLURM starts the processes)
     progress: bool = False
     seed: int = 0
 
@@ -152,6 +153,11 @@ class ScBIGConfig:
         check_embedding_spec(self.gene_embedding, "ScBIGConfig.gene_embedding")
         if self.ae_epochs < 0:
             raise ValueError(f"ScBIGConfig.ae_epochs must be non-negative, got {self.ae_epochs}")
+        for name in ("devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"ScBIGConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

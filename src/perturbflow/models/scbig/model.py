@@ -572,6 +572,7 @@ class ScBIG:
             accelerator=cfg.accelerator,
             devices=cfg.devices,
             strategy=cfg.strategy,
+            num_nodes=cfg.num_nodes,
             patience=cfg.patience,
             progress=cfg.progress,
         )
