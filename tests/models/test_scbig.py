@@ -18,7 +18,7 @@ from perturbflow.models.autoencoders import MLPAutoencoder
 from perturbflow.models.condition_encoder import UnknownGeneError
 from perturbflow.models.gcae import GCAE, ModuleInducedAttentionBlock
 from perturbflow.models.scbig import ScBIG, ScBIGConfig, objectives
-from perturbflow.models.scbig.model import _FlowData
+from perturbflow.models.scbig.model import _CellPools, _condition_rows
 from perturbflow.models.scbig.modules import (
     Centred,
     ConditionModel,
@@ -321,8 +321,9 @@ def test_mean_weights_are_chosen_per_kind_on_held_out_training_conditions(data, 
     monkeypatch.setattr(model, "_flow_change", planted)
     model.genes_ = dataset.genes
     model.control_mean_ = dataset.control_expression().mean(axis=0)
-    cells = {name: dataset.expression(name) for name in train}
-    weights = model._choose_mean_weights(dataset, train, [], _FlowData(cells, {}), None)
+    rows = _condition_rows(dataset, train)
+    pools = _CellPools(dataset.adata.X, rows, rows)
+    weights = model._choose_mean_weights(dataset, train, [], pools, None)
     counts = {kind: row["n_conditions"] for kind, row in model.mean_weight_cv_.items()}
     assert counts["unseen_single"] >= 2
     assert weights["unseen_single"] == 0.75

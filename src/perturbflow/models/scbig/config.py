@@ -96,6 +96,9 @@ class ScBIGConfig:
     cv_doubles: float = 0.2
     cv_min_conditions: int = 3
     max_control_cells: int = 2000  # control cells kept in the checkpoint as flow sources
+    # Cells sampled (seeded) for gene embeddings, GRC, the autoencoder and the flow's targets;
+    # smaller data use every cell. Bounds fit memory and time whatever the number of cells.
+    max_fit_cells: int = 50_000
     # Hardware and reproducibility
     accelerator: str = "cpu"
     devices: int = 1  # devices per node; under "ddp" each draws its own batch every step
@@ -129,6 +132,7 @@ class ScBIGConfig:
             "val_every",
             "ode_steps",
             "align_ode_steps",
+            "max_fit_cells",
         )
         for name in positive:
             if getattr(self, name) < 1:

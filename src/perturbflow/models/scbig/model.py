@@ -21,6 +21,7 @@ import anndata as ad
 import lightning as L
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from perturbflow import __version__
@@ -127,17 +128,73 @@ def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarra
     return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{prefix}/")}
 
 
-@dataclasses.dataclass
-class _FlowData:
-    """Cells of training and validation conditions, and their latent codes once encoded."""
+def _condition_rows(dataset: PerturbationDataset, names: list[str]) -> dict[str, np.ndarray]:
+    """Row indices ``(n_c,)`` of each condition's cells in storage order, in one pass."""
+    labels = dataset.condition_labels.to_numpy()
+    order = np.argsort(labels, kind="stable")  # (N,) rows grouped by label, each group in order
+    groups, starts = np.unique(labels[order], return_index=True)
+    bounds = dict(zip(groups, zip(starts, [*starts[1:], len(order)], strict=True), strict=True))
+    return {name: order[slice(*bounds[name])] for name in names}
 
-    cells: dict[str, np.ndarray]  # name -> (n, G)
-    latents: dict[str, torch.Tensor]  # name -> (n, L)
+
+def _rows(matrix, rows: np.ndarray) -> np.ndarray:
+    """Dense float32 ``(n, G)`` copy of ``rows`` of a stored matrix (CSR or dense)."""
+    block = matrix[rows]
+    if sp.issparse(block):
+        return block.toarray().astype(np.float32, copy=False)
+    return np.asarray(block, dtype=np.float32)
+
+
+def _column_mean(matrix, rows: np.ndarray) -> np.ndarray:
+    """Exact mean ``(G,)`` of ``rows``; sparse rows are summed in float64 without densifying."""
+    if sp.issparse(matrix):
+        return (np.asarray(matrix[rows].sum(axis=0, dtype=np.float64)).ravel() / len(rows)).astype(
+            np.float32
+        )
+    return _rows(matrix, rows).mean(axis=0)
+
+
+@dataclasses.dataclass
+class _CellPools:
+    """Cells of training and validation conditions as row indices into the stored matrix (which
+    stays sparse when it is), densified a batch at a time, and their latent codes once encoded."""
+
+    matrix: Any  # (N, G) the dataset's X: CSR or dense
+    rows: dict[str, np.ndarray]  # name -> (n_c,) pooled rows (at most the fit cap's share)
+    all_rows: dict[str, np.ndarray]  # name -> every row of the condition (for exact means)
+    latents: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # name -> (n, L)
+
+    def mean(self, name: str) -> np.ndarray:
+        """Mean expression ``(G,)`` over all cells of ``name``."""
+        return _column_mean(self.matrix, self.all_rows[name])
+
+    def cells(self, name: str) -> _PooledCells:
+        return _PooledCells(self.matrix, self.rows[name])
 
     def latent(self, name: str, encode) -> torch.Tensor:
         if name not in self.latents:
-            self.latents[name] = encode(self.cells[name])
+            rows = self.rows[name]
+            parts = [
+                encode(_rows(self.matrix, rows[i : i + _ENCODE_BATCH]))
+                for i in range(0, len(rows), _ENCODE_BATCH)
+            ]  # (b, L) each
+            self.latents[name] = torch.cat(parts)  # (n, L)
         return self.latents[name]
+
+
+@dataclasses.dataclass
+class _PooledCells:
+    """One condition's pooled cells, indexed like a ``(n, G)`` tensor: ``cells[index]`` densifies
+    only the requested rows."""
+
+    matrix: Any
+    rows: np.ndarray  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(_rows(self.matrix, self.rows[index.numpy()]))  # (m, G)
 
 
 @register_model("scbig")
@@ -182,13 +239,20 @@ class ScBIG:
                 "scbig needs control cells and at least one training perturbation in the split"
             )
         genes = pd.Index(dataset.genes)
-        train_cells = dataset.expression([CONTROL_NAME, *train])  # (N, G)
-        control_cells = dataset.control_expression()  # (N_ctrl, G)
+        matrix = dataset.adata.X  # (N, G) as stored; only samples and batches are densified
+        if sp.issparse(matrix) and not sp.isspmatrix_csr(matrix):
+            matrix = sp.csr_matrix(matrix)  # row access
+        rows = _condition_rows(dataset, [CONTROL_NAME, *train, *val])
+        fit_rows = self._fit_sample(
+            np.sort(np.concatenate([rows[CONTROL_NAME], *map(rows.get, train)]))
+        )
+        train_cells = _rows(matrix, fit_rows)  # (n_fit, G): at most max_fit_cells
         logger.info(
-            "scbig: %d training conditions, %d validation, %d cells × %d genes",
+            "scbig: %d training conditions, %d validation, %d of %d cells × %d genes for fitting",
             len(train),
             len(val),
             len(train_cells),
+            sum(len(rows[name]) for name in [CONTROL_NAME, *train]),
             len(genes),
         )
 
@@ -205,25 +269,48 @@ class ScBIG:
 
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.autoencoder_ = build_autoencoder(cfg, self._programs, train_cells.mean(axis=0))
-        self._fit_autoencoder(train_cells, dataset, val, folder)
+        val_rows = np.sort(np.concatenate([rows[name] for name in val])) if val else None
+        self._fit_autoencoder(train_cells, matrix, val_rows, folder)
         self.autoencoder_.eval()
+        del train_cells
 
         rng = np.random.default_rng(cfg.seed)
+        control_rows = rows[CONTROL_NAME]
         keep = rng.choice(
-            len(control_cells), min(len(control_cells), cfg.max_control_cells), replace=False
+            len(control_rows), min(len(control_rows), cfg.max_control_cells), replace=False
         )
-        self.control_cells_ = control_cells[np.sort(keep)].astype(np.float32)  # (n_ctrl, G)
-        self.control_mean_ = control_cells.mean(axis=0)
-        data = _FlowData(
-            cells={name: dataset.expression(name) for name in [*train, *val]},
-            latents={},
-        )
+        self.control_cells_ = _rows(matrix, control_rows[np.sort(keep)])  # (n_ctrl, G)
+        self.control_mean_ = _column_mean(matrix, control_rows)  # (G,)
+        data = _CellPools(matrix, self._pool_rows(rows, [*train, *val]), rows)
         self.start_ = self._fit_start(dataset, train, context_split=split)
         self.mean_weights_ = self._choose_mean_weights(dataset, train, val, data, folder)
         self.condition_model_, self.velocity_ = self._train_flow(
             self.start_, train, val, data, folder, "flow"
         )
         return self
+
+    def _fit_sample(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` when there are at most ``max_fit_cells``, else a seeded sorted sample of them."""
+        cap = self.config.max_fit_cells
+        if len(rows) <= cap:
+            return rows
+        rng = np.random.default_rng([self.config.seed, 1])
+        return np.sort(rng.choice(rows, cap, replace=False))
+
+    def _pool_rows(self, rows: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """The flow's cells per condition: all of them while ``names`` hold at most
+        ``max_fit_cells`` cells, else a seeded sample of an equal share per condition."""
+        cfg = self.config
+        if sum(len(rows[name]) for name in names) <= cfg.max_fit_cells:
+            return {name: rows[name] for name in names}
+        share = max(cfg.flow_cells_per_condition, cfg.max_fit_cells // max(len(names), 1))
+        rng = np.random.default_rng([cfg.seed, 2])
+        return {
+            name: rows[name]
+            if len(rows[name]) <= share
+            else np.sort(rng.choice(rows[name], share, replace=False))
+            for name in names
+        }
 
     def _start_config(self) -> CalibratedAdditiveConfig:
         cfg = self.config
@@ -291,7 +378,7 @@ class ScBIG:
         dataset: PerturbationDataset,
         train: list[str],
         val: list[str],
-        data: _FlowData,
+        data: _CellPools,
         folder: Path | None,
     ) -> dict[str, float]:
         """Weight of the flow's mean change per condition kind (see ``ScBIGConfig``)."""
@@ -312,7 +399,7 @@ class ScBIG:
             start_cells, change = self._flow_change(
                 name, _VALIDATION_CELLS, generator, start, condition_model, velocity
             )  # (n, G) each
-            real_mean = data.cells[name].mean(axis=0)  # (G,)
+            real_mean = data.mean(name)  # (G,)
             kind = condition_kind(name, seen)
             for weight in MEAN_WEIGHT_GRID:
                 predicted = start_cells.mean(axis=0) + weight * change.mean(axis=0)  # (G,)
@@ -361,7 +448,7 @@ class ScBIG:
         start: FlowStart,
         train: list[str],
         val: list[str],
-        data: _FlowData,
+        data: _CellPools,
         folder: Path | None,
         stage: str,
     ) -> tuple[ConditionModel, VelocityField]:
@@ -373,7 +460,7 @@ class ScBIG:
         ]  # (n_src, G): control cells every condition's flow starts from
         source_latent = self._source_latents(start, sources, train)
         target_latent = [data.latent(name, self._encode) for name in train]
-        target_cells = [torch.from_numpy(data.cells[name]) for name in train]
+        target_cells = [data.cells(name) for name in train]  # densified a batch at a time
         hidden_views = (
             self._hidden_views(start, sources, train) if cfg.unseen_rate > 0 else [[]] * len(train)
         )
@@ -381,7 +468,7 @@ class ScBIG:
         condition_model, velocity = self._build_flow_networks(start, seen)
         val_sources = sources[: min(len(sources), 256)]
         val_start = torch.from_numpy(val_sources.mean(axis=0) + start.shifts(val))  # (V, G)
-        val_means = torch.from_numpy(np.vstack([data.cells[n].mean(axis=0) for n in val]))
+        val_means = torch.from_numpy(np.vstack([data.mean(n) for n in val]))
         objective = FlowObjective(
             velocity,
             condition_model,
@@ -525,17 +612,19 @@ class ScBIG:
     def _fit_autoencoder(
         self,
         train_cells: np.ndarray,
-        dataset: PerturbationDataset,
-        val: list[str],
+        matrix,
+        val_rows: np.ndarray | None,
         folder: Path | None,
     ) -> None:
+        """Fit on ``train_cells`` ``(n_fit, G)``; validate on (a sample of) ``val_rows``."""
         cfg = self.config
         if isinstance(self.autoencoder_, PCAAutoencoder):
             self.autoencoder_.fit(train_cells)
             return
         if cfg.ae_epochs == 0:
             return
-        val_cells = torch.from_numpy(dataset.expression(val)) if val else None
+        has_val = val_rows is not None
+        val_cells = torch.from_numpy(_rows(matrix, self._fit_sample(val_rows))) if has_val else None
         objective = AutoencoderObjective(
             self.autoencoder_,
             torch.from_numpy(train_cells),
@@ -548,7 +637,7 @@ class ScBIG:
             "autoencoder",
             folder,
             lr=cfg.ae_lr,
-            has_val=bool(val),
+            has_val=has_val,
             max_epochs=cfg.ae_epochs,
         )
         if plan.best_state is not None:
