@@ -101,7 +101,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.tables_only:
         results = pd.read_csv(args.out / "results.csv")
-        (args.out / "table.md").write_text(report(results, args.reference))
+        weights_file = args.out / "mean_weights.csv"
+        chosen = pd.read_csv(weights_file) if weights_file.exists() else pd.DataFrame()
+        (args.out / "table.md").write_text(report(results, args.reference) + weights_table(chosen))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "perturbflow.models.baselines"):
@@ -166,9 +168,28 @@ def main() -> None:
                 )
                 if weights:
                     write_csv(pd.DataFrame(weights), folder / "mean_weights.csv", overwrite=True)
-                (folder / "table.md").write_text(report(results, args.reference))
+                (folder / "table.md").write_text(
+                    report(results, args.reference) + weights_table(pd.DataFrame(weights))
+                )
     mark_complete(folder)
     logger.info("wrote %s", folder)
+
+
+def weights_table(weights: pd.DataFrame) -> str:
+    """The flow mean weight each fit chose per condition kind (its inner cross-validation)."""
+    if weights.empty:
+        return ""
+    lines = [
+        "\n### Flow mean weight chosen by cross-validation, per condition kind\n",
+        "| screen | split | model | kind | weights over seeds | held-out training conditions |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = ["screen", "split", "model", "kind"]
+    for key, group in weights.sort_values([*keys, "seed"]).groupby(keys, sort=False):
+        chosen = ", ".join(f"{w:g}" for w in group["weight"])
+        held = ", ".join(str(int(n)) for n in group["n_conditions"])
+        lines.append(f"| {' | '.join(map(str, key))} | {chosen} | {held} |")
+    return "\n".join(lines) + "\n"
 
 
 def summarize_screens(results: pd.DataFrame) -> pd.DataFrame:

@@ -32,10 +32,39 @@ from perturbflow.report.markdown import (
 
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
-    ("runs/grn_combo_dorothea_s2", "GRN screen (DoRothEA, seed 2): combo split"),
-    ("runs/grn_combo_collectri_s3", "GRN screen (CollecTRI, seed 3): combo split"),
-    ("runs/grn_combo_collectri_s1_fresh", "GRN screen (CollecTRI, seed 1): combo split"),
-    ("runs/grn_sim_split", "GRN screens: GEARS simulation split"),
+    (
+        "runs/grn_accept_combo",
+        "Issue 12 acceptance, combo split: three GRN screens, 5 seeds, the package's scbig",
+    ),
+    (
+        "runs/grn_accept_simulation",
+        "Issue 12 acceptance, GEARS simulation split: three GRN screens, 5 seeds, the package's "
+        "scbig",
+    ),
+    (
+        "runs/start_defaults",
+        "How `calibrated_additive` (scbig's start) sets its defaults: variant − default, paired "
+        "over seeds, on the screens used to choose and on held-out screens and seeds",
+    ),
+    ("runs/grn_insilico", "In-silico GRN edges of held-out regulators (propagating start)"),
+    (
+        "runs/grn_combo_dorothea_s2",
+        "GRN screen (DoRothEA, seed 2): combo split (start calibrated on all genes, no propagation)",
+    ),
+    (
+        "runs/grn_combo_collectri_s3",
+        "GRN screen (CollecTRI, seed 3): combo split (start calibrated on all genes, no "
+        "propagation)",
+    ),
+    (
+        "runs/grn_combo_collectri_s1_fresh",
+        "GRN screen (CollecTRI, seed 1): combo split (start calibrated on all genes, no "
+        "propagation)",
+    ),
+    (
+        "runs/grn_sim_split",
+        "GRN screens: GEARS simulation split (start calibrated on all genes, no propagation)",
+    ),
     (
         "runs/grn_components5",
         "scBIG's components on the three GRN screens (3–4 split seeds each, 11 pairs)",
