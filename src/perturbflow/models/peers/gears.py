@@ -414,29 +414,13 @@ class GearsModel(MeanShiftModel):
     def _train_gears(self, dataset: PerturbationDataset, split: Split) -> None:
         config = self.config
         gears = import_gears()
-        go_table = Path(config.go_table).resolve() if config.go_table else default_go_table()
-        vocabulary = set(dataset.genes) | set(dataset.perturbed_genes)
-        gene2go = {
-            gene: terms for gene, terms in read_gene2go(go_table).items() if gene in vocabulary
-        }
-        known = frozenset(gene2go)
         present = set(dataset.conditions)
-        train = self._usable([n for n in split.train if n in present], known, "training")
-        val = self._usable([n for n in split.val if n in present], known, "validation")
-        perturbed = [name for name in train if name != CONTROL_NAME]
-        if not perturbed:
-            raise ValueError(
-                f"GEARS has no training perturbation to learn from: every training condition names "
-                f"a gene without annotations in the GO table {go_table} or more than two genes; "
-                "pass GearsConfig(go_table=...) with annotations for the perturbed genes"
-            )
-        if not val:
-            logger.warning(
-                "GEARS needs validation conditions to pick its best epoch; the split has none "
-                "usable, so it validates on the %d training perturbations",
-                len(perturbed),
-            )
-            val = perturbed
+        gene2go, train, val = gears_conditions(
+            dataset,
+            [n for n in split.train if n in present],
+            [n for n in split.val if n in present],
+            config.go_table,
+        )
         adata = _gears_anndata(dataset, sorted(set(train) | set(val)))
         parts = {
             "train": [gears_condition(name) for name in train],
@@ -494,24 +478,6 @@ class GearsModel(MeanShiftModel):
             time.perf_counter() - start,
             len(self.perturbable_genes_),
         )
-
-    @staticmethod
-    def _usable(names: list[str], known: frozenset[str], part: str) -> list[str]:
-        """``names`` GEARS can use: at most two genes, all with GO annotations (others logged)."""
-        usable, dropped = [], []
-        for name in names:
-            genes = parse_condition(name)
-            fits = len(genes) <= MAX_GENES_PER_CONDITION and genes <= known
-            (usable if fits else dropped).append(name)
-        if dropped:
-            logger.warning(
-                "GEARS leaves out %d %s condition(s) with a gene without GO annotations or more "
-                "than two genes: %s",
-                len(dropped),
-                part,
-                ", ".join(dropped[:10]) + (" …" if len(dropped) > 10 else ""),
-            )
-        return usable
 
     # -- prediction ----------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -609,3 +575,53 @@ class GearsModel(MeanShiftModel):
         }
         with torch.random.fork_rng(devices=[]):
             return gears.GEARS_Model(args).to(config.device)
+
+
+def _usable(names: list[str], known: frozenset[str], part: str) -> list[str]:
+    """``names`` GEARS can use: at most two genes, all with GO annotations (others logged)."""
+    usable, dropped = [], []
+    for name in names:
+        genes = parse_condition(name)
+        fits = len(genes) <= MAX_GENES_PER_CONDITION and genes <= known
+        (usable if fits else dropped).append(name)
+    if dropped:
+        logger.warning(
+            "GEARS leaves out %d %s condition(s) with a gene without GO annotations or more "
+            "than two genes: %s",
+            len(dropped),
+            part,
+            ", ".join(dropped[:10]) + (" …" if len(dropped) > 10 else ""),
+        )
+    return usable
+
+
+def gears_conditions(
+    dataset: PerturbationDataset, train: list[str], val: list[str], go_table: str | None
+) -> tuple[dict[str, set[str]], list[str], list[str]]:
+    """The GO annotations of the dataset's genes and the training / validation conditions GEARS
+    can use, in process or in its own environment.
+
+    A validation part left empty falls back to the training perturbations (logged); no usable
+    training perturbation is an error naming the GO table.
+    """
+    table = Path(go_table).resolve() if go_table else default_go_table()
+    vocabulary = set(dataset.genes) | set(dataset.perturbed_genes)
+    gene2go = {gene: terms for gene, terms in read_gene2go(table).items() if gene in vocabulary}
+    known = frozenset(gene2go)
+    train = _usable(train, known, "training")
+    val = _usable(val, known, "validation")
+    perturbed = [name for name in train if name != CONTROL_NAME]
+    if not perturbed:
+        raise ValueError(
+            f"GEARS has no training perturbation to learn from: every training condition names "
+            f"a gene without annotations in the GO table {table} or more than two genes; "
+            "pass GearsConfig(go_table=...) with annotations for the perturbed genes"
+        )
+    if not val:
+        logger.warning(
+            "GEARS needs validation conditions to pick its best epoch; the split has none "
+            "usable, so it validates on the %d training perturbations",
+            len(perturbed),
+        )
+        val = perturbed
+    return gene2go, train, val

@@ -15,16 +15,13 @@ import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
-from perturbflow.data.conditions import CONTROL_NAME
 from perturbflow.data.io import PerturbationDataset
 from perturbflow.models.peers.external import EnvPeerModel
 from perturbflow.models.peers.gears import (
     GearsConfig,
-    GearsModel,
-    default_go_table,
     gears_condition,
+    gears_conditions,
     go_similarity_edges,
-    read_gene2go,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,29 +38,9 @@ class GearsEnvModel(EnvPeerModel):
     parts: ClassVar[tuple[str, ...]] = ("train", "val")  # GEARS picks its best epoch on val
 
     def _select(self, dataset: PerturbationDataset, parts: dict[str, list[str]]) -> dict:
-        go_table = (
-            Path(self.config.go_table).resolve() if self.config.go_table else default_go_table()
+        self._gene2go, train, val = gears_conditions(
+            dataset, parts["train"], parts["val"], self.config.go_table
         )
-        vocabulary = set(dataset.genes) | set(dataset.perturbed_genes)
-        self._gene2go = {
-            gene: terms for gene, terms in read_gene2go(go_table).items() if gene in vocabulary
-        }
-        known = frozenset(self._gene2go)
-        train = GearsModel._usable(parts["train"], known, "training")
-        val = GearsModel._usable(parts["val"], known, "validation")
-        perturbed = [name for name in train if name != CONTROL_NAME]
-        if not perturbed:
-            raise ValueError(
-                f"GEARS has no training perturbation to learn from: every training condition "
-                f"names a gene without annotations in {go_table} or more than two genes"
-            )
-        if not val:
-            logger.warning(
-                "GEARS needs validation conditions to pick its best epoch; the split has none "
-                "usable, so it validates on the %d training perturbations",
-                len(perturbed),
-            )
-            val = perturbed
         return {"train": train, "val": val}
 
     def _peer_options(self) -> dict[str, Any]:
