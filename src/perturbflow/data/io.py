@@ -116,7 +116,19 @@ class PerturbationDataset:
     @property
     def conditions(self) -> list[str]:
         """Sorted canonical names of all conditions, control included."""
+        coded = self._coded_labels()
+        if coded is not None:
+            codes, names = coded
+            return sorted(names[np.bincount(codes[codes >= 0], minlength=len(names)) > 0])
         return sorted(self.condition_labels.unique())
+
+    def _coded_labels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Category codes ``(N,)`` and names of a categorical condition column, else None: one
+        pass over integer codes instead of a string copy of every cell's label."""
+        column = self.adata.obs[CONDITION_COLUMN]
+        if not isinstance(column.dtype, pd.CategoricalDtype):
+            return None
+        return column.cat.codes.to_numpy(), column.cat.categories.astype(str).to_numpy(object)
 
     @property
     def perturbations(self) -> list[str]:
@@ -148,6 +160,10 @@ class PerturbationDataset:
                 f"condition(s) {unknown} not in dataset {self.source!r}; "
                 f"known conditions: {_preview(self.conditions)}"
             )
+        coded = self._coded_labels()
+        if coded is not None:
+            codes, categories = coded
+            return np.isin(codes, np.flatnonzero(np.isin(categories, names)))
         return self.condition_labels.isin(names).to_numpy()
 
     def expression(self, name: str | Sequence[str]) -> np.ndarray:
