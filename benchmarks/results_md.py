@@ -48,6 +48,23 @@ RUNS = (
     ),
     ("runs/grn_insilico", "In-silico GRN edges of held-out regulators (propagating start)"),
     (
+        "runs/speed_sparse_scbig/before",
+        "scbig on sparse screens (2,000 genes, 9.5% non-zero; 1 autoencoder epoch, 50 flow "
+        "steps): before bounded fitting (code of 0006627)",
+    ),
+    (
+        "runs/speed_sparse_scbig/after_io",
+        "scbig on sparse screens: bounded fitting (max_fit_cells 50,000) and sparse cell pools",
+    ),
+    (
+        "runs/ddp",
+        "scbig with 2-process CPU DDP (gloo) against single-process fits of three seeds",
+    ),
+    (
+        "runs/norman19_combo_cellflow",
+        "CellFlow (own environment, GO gene vectors) on `norman19_subset`, combo split",
+    ),
+    (
         "runs/grn_combo_dorothea_s2",
         "GRN screen (DoRothEA, seed 2): combo split (start calibrated on all genes, no propagation)",
     ),
