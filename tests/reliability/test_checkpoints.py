@@ -118,6 +118,21 @@ def test_corrupted_byte_is_a_checkpoint_error_or_harmless(additive_file, tmp_pat
     assert all(np.array_equal(arrays[k], reference[k]) for k in arrays)
 
 
+@pytest.mark.parametrize("flag", [0x01, 0x20, 0x40])
+def test_zip_flags_claiming_encryption_or_patches_are_a_checkpoint_error(
+    additive_file, tmp_path, flag
+):
+    # Bytes 8-9 of a zip's central directory entry are the member's flags, which zipfile trusts:
+    # encryption (0x01), compressed patched data (0x20) or strong encryption (0x40) make it raise
+    # RuntimeError or NotImplementedError rather than BadZipFile.
+    blob = bytearray(additive_file.read_bytes())
+    entry = blob.find(b"PK\x01\x02")
+    assert entry > 0
+    blob[entry + 8] |= flag
+    with pytest.raises(CheckpointError, match="model.npz"):
+        read_checkpoint(_write(tmp_path, bytes(blob)))
+
+
 def test_npz_with_a_pickled_array_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "code-ran"
     header = {"format": CHECKPOINT_FORMAT, "model": "additive", "config": {}, "meta": {}}

@@ -292,8 +292,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
             "not an .npz archive; it was not unpickled" if "allow_pickle" in str(error) else error
         )
         raise CheckpointError(f"{path}: not a perturbflow checkpoint ({reason})") from error
-    # Empty, truncated or corrupted files raise EOFError, BadZipFile or zlib.error.
-    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    # Empty, truncated or corrupted files raise EOFError, BadZipFile or zlib.error; a damaged
+    # flag field claims encryption or patched data, which zipfile refuses with NotImplementedError
+    # or RuntimeError.
+    except (
+        OSError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as error:
         raise CheckpointError(
             f"{path}: not a perturbflow checkpoint, or damaged ({type(error).__name__}: {error})"
         ) from error
