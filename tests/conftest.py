@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI stays deterministic); the examples they
+# once found are pinned with @example. HYPOTHESIS_PROFILE=explore searches afresh.
+settings.register_profile("perturbflow", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "perturbflow"))
 
 # The model tests' helper modules (``_configs``: small model configs) serve other folders too
 # (tests/programs/test_resolver.py); importable however the run is started, not only after

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from perturbflow.models import get_model, load_model
@@ -99,6 +99,7 @@ def test_truncated_checkpoint_is_a_checkpoint_error(additive_checkpoint, tmp_pat
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(position=st.floats(0.0, 1.0, exclude_max=True), flip=st.integers(1, 255))
+@example(position=0.994140625, flip=1)  # once hit a member's name in the central directory
 def test_corrupted_byte_is_a_checkpoint_error_or_harmless(additive_file, tmp_path, position, flip):
     """A flipped byte anywhere — compressed data included (zlib errors) — is refused as damaged
     unless it hit a byte the reader ignores (zip timestamps): then the arrays are unchanged."""
@@ -130,6 +131,18 @@ def test_zip_flags_claiming_encryption_or_patches_are_a_checkpoint_error(
     assert entry > 0
     blob[entry + 8] |= flag
     with pytest.raises(CheckpointError, match="model.npz"):
+        read_checkpoint(_write(tmp_path, bytes(blob)))
+
+
+def test_a_damaged_member_name_is_a_checkpoint_error(additive_file, tmp_path):
+    # A flipped bit in a central-directory name ("array/..." -> "arraq/...") must not make an
+    # array silently disappear from the checkpoint.
+    blob = bytearray(additive_file.read_bytes())
+    entry = blob.find(b"PK\x01\x02")  # the first member: an array (the header comes last)
+    name = entry + 46  # the name follows the 46-byte central directory header
+    assert bytes(blob[name : name + 6]) == b"array/"
+    blob[name + 4] ^= 0x10
+    with pytest.raises(CheckpointError, match="unexpected archive member"):
         read_checkpoint(_write(tmp_path, bytes(blob)))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from perturbflow.data.conditions import (
@@ -20,6 +20,8 @@ GENES = st.sets(GENE, min_size=1, max_size=4)
 
 
 @given(st.text(max_size=30))
+@example("\r0+0")  # errors name the label as parsed, without its surrounding whitespace
+@example("\r0+;")
 def test_any_text_is_a_condition_or_a_condition_error(label):
     try:
         condition = parse_condition(label)

@@ -76,7 +76,7 @@ class ConditionParser:
         tokens = [token.strip() for token in text.split(self.separator)]
         if any(not token for token in tokens):
             raise ConditionError(
-                f"condition {label!r} has an empty gene between separators {self.separator!r}"
+                f"condition {text!r} has an empty gene between separators {self.separator!r}"
             )
         genes: list[str] = []
         for token in tokens:
@@ -85,12 +85,12 @@ class ConditionParser:
             bad = _FORBIDDEN_IN_GENE.search(token)
             if bad:
                 raise ConditionError(
-                    f"condition {label!r}: gene {token!r} contains {bad.group()!r}; "
+                    f"condition {text!r}: gene {token!r} contains {bad.group()!r}; "
                     f"genes are separated by {self.separator!r}"
                 )
             genes.append(token)
         if len(set(genes)) != len(genes):
-            raise ConditionError(f"condition {label!r} names the same gene twice")
+            raise ConditionError(f"condition {text!r} names the same gene twice")
         return frozenset(genes)
 
     def parse_many(self, labels: Iterable[object]) -> dict[object, Condition]:

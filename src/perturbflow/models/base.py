@@ -272,6 +272,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
         if not isinstance(stored, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
         with stored:
+            # Every member is the header or an array: a damaged name is not silently skipped.
+            unexpected = [k for k in stored.files if k != "header" and not k.startswith("array/")]
+            if unexpected:
+                raise ValueError(f"unexpected archive member(s) {unexpected[:3]}")
             header = json.loads(bytes(stored["header"]).decode())
             arrays = {
                 key.split("/", 1)[1]: stored[key]
