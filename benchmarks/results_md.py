@@ -48,6 +48,14 @@ RUNS = (
     ),
     ("runs/grn_insilico", "In-silico GRN edges of held-out regulators (propagating start)"),
     (
+        "runs/real_papalexi_unseen_v2",
+        "`papalexi21_thp1`, unseen-single split, 5 seeds, with the start's current defaults",
+    ),
+    (
+        "runs/real_norman19_combo_v2",
+        "`norman19_subset`, combo split, 5 seeds, with the start's current defaults",
+    ),
+    (
         "runs/speed_sparse_scbig/before",
         "scbig on sparse screens (2,000 genes, 9.5% non-zero; 1 autoencoder epoch, 50 flow "
         "steps): before bounded fitting (code of 0006627)",
