@@ -13,8 +13,8 @@ command. Writes ``results.csv`` (long), ``paired.csv`` and ``table.md`` (mean ov
 variant minus the default, with a 95 % bootstrap CI over seeds and the count of seeds where the
 default is better) into ``--out``.
 
-Run: ``.venv/bin/python benchmarks/start_defaults.py --out runs/start_defaults \
---jobs runs/screens/grnsim_dorothea_s2.h5ad:simulation:1-2-3-4-5,papalexi21_thp1:unseen_single:1-2-3``
+Run: ``.venv/bin/python benchmarks/start_defaults.py --out runs/start_defaults --jobs \
+runs/screens/grnsim_dorothea_s2.h5ad:simulation:1-2-3-4-5,papalexi21_thp1:unseen_single:1-2-3``
 """
 
 from __future__ import annotations

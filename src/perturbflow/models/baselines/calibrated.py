@@ -32,8 +32,8 @@ the downstream scale.
 
 With ``propagate=True`` (the default; only with ``target_aware``) that residual also moves the
 genes that co-vary with the perturbed gene across the training cells: a hidden or unseen gene
-``g`` adds ``residual(g) · β_g`` where ``β_g[j] = cov(x_j, x_g) / var(x_g)`` is the regression of each gene on
-``g`` over the control and training cells (:func:`coupling_columns`), a first-order linear
+``g`` adds ``residual(g) · β_g``, where ``β_g[j] = cov(x_j, x_g) / var(x_g)`` regresses each gene
+on ``g`` over the control and training cells (:func:`coupling_columns`): a first-order linear
 response. A hidden seen gene's ``β_g`` leaves out the cells of every training condition that
 perturbs it, so its calibration sees no more than an unseen gene would.
 
