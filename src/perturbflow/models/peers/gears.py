@@ -429,14 +429,7 @@ class GearsModel(MeanShiftModel):
         }
         start = time.perf_counter()
         with _seeded(config.seed), _workspace(config.work_dir) as root, _gears_quiet():
-            data_path = root / "data"
-            data_path.mkdir()
-            with open(data_path / "gene2go_all.pkl", "wb") as stream:
-                pickle.dump(gene2go, stream)
-            with open(root / "perturbable_genes.pkl", "wb") as stream:
-                pickle.dump(sorted(gene2go), stream)
-            with open(root / "split.pkl", "wb") as stream:
-                pickle.dump(parts, stream)
+            data_path = write_gears_files(root, gene2go, parts)
             pert_data = gears.PertData(
                 str(data_path),
                 gene_set_path=str(root / "perturbable_genes.pkl"),
@@ -625,3 +618,17 @@ def gears_conditions(
         )
         val = perturbed
     return gene2go, train, val
+
+
+def write_gears_files(root: Path, gene2go: dict[str, set[str]], split: dict) -> Path:
+    """GEARS's offline inputs under ``root``: ``data/gene2go_all.pkl``, ``perturbable_genes.pkl``
+    and ``split.pkl`` (GEARS spellings); returns the ``data`` folder."""
+    data = root / "data"
+    data.mkdir()
+    with open(data / "gene2go_all.pkl", "wb") as stream:
+        pickle.dump(gene2go, stream)
+    with open(root / "perturbable_genes.pkl", "wb") as stream:
+        pickle.dump(sorted(gene2go), stream)
+    with open(root / "split.pkl", "wb") as stream:
+        pickle.dump(split, stream)
+    return data

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +21,7 @@ from perturbflow.models.peers.gears import (
     gears_condition,
     gears_conditions,
     go_similarity_edges,
+    write_gears_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,19 +52,12 @@ class GearsEnvModel(EnvPeerModel):
         self, work: Path, dataset: PerturbationDataset, parts: dict[str, list[str]], predict
     ) -> dict[str, str]:
         gene2go = self._gene2go
-        data = work / "data"
-        data.mkdir()
-        with open(data / "gene2go_all.pkl", "wb") as stream:
-            pickle.dump(gene2go, stream)
-        with open(work / "perturbable_genes.pkl", "wb") as stream:
-            pickle.dump(sorted(gene2go), stream)
         split = {
             "train": [gears_condition(name) for name in parts["train"]],
             "val": [gears_condition(name) for name in parts["val"]],
             "test": [],
         }
-        with open(work / "split.pkl", "wb") as stream:
-            pickle.dump(split, stream)
+        data = write_gears_files(work, gene2go, split)
         # GEARS's make_GO reads this file when present instead of forking 25 processes.
         go_similarity_edges(gene2go, sorted(gene2go)).to_csv(
             data / f"go_essential_{_DATASET_NAME}.csv", index=False
