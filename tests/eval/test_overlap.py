@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import perturbflow.eval.overlap as overlap_module
 from perturbflow.data import CONDITION_COLUMN, read
 from perturbflow.data.conditions import CONTROL_NAME
 from perturbflow.data.splits import Split
@@ -318,3 +319,30 @@ def test_evaluate_equals_cell_eval_metrics_evaluator(screen_data, tmp_path):
             assert float(value.iloc[0]) == pytest.approx(theirs.loc[condition, name]), name
             compared += 1
     assert compared == 3 * len(split.test)
+
+
+def test_the_cell_eval_test_restores_the_openmp_thread_count(planted, monkeypatch):
+    """numba's OpenMP layer under pdex resets the thread count of torch's OpenMP runtime; the
+    DE test must hand it back, or every later model fit runs on other threads than chosen."""
+    import sys
+    import types
+
+    torch = pytest.importorskip("torch")
+    control, real, _, _ = planted
+
+    def resetting_pdex(adata, **kwargs):
+        torch.set_num_threads(2)  # what numba's first OpenMP launch does to torch's runtime
+        n = adata.n_vars
+        return pd.DataFrame(
+            {"log2_fold_change": np.zeros(n), "p_value": np.ones(n), "fdr": np.ones(n)}
+        )
+
+    monkeypatch.setitem(sys.modules, "pdex", types.SimpleNamespace(pdex=resetting_pdex))
+    monkeypatch.setattr(overlap_module, "resolve_backend", lambda backend: "cell-eval")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        de_table({"A": real}, control, GENES, backend="cell-eval")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
