@@ -62,6 +62,7 @@ VARIANTS = {
 BASELINES = (
     "additive",
     "calibrated_additive",
+    "network_additive",
     "combinator",
     "control_mean",
     "linear",
@@ -226,9 +227,9 @@ def per_seed_means(results: pd.DataFrame) -> pd.Series:
     return results.groupby(["subgroup", "model", "metric", "seed"])["value"].mean()
 
 
-LEARNED = ("linear", "ridge", "calibrated_additive", "combinator")
+LEARNED = ("linear", "ridge", "calibrated_additive", "network_additive", "combinator")
 # Paired against scbig in table.md: its variants and the baselines it can start from.
-PAIRED = (*VARIANTS, "additive", "calibrated_additive", "combinator")
+PAIRED = (*VARIANTS, "additive", "calibrated_additive", "network_additive", "combinator")
 
 
 def acceptance(results: pd.DataFrame, kind: str, model: str = "scbig") -> pd.DataFrame:
@@ -237,7 +238,7 @@ def acceptance(results: pd.DataFrame, kind: str, model: str = "scbig") -> pd.Dat
     Combo split, ``combo_seen2``: pearson_delta_de20 ≥ 0.95, ≥ the combinator's − 0.01 and above
     linear and ridge; mse_de20 ≤ 0.25 × additive's; energy distance ≤ 0.5 × additive's and below
     every mean-shift model's. Any other split: in every subgroup pearson_delta_de20 at least the
-    best learned baseline's (linear, ridge, calibrated_additive, combinator).
+    best learned baseline's (linear, ridge, calibrated_additive, network_additive, combinator).
     """
     seeds = per_seed_means(results)
     means = seeds.groupby(["subgroup", "model", "metric"]).mean()

@@ -1,11 +1,13 @@
-"""How ``calibrated_additive`` (scbig's start) sets its two defaults, measured with paired seeds.
+"""How ``calibrated_additive`` (scbig's start) sets its defaults, measured with paired seeds.
 
 Variants of the one estimator, each against the default, per screen, split kind and seed:
 
 - ``all_genes``: category scales fitted on every gene (``calibration_genes=0``) instead of each
   training condition's 20 most changed genes;
 - ``no_propagation``: the on-target residual of a gene without a training single stays in its own
-  column (``propagate=False``) instead of also moving the genes that co-vary with it.
+  column (``propagate=False``) instead of also moving the genes that co-vary with it;
+- ``network``: a combination whose genes all have a training single also adds the learned network
+  map of its residual (``network=True``, the ``network_additive`` baseline).
 
 Each job is ``SCREEN:SPLIT:SEEDS`` (a registered dataset or an ``.h5ad`` path; seeds joined by
 ``-``), so choice data and held-out data (another screen, other split seeds) are stated in the
@@ -38,6 +40,7 @@ DEFAULT = "calibrated_additive"
 VARIANTS = {
     "all_genes": {"calibration_genes": 0},
     "no_propagation": {"propagate": False},
+    "network": {"network": True},
 }
 METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1")
 # Higher is better for these; lower for the rest.
@@ -65,7 +68,7 @@ def paired(results: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataF
     rng = np.random.default_rng(seed)
     rows = []
     for key, block in table.groupby(level=["screen", "split", "subgroup", "metric"]):
-        for variant in VARIANTS:
+        for variant in (v for v in VARIANTS if v in block):  # the variants that were run
             difference = (block[variant] - block[DEFAULT]).dropna().to_numpy()
             if not len(difference):
                 continue

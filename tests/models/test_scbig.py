@@ -10,6 +10,7 @@ import pytest
 import torch
 from _asserts import assert_stored_cells_plus_one_offset
 from _configs import TINY_SCBIG
+from _planted import network_screen
 from sklearn.metrics import adjusted_rand_score
 
 from perturbflow.data.io import CONDITION_COLUMN
@@ -183,17 +184,23 @@ def test_checkpoint_with_an_unknown_setting_is_refused(fitted, tmp_path):
         load_model(path)
 
 
-def test_zero_velocity_predicts_the_calibrated_additive_means(data):
-    dataset, split = data
+@pytest.mark.parametrize(
+    ("network_prior", "start"), [(False, "calibrated_additive"), (True, "network_additive")]
+)
+def test_zero_velocity_predicts_the_start_models_means(data, network_prior, start):
+    # The network case on a planted screen whose doubles the map does change.
+    dataset, split = network_screen()[::2] if network_prior else data
     # The flow's mean, all of it (mean weight 1); the untrained autoencoder cancels out of the
     # residual decoding.
-    config = dataclasses.replace(QUICK, mean_weight=1.0)
+    config = dataclasses.replace(QUICK, mean_weight=1.0, network_prior=network_prior)
     model = ScBIG(config).fit(dataset, split)
     with torch.no_grad():
         model.velocity_.output.weight.zero_()
         model.velocity_.output.bias.zero_()
     assert set(model.mean_weights_.values()) == {1.0}
-    baseline = get_model("calibrated_additive").fit(dataset, split)
+    network = model.start_.additive.estimator_.network
+    assert (network is not None and network.penalty is not None) == network_prior
+    baseline = get_model(start).fit(dataset, split)
     test = list(split.test)
     expected = baseline.predict_delta(test)
     predicted = model.predict_delta(test, n_cells=37, seed=4)

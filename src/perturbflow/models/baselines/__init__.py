@@ -4,6 +4,8 @@ from perturbflow.models.baselines.calibrated import (
     AdditiveShiftPrior,
     CalibratedAdditive,
     CalibratedAdditiveConfig,
+    NetworkAdditive,
+    NetworkAdditiveConfig,
 )
 from perturbflow.models.baselines.combinator import Combinator, CombinatorConfig
 from perturbflow.models.baselines.embedding import (
@@ -24,6 +26,7 @@ BASELINES = (
     "ridge",
     "nearest_neighbor",
     "combinator",
+    "network_additive",
 )
 
 __all__ = [
@@ -42,5 +45,7 @@ __all__ = [
     "MeanShiftModel",
     "MissingEmbeddingError",
     "NearestNeighbor",
+    "NetworkAdditive",
+    "NetworkAdditiveConfig",
     "Ridge",
 ]

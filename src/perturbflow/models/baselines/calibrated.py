@@ -101,6 +101,75 @@ def loo_ridge_alpha(features: np.ndarray, targets: np.ndarray) -> float:
     return min(errors, key=errors.get)
 
 
+# Penalties of the network map, relative to the mean squared norm of the centred shifts.
+NETWORK_PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkMap:
+    """``r(s) = b + (s − s̄) Xᵀ A``: a combination's residual over its shift ``s``, in dual form.
+
+    ``shift_mean`` ``(G,)`` is ``s̄``; ``basis`` ``(D, G)`` the centred training shifts ``X``;
+    ``coef`` ``(D, G)`` the dual coefficients ``A``; ``intercept`` ``(G,)`` ``b``; ``penalty`` the
+    relative ridge penalty chosen (``None``: the map predicts no residual). Dual form keeps the
+    map at ``2 D G`` numbers where the primal ``G × G`` matrix would not fit for whole
+    transcriptomes.
+    """
+
+    shift_mean: np.ndarray
+    basis: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    penalty: float | None
+
+    def __call__(self, shifts: np.ndarray) -> np.ndarray:
+        """Residuals ``(C, G)`` of shifts ``(C, G)``."""
+        if self.penalty is None:
+            return np.zeros_like(shifts)
+        return self.intercept + ((shifts - self.shift_mean) @ self.basis.T) @ self.coef
+
+
+def fit_network_map(shifts: np.ndarray, residuals: np.ndarray) -> NetworkMap:
+    """Ridge map from training combinations' shifts ``(D, G)`` to their residuals ``(D, G)``.
+
+    The penalty (:data:`NETWORK_PENALTIES`, times the mean squared norm of the centred shifts) is
+    the one with the least closed-form leave-one-combination-out error, ``e_i / (1 − h_ii)`` with
+    the kernel hat matrix ``K (K + αI)⁻¹`` plus the intercept's ``1/D``. "No map" (residual 0) is
+    a candidate too, so a map that does not predict held-out combinations is not used.
+    """
+    n, n_genes = shifts.shape
+    none = NetworkMap(
+        np.zeros(n_genes), np.zeros((0, n_genes)), np.zeros((0, n_genes)), np.zeros(n_genes), None
+    )
+    if n < 3:
+        return none
+    shifts = shifts.astype(np.float64)
+    residuals = residuals.astype(np.float64)
+    shift_mean, residual_mean = shifts.mean(axis=0), residuals.mean(axis=0)
+    basis = shifts - shift_mean  # (D, G)
+    centred = residuals - residual_mean  # (D, G)
+    kernel = basis @ basis.T  # (D, D)
+    scale = float(np.trace(kernel)) / n
+    if scale <= 0:
+        return none
+    values, vectors = np.linalg.eigh(kernel)
+    values = np.clip(values, 0.0, None)
+    projected = vectors.T @ centred  # (D, G)
+    best_error, best = float(np.mean(residuals**2)), None  # "no map": the residual is zero
+    for penalty in NETWORK_PENALTIES:
+        shrink = values / (values + penalty * scale)  # (D,)
+        fitted = vectors @ (shrink[:, None] * projected)  # (D, G)
+        leverage = 1.0 - (vectors**2 @ shrink) - 1.0 / n  # (D,)
+        loo = (centred - fitted) / np.maximum(leverage, 1e-6)[:, None]
+        error = float(np.mean(loo**2))
+        if error < best_error:
+            best_error, best = error, penalty
+    if best is None:
+        return none
+    coef = vectors @ (projected / (values + best * scale)[:, None])  # (D, G)
+    return NetworkMap(shift_mean, basis, coef, residual_mean, best)
+
+
 def coupling_columns(
     cells, genes: Sequence[str], columns: Sequence[str], leave_out: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -168,6 +237,7 @@ class AdditiveShiftPrior:
         calibration_genes: int = 0,
         coupling: Mapping[str, np.ndarray] | None = None,
         coupling_held_out: Mapping[str, np.ndarray] | None = None,
+        network: bool = False,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -241,6 +311,35 @@ class AdditiveShiftPrior:
         self.target_scales: dict[tuple[int, int], float] = {}
         if calibrate:
             self.scales, self.target_scales = self._calibrate(combo_deltas or {})
+        self.network: NetworkMap | None = None
+        if network:
+            self.network = self._fit_network(combo_deltas or {})
+
+    def _fit_network(self, combo_deltas: Mapping[str, np.ndarray]) -> NetworkMap:
+        """The map of how a combination departs from its (calibrated) shift, fitted on the
+        training combinations whose genes all have a training single."""
+        names = [
+            name
+            for name in sorted(combo_deltas)
+            if len(parse_condition(name)) >= 2 and self._index.keys() >= parse_condition(name)
+        ]
+        shifts = self._summed(names, [frozenset()] * len(names))  # (D, G)
+        targets = np.vstack([combo_deltas[n] for n in names]) if names else shifts
+        fitted = fit_network_map(shifts, targets - shifts)
+        if fitted.penalty is None:
+            logger.info(
+                "calibrated_additive: network map not used (%d training combinations; no penalty "
+                "beats predicting no residual on held-out combinations)",
+                len(names),
+            )
+        else:
+            logger.info(
+                "calibrated_additive: network map fitted on %d training combinations "
+                "(relative penalty %g)",
+                len(names),
+                fitted.penalty,
+            )
+        return fitted
 
     def _calibrate(
         self, combo_deltas: Mapping[str, np.ndarray]
@@ -390,9 +489,25 @@ class AdditiveShiftPrior:
         """Summed (and, when calibrated, scaled) shifts ``(C, G)`` of condition names.
 
         ``hidden[i]`` names genes of condition ``i`` to treat as never seen perturbed. Control
-        shifts by zero.
+        shifts by zero. With the network map, a combination whose genes all have a training
+        single adds its learned residual.
         """
         hidden = hidden if hidden is not None else [frozenset()] * len(conditions)
+        rows = self._summed(conditions, hidden)  # (C, G)
+        if self.network is not None and len(rows):
+            # Only where the map was fitted: combinations whose genes all have a training single.
+            combos = np.array(
+                [
+                    len(parse_condition(name)) >= 2 and self.category(name, hide)[1] == 0
+                    for name, hide in zip(conditions, hidden, strict=True)
+                ]
+            )
+            if combos.any():
+                rows[combos] += self.network(rows[combos]).astype(np.float32)
+        return rows
+
+    def _summed(self, conditions: Sequence[str], hidden: Sequence[frozenset[str]]) -> np.ndarray:
+        """The summed, scaled shifts ``(C, G)`` before the network map."""
         rows = []
         for name, hide in zip(conditions, hidden, strict=True):
             genes = sorted(parse_condition(name))
@@ -436,6 +551,7 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     embedding: str = "data"
     n_components: int = 32
     priors: str | None = None
+    network: bool = False
 
     def __post_init__(self) -> None:
         if self.unseen not in (*UNSEEN_MODES, "auto"):
@@ -530,6 +646,7 @@ class CalibratedAdditive(MeanShiftModel):
             calibration_genes=self.config.calibration_genes,
             coupling=self.coupling_,
             coupling_held_out=self.coupling_held_out_,
+            network=self.config.network,
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -567,6 +684,20 @@ class CalibratedAdditive(MeanShiftModel):
 
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:
         return self.context_.apply(self.estimator_.shifts([name])[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkAdditiveConfig(CalibratedAdditiveConfig):
+    """:class:`CalibratedAdditiveConfig` with the network map on."""
+
+    network: bool = True
+
+
+@register_model("network_additive")
+class NetworkAdditive(CalibratedAdditive):
+    """``calibrated_additive`` plus a learned network map of how combinations depart from it."""
+
+    config_class = NetworkAdditiveConfig
 
 
 def _slopes_state(key: str, slopes: Mapping[str, np.ndarray], n_genes: int) -> dict:

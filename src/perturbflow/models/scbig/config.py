@@ -24,7 +24,8 @@ class ScBIGConfig:
     answer. scBIG's published components are ``autoencoder="gcae"``, ``alignment=True`` and
     ``ot_pairing=True``; the other switches are ``programs="random"``, ``autoencoder="mlp"``,
     ``start="control"``, ``calibrate_prior=False``, ``target_aware_prior=False``,
-    ``propagate_prior=False`` and ``delta_conditioning=False``. Defaults fit a CPU budget of minutes.
+    ``propagate_prior=False``, ``network_prior=False`` and ``delta_conditioning=False``. Defaults
+    fit a CPU budget of minutes.
     """
 
     # Prior knowledge. Gene vectors: "data" (correlation embedding of the training cells), a prior
@@ -70,6 +71,7 @@ class ScBIGConfig:
     calibration_genes: int = 20  # ... fitted on each training condition's most changed genes
     target_aware_prior: bool = True  # calibrated_additive start: target-aware fill of unseen genes
     propagate_prior: bool = True  # ... spread to the genes co-varying with the target
+    network_prior: bool = True  # ... plus the learned map of combinations (network_additive)
     unseen_shift: str = "auto"  # unseen-gene fallback: mean, ridge, auto (ridge with a prior)
     delta_conditioning: bool = True  # also condition on the start's single deltas (program space)
     sigma: float = 0.0  # noise of the probability path

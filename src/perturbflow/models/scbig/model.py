@@ -319,6 +319,7 @@ class ScBIG:
             calibration_genes=cfg.calibration_genes,
             target_aware=cfg.target_aware_prior,
             propagate=cfg.propagate_prior,
+            network=cfg.network_prior,
             unseen=cfg.unseen_shift,
             embedding=cfg.gene_embedding,
             n_components=cfg.embedding_components,
