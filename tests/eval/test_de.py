@@ -101,3 +101,26 @@ def test_n_top_is_capped_at_the_number_of_genes():
     dataset = _dataset()
     assert de_genes(dataset, ["A"], n_top=100)["A"].shape == (N_GENES,)
     assert CONDITION_COLUMN in dataset.adata.obs
+
+
+def test_the_de_test_hands_back_torchs_openmp_thread_count(monkeypatch):
+    """numba under scanpy resets the thread count of torch's OpenMP runtime; de_genes must hand
+    it back, or every model fitted after the first evaluation runs on other threads."""
+    torch = pytest.importorskip("torch")
+    import scanpy as sc
+
+    original = sc.tl.rank_genes_groups
+
+    def resetting(*args, **kwargs):
+        original(*args, **kwargs)
+        torch.set_num_threads(2)  # what numba's first OpenMP launch does to torch's runtime
+
+    monkeypatch.setattr(sc.tl, "rank_genes_groups", resetting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        top = de_genes(_dataset(), ["A"], n_top=5)
+        assert set(top["A"]) == {5, 6, 7, 8, 9}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from perturbflow.data.conditions import CONTROL_NAME
 from perturbflow.data.io import CONDITION_COLUMN
+from perturbflow.eval.threads import keep_openmp_threads
 
 if TYPE_CHECKING:
     from perturbflow.data.io import PerturbationDataset
@@ -80,7 +81,7 @@ def de_genes(
     # and the reference, exactly as running the conditions one by one.
     adata = dataset.subset([*names, reference]).adata  # a copy
     adata.obs[CONDITION_COLUMN] = pd.Categorical(adata.obs[CONDITION_COLUMN].astype(str))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), keep_openmp_threads():
         # scanpy fills its result table column by column; pandas' fragmentation warning is noise.
         warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
         sc.tl.rank_genes_groups(

@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 from scipy.stats import false_discovery_control
-from threadpoolctl import threadpool_limits
 
 from perturbflow.data.conditions import CONTROL_NAME
+from perturbflow.eval.threads import keep_openmp_threads
 
 __all__ = [
     "DE_OVERLAP_BACKENDS",
@@ -315,10 +315,8 @@ def _pdex_test(
         var=pd.DataFrame(index=pd.Index(genes).astype(str)),
     )
     # cell-eval's MetricsEvaluator: mode "ref", log1p input, epsilon 0 (its pdex<0.2.5 behaviour);
-    # one numba thread, as the rest of the evaluation. numba's OpenMP layer resets the thread
-    # count of an OpenMP runtime already loaded (torch's): the limiter restores every runtime's
-    # count on exit, so a later model fit keeps the threads the user chose.
-    with _quiet(), threadpool_limits(limits=1, user_api="openmp"):
+    # one numba thread, as the rest of the evaluation.
+    with _quiet(), keep_openmp_threads():
         frame = pdex(
             adata,
             groupby=_LABEL,
