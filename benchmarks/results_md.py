@@ -33,13 +33,43 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
+        "runs/grn_accept_combo_v2",
+        "Issue 12 acceptance, combo split: four GRN screens, 5 seeds, scbig starting from "
+        "`network_additive`",
+    ),
+    (
+        "runs/grn_accept_simulation_v2",
+        "Issue 12 acceptance, GEARS simulation split: four GRN screens, 5 seeds, scbig starting "
+        "from `network_additive`",
+    ),
+    (
+        "runs/oracle_shift",
+        "The floor of mean-shift models: control cells moved onto each held-out condition's "
+        "real mean",
+    ),
+    (
+        "runs/real_norman19_combo_v3",
+        "`norman19_subset`, combo split, 5 seeds, scbig starting from `network_additive`",
+    ),
+    (
+        "runs/real_mcfaline23_ccl_v2",
+        "`mcfaline23_subset`, cross-cell-line split, 5 seeds, scbig starting from "
+        "`network_additive`",
+    ),
+    (
+        "runs/real_papalexi_unseen_v3",
+        "`papalexi21_thp1`, unseen-single split, 5 seeds, scbig starting from `network_additive`",
+    ),
+    (
         "runs/grn_accept_combo",
-        "Issue 12 acceptance, combo split: three GRN screens, 5 seeds, the package's scbig",
+        "Issue 12 acceptance, combo split: three GRN screens, 5 seeds, scbig starting from "
+        "`calibrated_additive` (before the network map; fit seconds inflated by the OpenMP "
+        "thread defect)",
     ),
     (
         "runs/grn_accept_simulation",
-        "Issue 12 acceptance, GEARS simulation split: three GRN screens, 5 seeds, the package's "
-        "scbig",
+        "Issue 12 acceptance, GEARS simulation split: three GRN screens, 5 seeds, scbig starting "
+        "from `calibrated_additive` (before the network map)",
     ),
     (
         "runs/start_defaults",
@@ -158,9 +188,12 @@ The GRN screens were made with `perturbflow simulate --engine sergio` at default
 `--network dorothea --seed 2 --out runs/screens/grnsim_dorothea_s2.h5ad`,
 `--network collectri --seed 3 --out runs/screens/grnsim_collectri_s3.h5ad` and
 `--network collectri --seed 1 --out runs/screens/grnsim_collectri_s1_fresh.h5ad`. The staged
-`grnsim_collectri_s1` is not used: its knock-outs accumulate (see the README). Benchmark jobs ran
-two at a time on the 2 cores, one thread each (`OMP_NUM_THREADS=1`), so fit seconds are
-single-core times.
+`grnsim_collectri_s1` (`perturbflow datasets`) was simulated on one re-used network whose
+knock-outs accumulate over conditions, so its doubles share a large non-additive part; it is
+tabled apart where used. Benchmark jobs ran two at a time on the 2 cores, one thread each
+(`OMP_NUM_THREADS=1`), so fit seconds are single-core times, except in runs started before
+2026-11-30 18:40 UTC: there the first DE test of a run reset torch's OpenMP threads to 2, and
+the two jobs' fits competed for the cores (scbig 180-730 s instead of about 70 s).
 """
 
 
