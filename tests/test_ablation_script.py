@@ -69,7 +69,6 @@ def test_simulation_acceptance_uses_the_best_learned_baseline_per_subgroup():
     assert table.loc["unseen_single", "holds"]
 
 
-
 def test_a_shortfall_below_the_printed_precision_is_marked_as_a_tie():
     ablation = _load()
     rows = _rows("combo_seen1", {("scbig", "pearson_delta_de20"): 0.8500})
@@ -82,6 +81,7 @@ def test_a_shortfall_below_the_printed_precision_is_marked_as_a_tie():
     text = ablation.markdown_acceptance(table)
     assert "| **no** (tie: -0.00020) |" in text
     assert "0.849 | calibrated_additive 0.852 | **no** |" in text
+
 
 def test_paired_differences_pair_by_seed():
     ablation = _load()
