@@ -307,3 +307,29 @@ def test_report_lists_peer_version_fit_time_and_failures(peers_root, tmp_path):
         "failed on seed(s) 3: PeerRunError: boom"
     )
     assert "additive" not in status
+
+
+def test_a_peer_that_cannot_predict_a_test_condition_is_left_out(
+    screen_data, tmp_path, monkeypatch
+):
+    """GEARS refuses conditions with a gene outside its GO graph (CollecTRI's ``NFKB``): the
+    benchmark records that seed as the peer's failure and scores the other models."""
+    from perturbflow.models.baselines import Additive
+    from perturbflow.models.peers import UnknownPerturbationError
+
+    class Blind(Additive):
+        def predict(self, conditions, n_cells=100, seed=0):
+            raise UnknownPerturbationError("GEARS cannot predict 1 condition(s): {'A+NFKB'}")
+
+    monkeypatch.setitem(MODELS, "blind", Blind)
+    dataset, _ = screen_data("small")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(
+        dataset, "combo", [RunSpec("additive", "additive"), RunSpec("blind", "blind")], [1], out=out
+    )
+    assert set(result.results["model"]) - {"noise_ceiling"} == {"additive"}
+    failed = json.loads((out / "runs.json").read_text())["blind"]["failed"]
+    assert failed == {
+        "1": "UnknownPerturbationError: GEARS cannot predict 1 condition(s): {'A+NFKB'}"
+    }

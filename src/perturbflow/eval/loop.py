@@ -5,8 +5,8 @@ different :class:`RunSpec` lists. A run is a label, a registered model name and 
 no model is special-cased. What a report needs to know about the runs (which model and options,
 which are peers and their package version, which wrote gene programs) is written to ``runs.json``
 next to the results. A peer that fails (:data:`~perturbflow.models.peers.PEER_FAILURES`: a missing
-or broken environment, an adapter that fails) is logged and listed under ``failed`` (seed →
-message) in ``runs.json``; the other runs go on.
+or broken environment, an adapter that fails, a test condition it cannot predict) is logged and
+listed under ``failed`` (seed → message) in ``runs.json``; the other runs go on.
 
 With an output folder, every finished (run, seed) cell is appended to ``results.csv`` at once,
 so ``resume=True`` skips what an interrupted run already finished. Files: ``results.csv`` (long

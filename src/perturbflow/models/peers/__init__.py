@@ -13,6 +13,7 @@ from perturbflow.models.peers.cellflow import CellFlowConfig, CellFlowModel
 from perturbflow.models.peers.envs import (
     PEER_ENVS,
     PEER_FAILURES,
+    PeerCannotPredictError,
     PeerEnvError,
     PeerNotInstalledError,
     PeerRunError,
@@ -75,6 +76,7 @@ register_peers()
 __all__ = [
     "PEERS",
     "PEER_FAILURES",
+    "PeerCannotPredictError",
     "CellFlowConfig",
     "CellFlowModel",
     "EnvPeerModel",

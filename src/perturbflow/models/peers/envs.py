@@ -47,7 +47,16 @@ class PeerRunError(RuntimeError):
     """A peer's adapter failed in its environment; the message holds the end of its log."""
 
 
-PEER_FAILURES = (PeerNotInstalledError, PeerRunError)  # what `run` records and goes on after
+class PeerCannotPredictError(KeyError):
+    """A peer has no prediction for a requested condition: a gene outside what it models (GEARS's
+    GO graph) or a condition it skipped. A benchmark records it as that peer's failure."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# What `run` records as a peer's failure for a seed before it goes on with the other models.
+PEER_FAILURES = (PeerNotInstalledError, PeerRunError, PeerCannotPredictError)
 
 
 @dataclasses.dataclass(frozen=True)

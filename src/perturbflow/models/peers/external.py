@@ -40,7 +40,12 @@ from perturbflow.data.io import PerturbationDataset
 from perturbflow.data.splits import Split
 from perturbflow.models.base import config_to_dict, predictions_to_anndata
 from perturbflow.models.baselines.mean_shift import MeanShiftModel, recentre
-from perturbflow.models.peers.envs import PeerRunError, require_env, run_adapter
+from perturbflow.models.peers.envs import (
+    PeerCannotPredictError,
+    PeerRunError,
+    require_env,
+    run_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +53,9 @@ PROTOCOL = 1
 CONDITION_KEY = "condition"  # obs column of conditions in the protocol's files
 
 
-class PeerConditionError(KeyError):
+class PeerConditionError(PeerCannotPredictError):
     """A condition the peer made no prediction for (outside the split it was fitted on, or
     skipped by the peer)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class EnvPeerModel(MeanShiftModel):

@@ -61,7 +61,7 @@ from perturbflow.data.io import PerturbationDataset
 from perturbflow.data.splits import Split
 from perturbflow.models.base import ModelNotFittedError, canonical_conditions
 from perturbflow.models.baselines.mean_shift import MAX_STORED_CONTROL_CELLS, MeanShiftModel
-from perturbflow.models.peers.envs import PeerNotInstalledError
+from perturbflow.models.peers.envs import PeerCannotPredictError, PeerNotInstalledError
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,8 @@ class GoTableNotFoundError(FileNotFoundError):
     """The gene → GO annotation table GEARS needs cannot be found."""
 
 
-class UnknownPerturbationError(KeyError):
+class UnknownPerturbationError(PeerCannotPredictError):
     """A condition names a gene outside GEARS's perturbation vocabulary."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def gears_available() -> bool:
