@@ -61,6 +61,11 @@ RUNS = (
         "`papalexi21_thp1`, unseen-single split, 5 seeds, scbig starting from `network_additive`",
     ),
     (
+        "runs/grnsim_s1_combo_cellflow",
+        "CellFlow (own environment, GO gene vectors) on the staged `grnsim_collectri_s1`, combo "
+        "split, 5 seeds (the other models on the same splits: `grn_accept_combo_v2`)",
+    ),
+    (
         "runs/grn_accept_combo",
         "Issue 12 acceptance, combo split: three GRN screens, 5 seeds, scbig starting from "
         "`calibrated_additive` (before the network map; fit seconds inflated by the OpenMP "
