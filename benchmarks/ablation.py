@@ -44,6 +44,8 @@ SCBIG_PAPER = {"programs": "grc", "autoencoder": "gcae", "alignment": True, "ot_
 VARIANTS = {
     "scbig": SCBIG_PAPER,
     "scbig_default": {},
+    # The default with the training combinations' starts cross-fitted (ScBIGConfig).
+    "default_cross_fit": {"cross_fit_start": True},
     "no_grc": {**SCBIG_PAPER, "programs": "random"},
     "no_module_attention": {**SCBIG_PAPER, "autoencoder": "mlp"},
     "no_alignment": {**SCBIG_PAPER, "alignment": False},

@@ -125,3 +125,42 @@ def test_a_combination_with_a_gene_without_a_single_is_not_mapped(screen):
     np.testing.assert_array_equal(
         network.predict_delta(mixed).to_numpy(), calibrated.predict_delta(mixed).to_numpy()
     )
+
+
+def test_held_out_residuals_equal_refitting_without_each_combination():
+    rng = np.random.default_rng(6)
+    shifts = rng.normal(size=(9, 5))
+    residuals = 0.7 * shifts @ rng.normal(size=(5, 5)) + 0.2 * rng.normal(size=(9, 5))
+    fitted = fit_network_map(shifts, residuals)
+    assert fitted.penalty is not None
+    scale = float(np.sum((shifts - shifts.mean(axis=0)) ** 2)) / len(shifts)
+    for i in range(len(shifts)):
+        keep = np.arange(len(shifts)) != i
+        x, y = shifts[keep], residuals[keep]
+        xm, ym = x.mean(axis=0), y.mean(axis=0)
+        coef = np.linalg.solve(
+            (x - xm).T @ (x - xm) + fitted.penalty * scale * np.eye(5), (x - xm).T @ (y - ym)
+        )
+        np.testing.assert_allclose(fitted.held_out[i], ym + (shifts[i] - xm) @ coef, atol=1e-8)
+
+
+def test_cross_fitted_shifts_give_training_combinations_their_held_out_residual():
+    planted = low_rank_map()
+    singles, doubles = planted_doubles(lambda s, rng: s @ planted.T)
+    names = sorted(doubles)
+    train = {n: doubles[n] for n in names[:30]}
+    prior = AdditiveShiftPrior(singles, N_GENES, combo_deltas=train, network=True)
+    summed = AdditiveShiftPrior(singles, N_GENES).shifts(names[:30])
+    crossed = prior.shifts(names[:30], cross_fit=True)
+    in_sample = prior.shifts(names[:30])
+    row = {name: i for i, name in enumerate(sorted(train))}
+    for i, name in enumerate(names[:30]):
+        np.testing.assert_allclose(
+            crossed[i], summed[i] + prior.network.held_out[row[name]], atol=1e-5
+        )
+    # In sample the map fits its own training combinations closer than held out.
+    truth = np.vstack([train[n] for n in names[:30]])
+    assert np.mean((in_sample - truth) ** 2) < np.mean((crossed - truth) ** 2)
+    # Conditions the map was not fitted on are unchanged by cross-fitting.
+    others = names[30:] + ["P0"]
+    np.testing.assert_array_equal(prior.shifts(others, cross_fit=True), prior.shifts(others))

@@ -185,14 +185,22 @@ def test_checkpoint_with_an_unknown_setting_is_refused(fitted, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("network_prior", "start"), [(False, "calibrated_additive"), (True, "network_additive")]
+    ("network_prior", "cross_fit", "start"),
+    [
+        (False, False, "calibrated_additive"),
+        (True, False, "network_additive"),
+        # Cross-fitting moves the training conditions' starts only, never a prediction's.
+        (True, True, "network_additive"),
+    ],
 )
-def test_zero_velocity_predicts_the_start_models_means(data, network_prior, start):
+def test_zero_velocity_predicts_the_start_models_means(data, network_prior, cross_fit, start):
     # The network case on a planted screen whose doubles the map does change.
     dataset, split = network_screen()[::2] if network_prior else data
     # The flow's mean, all of it (mean weight 1); the untrained autoencoder cancels out of the
     # residual decoding.
-    config = dataclasses.replace(QUICK, mean_weight=1.0, network_prior=network_prior)
+    config = dataclasses.replace(
+        QUICK, mean_weight=1.0, network_prior=network_prior, cross_fit_start=cross_fit
+    )
     model = ScBIG(config).fit(dataset, split)
     with torch.no_grad():
         model.velocity_.output.weight.zero_()
@@ -602,3 +610,15 @@ def test_scbig_matches_gene_names_by_letter_case(fitted):
     gene = sorted(set(fitted.seen_genes_) & set(fitted.genes_))[0]
     cells = fitted.predict([gene.lower()], n_cells=5, seed=0)
     assert set(cells.obs[CONDITION_COLUMN].astype(str)) == {gene}
+
+
+def test_cross_fit_start_moves_training_combinations_to_their_held_out_start():
+    dataset, _, split = network_screen()
+    model = ScBIG(dataclasses.replace(QUICK, cross_fit_start=True)).fit(dataset, split)
+    double = next(name for name in split.train if "+" in name)
+    crossed = model.start_.shifts([double], cross_fit=True)
+    in_sample = model.start_.shifts([double])
+    assert np.abs(crossed - in_sample).max() > 1e-3
+    np.testing.assert_array_equal(  # a test double is not a training combination of the map
+        model.start_.shifts([split.test[0]], cross_fit=True), model.start_.shifts([split.test[0]])
+    )

@@ -111,7 +111,8 @@ class NetworkMap:
 
     ``shift_mean`` ``(G,)`` is ``s̄``; ``basis`` ``(D, G)`` the centred training shifts ``X``;
     ``coef`` ``(D, G)`` the dual coefficients ``A``; ``intercept`` ``(G,)`` ``b``; ``penalty`` the
-    relative ridge penalty chosen (``None``: the map predicts no residual). Dual form keeps the
+    relative ridge penalty chosen (``None``: the map predicts no residual); ``held_out`` ``(D, G)``
+    each training combination's residual predicted without it (closed form). Dual form keeps the
     map at ``2 D G`` numbers where the primal ``G × G`` matrix would not fit for whole
     transcriptomes.
     """
@@ -121,6 +122,8 @@ class NetworkMap:
     coef: np.ndarray
     intercept: np.ndarray
     penalty: float | None
+    # (D, G): each training combination's residual as predicted by the map fitted without it.
+    held_out: np.ndarray | None = None
 
     def __call__(self, shifts: np.ndarray) -> np.ndarray:
         """Residuals ``(C, G)`` of shifts ``(C, G)``."""
@@ -155,19 +158,20 @@ def fit_network_map(shifts: np.ndarray, residuals: np.ndarray) -> NetworkMap:
     values, vectors = np.linalg.eigh(kernel)
     values = np.clip(values, 0.0, None)
     projected = vectors.T @ centred  # (D, G)
-    best_error, best = float(np.mean(residuals**2)), None  # "no map": the residual is zero
+    best_error, best, best_loo = float(np.mean(residuals**2)), None, None  # "no map": zero
     for penalty in NETWORK_PENALTIES:
         shrink = values / (values + penalty * scale)  # (D,)
         fitted = vectors @ (shrink[:, None] * projected)  # (D, G)
         leverage = 1.0 - (vectors**2 @ shrink) - 1.0 / n  # (D,)
-        loo = (centred - fitted) / np.maximum(leverage, 1e-6)[:, None]
+        loo = (centred - fitted) / np.maximum(leverage, 1e-6)[:, None]  # (D, G)
         error = float(np.mean(loo**2))
         if error < best_error:
-            best_error, best = error, penalty
+            best_error, best, best_loo = error, penalty, loo
     if best is None:
         return none
     coef = vectors @ (projected / (values + best * scale)[:, None])  # (D, G)
-    return NetworkMap(shift_mean, basis, coef, residual_mean, best)
+    # A residual minus its leave-one-out error is its prediction without it.
+    return NetworkMap(shift_mean, basis, coef, residual_mean, best, residuals - best_loo)
 
 
 def coupling_columns(
@@ -326,6 +330,7 @@ class AdditiveShiftPrior:
         shifts = self._summed(names, [frozenset()] * len(names))  # (D, G)
         targets = np.vstack([combo_deltas[n] for n in names]) if names else shifts
         fitted = fit_network_map(shifts, targets - shifts)
+        self._network_rows = {name: i for i, name in enumerate(names)}
         if fitted.penalty is None:
             logger.info(
                 "calibrated_additive: network map not used (%d training combinations; no penalty "
@@ -484,13 +489,17 @@ class AdditiveShiftPrior:
         return float(self.on_target[usable].mean())
 
     def shifts(
-        self, conditions: Sequence[str], hidden: Sequence[frozenset[str]] | None = None
+        self,
+        conditions: Sequence[str],
+        hidden: Sequence[frozenset[str]] | None = None,
+        cross_fit: bool = False,
     ) -> np.ndarray:
         """Summed (and, when calibrated, scaled) shifts ``(C, G)`` of condition names.
 
         ``hidden[i]`` names genes of condition ``i`` to treat as never seen perturbed. Control
         shifts by zero. With the network map, a combination whose genes all have a training
-        single adds its learned residual.
+        single adds its learned residual; with ``cross_fit`` a combination the map was fitted on
+        adds the residual predicted without it, as a held-out combination would.
         """
         hidden = hidden if hidden is not None else [frozenset()] * len(conditions)
         rows = self._summed(conditions, hidden)  # (C, G)
@@ -502,8 +511,15 @@ class AdditiveShiftPrior:
                     for name, hide in zip(conditions, hidden, strict=True)
                 ]
             )
+            residual = np.zeros_like(rows)
             if combos.any():
-                rows[combos] += self.network(rows[combos]).astype(np.float32)
+                residual[combos] = self.network(rows[combos])
+            if cross_fit and self.network.held_out is not None:
+                for i, (name, hide) in enumerate(zip(conditions, hidden, strict=True)):
+                    row = self._network_rows.get(name)
+                    if row is not None and not hide:
+                        residual[i] = self.network.held_out[row]
+            rows = rows + residual.astype(np.float32)
         return rows
 
     def _summed(self, conditions: Sequence[str], hidden: Sequence[frozenset[str]]) -> np.ndarray:

@@ -72,6 +72,9 @@ class ScBIGConfig:
     target_aware_prior: bool = True  # calibrated_additive start: target-aware fill of unseen genes
     propagate_prior: bool = True  # ... spread to the genes co-varying with the target
     network_prior: bool = True  # ... plus the learned map of combinations (network_additive)
+    # The flow's training combinations start from the map's residual fitted without them, so the
+    # flow learns the residual a held-out combination has (off: the in-sample, smaller one).
+    cross_fit_start: bool = False
     unseen_shift: str = "auto"  # unseen-gene fallback: mean, ridge, auto (ridge with a prior)
     delta_conditioning: bool = True  # also condition on the start's single deltas (program space)
     sigma: float = 0.0  # noise of the probability path

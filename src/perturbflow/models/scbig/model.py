@@ -105,19 +105,21 @@ class FlowStart:
         conditions: list[str],
         hidden: list[frozenset[str]] | None = None,
         in_context: bool = False,
+        cross_fit: bool = False,
     ) -> np.ndarray:
         """The start model's deltas ``(C, G)``; ``hidden`` genes are treated as never perturbed.
 
         ``in_context``: a prediction in the split's target context, calibrated to it as
         ``calibrated_additive`` is (the identity off context splits); training conditions, pooled
-        over contexts, are not.
+        over contexts, are not. ``cross_fit``: a training combination gets the network map's
+        residual fitted without it (``calibrated_additive`` start only).
         """
         if self.kind == "control" or not conditions:
             return np.zeros((len(conditions), len(self.additive.genes_)), np.float32)
         if self.kind == "combinator":
             shifts = self.combinator.shifts(conditions, hidden)
         else:
-            shifts = self.additive.estimator_.shifts(conditions, hidden)
+            shifts = self.additive.estimator_.shifts(conditions, hidden, cross_fit=cross_fit)
         if in_context:
             shifts = np.vstack([self.additive.context_.apply(row) for row in shifts])
         return shifts
@@ -574,7 +576,8 @@ class ScBIG:
         if start.kind == "control":
             latent = self._encode(sources)
             return [latent for _ in conditions]
-        shifts = start.shifts(conditions, hidden)  # (C, G)
+        # Training conditions start where a held-out one would (cross_fit_start).
+        shifts = start.shifts(conditions, hidden, cross_fit=self.config.cross_fit_start)  # (C, G)
         return [self._encode(sources + shift) for shift in shifts]
 
     def _hidden_views(
