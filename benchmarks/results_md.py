@@ -43,6 +43,19 @@ RUNS = (
         "from `network_additive`",
     ),
     (
+        "runs/grn_cross_fit_a",
+        "scbig with cross-fitted training starts (`cross_fit_start=True`): DoRothEA s2 and "
+        "CollecTRI s1_fresh, combo split, 5 seeds (the default on the same splits: "
+        "`grn_accept_combo_v2`)",
+    ),
+    (
+        "runs/grn_cross_fit_b",
+        "scbig with cross-fitted training starts: CollecTRI s3 and the held-out DoRothEA s7, combo "
+        "split, 5 seeds (the default on s7: `grn_s7_default_a`, `grn_s7_default_b`)",
+    ),
+    ("runs/grn_s7_default_a", "scbig's default on DoRothEA s7, combo split, seeds 1-3"),
+    ("runs/grn_s7_default_b", "scbig's default on DoRothEA s7, combo split, seeds 4-5"),
+    (
         "runs/oracle_shift",
         "The floor of mean-shift models: control cells moved onto each held-out condition's "
         "real mean",
