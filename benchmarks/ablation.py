@@ -396,7 +396,7 @@ def markdown_acceptance(table: pd.DataFrame) -> str:
     for row in table.itertuples():
         holds = "yes" if row.holds else "**no**"
         if not row.holds and abs(row.margin) < TIE:
-            # Equal at the printed precision: scbig keeps its start's mean when the flow's weight is 0.
+            # Equal at the printed precision: the flow kept none (or little) of its mean change.
             holds += f" (tie: {row.margin:+.5f})"
         lines.append(
             f"| {row.subgroup} | {row.check} | {row.scbig:.3f} | {row.reference} | {holds} |"
