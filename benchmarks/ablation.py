@@ -7,8 +7,8 @@ names or ``.h5ad`` paths), split kind and seed; evaluates every held-out conditi
 - ``results.csv``: long format (condition, subgroup, metric, value, model, seed, screen, split)
 - ``summary.csv``: mean ± sd over conditions and seeds per screen × split × subgroup × model
 - ``timings.csv``: fit and predict seconds per model, screen, split and seed
-- ``mean_weights.csv``: the flow mean weight scbig chose per condition kind, with the
-  cross-validation error of every candidate weight
+- ``mean_weights.csv``: the flow mean and shape weights scbig chose per condition kind, with
+  the cross-validation error of every candidate mean weight
 - ``table.md``: per screen, split and subgroup the mean ± sd over seeds of the per-seed subgroup
   means of the headline metrics; the acceptance checks; and the paired differences (with a
   bootstrap CI over seeds) of each ablation variant against the full model
@@ -57,8 +57,8 @@ VARIANTS = {
     "no_calibration": {**SCBIG_PAPER, "calibrate_prior": False},
     "no_target_aware": {**SCBIG_PAPER, "target_aware_prior": False},
     "no_delta_conditioning": {**SCBIG_PAPER, "delta_conditioning": False},
-    # The flow's whole mean change for every kind of condition, without cross-validation.
-    "flow_mean": {**SCBIG_PAPER, "mean_weight": 1.0},
+    # The flow's whole change (mean and reshaping) for every kind, without cross-validation.
+    "flow_mean": {**SCBIG_PAPER, "mean_weight": 1.0, "shape_weight": 1.0},
 }
 # Every mean-shift baseline: the acceptance compares scbig with each of them.
 BASELINES = (
@@ -134,7 +134,7 @@ def main() -> None:
             for seed in seeds:
 
                 def chosen_weights(spec, replicate, model, kind=kind, label=label):
-                    # What the cross-validation chose for the flow's mean change, per kind.
+                    # What the cross-validation chose for the flow's mean change and reshaping.
                     for condition_kind, row in getattr(model, "mean_weight_cv_", {}).items():
                         weights.append(
                             {
@@ -144,6 +144,7 @@ def main() -> None:
                                 "seed": replicate.split,
                                 "kind": condition_kind,
                                 "weight": model.mean_weights_[condition_kind],
+                                "shape_weight": model.shape_weights_[condition_kind],
                                 "n_conditions": row["n_conditions"],
                                 **{f"mse_w{w}": e for w, e in row["mse"].items()},
                             }
@@ -179,19 +180,23 @@ def main() -> None:
 
 
 def weights_table(weights: pd.DataFrame) -> str:
-    """The flow mean weight each fit chose per condition kind (its inner cross-validation)."""
+    """The flow mean (and shape) weights each fit chose per condition kind (its inner
+    cross-validation); runs made before the shape weight existed show "-" for it."""
     if weights.empty:
         return ""
     lines = [
-        "\n### Flow mean weight chosen by cross-validation, per condition kind\n",
-        "| screen | split | model | kind | weights over seeds | held-out training conditions |",
-        "|---|---|---|---|---|---|",
+        "\n### Flow mean and shape weights chosen by cross-validation, per condition kind\n",
+        "| screen | split | model | kind | weights over seeds | shape weights over seeds "
+        "| held-out training conditions |",
+        "|---|---|---|---|---|---|---|",
     ]
     keys = ["screen", "split", "model", "kind"]
     for key, group in weights.sort_values([*keys, "seed"]).groupby(keys, sort=False):
         chosen = ", ".join(f"{w:g}" for w in group["weight"])
+        shapes = group["shape_weight"] if "shape_weight" in group else pd.Series(dtype=float)
+        shaped = ", ".join(f"{w:g}" for w in shapes.dropna()) or "-"
         held = ", ".join(str(int(n)) for n in group["n_conditions"])
-        lines.append(f"| {' | '.join(map(str, key))} | {chosen} | {held} |")
+        lines.append(f"| {' | '.join(map(str, key))} | {chosen} | {shaped} | {held} |")
     return "\n".join(lines) + "\n"
 
 

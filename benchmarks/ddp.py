@@ -2,8 +2,8 @@
 
 One small simulated screen (``perturbflow.data.synthetic.simulate``, 200 genes, 24 singles and 40
 doubles) and one simulation split; scbig is fitted with a fixed budget (MLP autoencoder, 2 epochs;
-300 flow steps, validation every 50, no early stopping, ``mean_weight=1`` so the flow's whole mean
-change reaches the predictions) in these runs, each a fresh worker process:
+300 flow steps, validation every 50, no early stopping, ``mean_weight=1`` and ``shape_weight=1``
+so the flow's whole change reaches the predictions) in these runs, each a fresh worker process:
 
 - ``single`` seeds 0, 1, 2: ``devices=1``; seeds 1 and 2 give the *natural tolerance*, how far two
   equally good single-process fits lie apart;
@@ -53,6 +53,7 @@ SCBIG_OPTIONS = {
     "val_every": 50,
     "patience": 1000,  # no early stopping: every run trains the same number of steps
     "mean_weight": 1.0,
+    "shape_weight": 1.0,
     "accelerator": "cpu",
 }
 SCREEN = {"n_genes": 200, "n_control_cells": 1000, "n_cells_per_condition": 100, "seed": 0}

@@ -108,7 +108,9 @@ def test_the_calibration_survives_save_and_load(tmp_path):
 
 def test_scbig_with_zero_velocity_predicts_the_context_calibrated_means():
     fitted = task(transfer=0.3, mean_weight=1.0)
-    config = dataclasses.replace(TINY_SCBIG, flow_steps=2, ae_epochs=0, mean_weight=1.0)
+    config = dataclasses.replace(
+        TINY_SCBIG, flow_steps=2, ae_epochs=0, mean_weight=1.0, shape_weight=1.0
+    )
     model = get_model("scbig", config).fit(fitted.fit, fitted.split)
     with torch.no_grad():
         model.velocity_.output.weight.zero_()

@@ -296,3 +296,48 @@ def test_empty_validation_falls_back_to_training(synthetic, caplog):
         model = get_model("gears", config).fit(dataset, no_val)
     assert "validates on the" in caplog.text
     assert np.isfinite(model.predict_delta(split.test).to_numpy()).all()
+
+
+# -- conditions GEARS cannot predict are refused before training (no cell-gears needed) ---------
+
+
+def _without_go(go_table, gene, tmp_path):
+    """A copy of ``go_table`` in which ``gene`` has no annotation."""
+    table = pd.read_csv(go_table, sep="\t")
+    path = tmp_path / "gene_go_without.tsv"
+    table[table["gene_symbol"] != gene].to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_a_test_condition_outside_the_go_graph_is_refused_before_training(synthetic, tmp_path):
+    dataset, split, go_table = synthetic
+    target = next(name for name in split.test if name != "ctrl")
+    gene = sorted(genes_of([target]))[0]
+    trimmed = _without_go(go_table, gene, tmp_path)
+    train = [name for name in split.train if gene not in genes_of([name])]
+    # Without the test conditions to check, the same call selects training conditions.
+    _, usable, _ = gears_peer.gears_conditions(dataset, train, list(split.val), str(trimmed))
+    assert usable
+    with pytest.raises(UnknownPerturbationError, match=f"{gene}.*before training"):
+        gears_peer.gears_conditions(
+            dataset, train, list(split.val), str(trimmed), predict=list(split.test)
+        )
+
+
+def test_the_environment_path_refuses_before_running_the_adapter(synthetic, tmp_path, monkeypatch):
+    from perturbflow.models.peers import external
+    from perturbflow.models.peers.gears_env import GearsEnvModel
+
+    dataset, split, go_table = synthetic
+    target = next(name for name in split.test if name != "ctrl")
+    gene = sorted(genes_of([target]))[0]
+    trimmed = _without_go(go_table, gene, tmp_path)
+    monkeypatch.setattr(external, "require_env", lambda peer: None)
+
+    def adapter_must_not_run(*args, **kwargs):
+        raise AssertionError("the adapter ran although a test condition cannot be predicted")
+
+    monkeypatch.setattr(external, "run_adapter", adapter_must_not_run)
+    model = GearsEnvModel(GearsConfig(go_table=str(trimmed), **TINY))
+    with pytest.raises(UnknownPerturbationError, match=gene):
+        model.fit(dataset, split)

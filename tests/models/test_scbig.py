@@ -14,12 +14,19 @@ from _planted import network_screen
 from sklearn.metrics import adjusted_rand_score
 
 from perturbflow.data.io import CONDITION_COLUMN
+from perturbflow.eval.metrics import energy_distance
 from perturbflow.models import MODELS, get_model, load_model
 from perturbflow.models.autoencoders import MLPAutoencoder
 from perturbflow.models.condition_encoder import UnknownGeneError
 from perturbflow.models.gcae import GCAE, ModuleInducedAttentionBlock
 from perturbflow.models.scbig import ScBIG, ScBIGConfig, objectives
-from perturbflow.models.scbig.model import _CellPools, _condition_rows
+from perturbflow.models.scbig.config import SHAPE_WEIGHT_GRID
+from perturbflow.models.scbig.model import (
+    _CellPools,
+    _condition_rows,
+    _control_projection,
+    _energy_distance,
+)
 from perturbflow.models.scbig.modules import (
     Centred,
     ConditionModel,
@@ -33,7 +40,7 @@ TINY = TINY_SCBIG
 
 # A quick fit: an untrained autoencoder, two flow steps, a fixed mean weight (no cross-validation
 # flow). Enough to show where a setting goes; not to judge accuracy.
-QUICK = dataclasses.replace(TINY, flow_steps=2, ae_epochs=0, mean_weight=0.5)
+QUICK = dataclasses.replace(TINY, flow_steps=2, ae_epochs=0, mean_weight=0.5, shape_weight=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +166,8 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     assert loaded.programs_.equals(fitted.programs_)
     assert loaded.mean_weights_ == fitted.mean_weights_
     assert loaded.mean_weight_cv_ == fitted.mean_weight_cv_
+    assert loaded.shape_weights_ == fitted.shape_weights_
+    assert loaded.shape_weight_cv_ == fitted.shape_weight_cv_
     # The start model (calibrated scales, target-aware fill) survives too.
     assert (
         loaded.start_.additive.estimator_.target_scales
@@ -262,28 +271,52 @@ def test_interrupted_training_resumes_to_the_same_result(data, tmp_path, monkeyp
         torch.testing.assert_close(resumed.velocity_.state_dict()[key], value)
 
 
-def _start_and_cells(model, name, weight, monkeypatch, n_cells=40):
-    """Start cells, the flow's change and predicted cells for one fixed draw, at ``weight``."""
+def _start_and_cells(model, name, weight, monkeypatch, n_cells=40, shape=1.0):
+    """Start cells, the flow's change and predicted cells for one fixed draw, at mean weight
+    ``weight`` and shape weight ``shape``."""
     with monkeypatch.context() as patch:
         patch.setattr(model, "_mean_weight", lambda _: weight)
+        patch.setattr(model, "_shape_weight", lambda _: shape)
         parts = (model.start_, model.condition_model_, model.velocity_)
         start, change = model._flow_change(name, n_cells, np.random.default_rng(5), *parts)
         cells = model._predict_cells(name, n_cells, np.random.default_rng(5))
     return start, change, cells
 
 
-def test_mean_weight_scales_only_the_mean_change(fitted, data, monkeypatch):
+def test_mean_and_shape_weights_scale_the_mean_change_and_the_reshaping(fitted, data, monkeypatch):
     _, split = data
     seen = next(name for name in split.train if name != "ctrl" and len(name.split("+")) == 1)
     start, change, kept = _start_and_cells(fitted, seen, 1.0, monkeypatch)
     np.testing.assert_allclose(kept, start + change, atol=1e-5)
     start, change, shaped = _start_and_cells(fitted, seen, 0.0, monkeypatch)
-    # Weight 0: the start's mean, with the flow's reshaping around it.
+    # Mean weight 0: the start's mean, with the flow's reshaping around it.
     np.testing.assert_allclose(shaped.mean(axis=0), start.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(
         shaped - shaped.mean(axis=0), (start + change) - (start + change).mean(axis=0), atol=1e-4
     )
-    assert np.abs(change).max() > 1e-3  # the flow does move cells, so the test can fail
+    # Shape weight 0: the start's cells moved by the flow's mean change only.
+    start, change, moved = _start_and_cells(fitted, seen, 1.0, monkeypatch, shape=0.0)
+    np.testing.assert_allclose(moved, start + change.mean(axis=0), atol=1e-5)
+    _, _, half = _start_and_cells(fitted, seen, 0.5, monkeypatch, shape=0.5)
+    expected = start + 0.5 * change
+    np.testing.assert_allclose(half, expected, atol=1e-5)
+    # The flow reshapes the cells by far more than the tolerance above, so the test can fail.
+    assert np.abs(change - change.mean(axis=0)).max() > 1e-4
+
+
+def test_energy_and_projection_match_the_evaluation():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 6)), rng.normal(0.5, 2.0, size=(20, 6))
+    assert _energy_distance(x, y) == pytest.approx(energy_distance(x, y), rel=1e-12)
+    control = rng.normal(size=(40, 6)) @ np.diag([5.0, 3.0, 1.0, 0.1, 0.1, 0.1])
+    centre = control.mean(axis=0)
+    project = _control_projection(control, centre, 3)
+    coordinates = project(control)  # (40, 3)
+    assert coordinates.shape == (40, 3)
+    np.testing.assert_allclose(coordinates.mean(axis=0), 0.0, atol=1e-12)
+    # The top 3 components keep the variance of the 3 large axes.
+    kept = coordinates.var(axis=0).sum() / (control - centre).var(axis=0).sum()
+    assert kept > 0.99
 
 
 def test_each_condition_takes_its_kind_s_weight(fitted, data, monkeypatch):
@@ -313,13 +346,18 @@ def test_cv_fold_hides_genes_and_doubles_of_training_only(data):
     assert none._cv_fold(train) == (train, [])
 
 
-def test_mean_weights_are_chosen_per_kind_on_held_out_training_conditions(data, monkeypatch):
+def _planted_cv(data, monkeypatch, **options):
+    """A model whose cross-validation flow is planted: held-out singles start at 0 and their
+    change overshoots the real mean by 4/3 (best mean weight 0.75) and reshapes the cells exactly
+    as the real ones (best shape weight 1); combinations start at their real mean and their change
+    points the wrong way (best mean weight 0) and spreads the cells 4 times too wide (best shape
+    weight 0.25)."""
     dataset, split = data
-    config = dataclasses.replace(TINY, cv_hidden_genes=0.25, cv_doubles=0.5, cv_min_conditions=2)
+    config = dataclasses.replace(TINY, cv_hidden_genes=0.25, cv_doubles=0.5, **options)
     model = ScBIG(config)
     train = [name for name in split.train if name != "ctrl"]
     _, held = model._cv_fold(train)
-    real = {name: dataset.expression(name).mean(axis=0) for name in held}
+    real = {name: dataset.expression(name) for name in held}  # name -> (n_c, G)
 
     def fake_train_flow(start, inner, val, data, folder, stage):
         assert stage == "flow_cv" and not set(inner) & set(held)
@@ -327,27 +365,58 @@ def test_mean_weights_are_chosen_per_kind_on_held_out_training_conditions(data, 
         return None, None
 
     def planted(name, n_cells, generator, start, condition_model, velocity):
-        # Singles: the flow's mean change overshoots the real mean by 4/3 (best weight 0.75);
-        # combinations: it points the wrong way (best weight 0).
-        factor = 4 / 3 if "+" not in name else -3.0
-        return np.zeros((4, dataset.n_genes), np.float32), np.tile(real[name] * factor, (4, 1))
+        cells = real[name][np.random.default_rng(0).choice(len(real[name]), n_cells)]  # (n, G)
+        spread = (cells - cells.mean(axis=0)).astype(np.float64)  # (n, G), mean 0
+        mean = real[name].mean(axis=0)  # (G,)
+        if "+" not in name:
+            return np.zeros_like(spread), mean * 4 / 3 + spread
+        return np.tile(mean, (n_cells, 1)), -3.0 * mean + 4.0 * spread
 
     monkeypatch.setattr(model, "_train_flow", fake_train_flow)
     monkeypatch.setattr(model, "_flow_change", planted)
     model.genes_ = dataset.genes
-    model.control_mean_ = dataset.control_expression().mean(axis=0)
+    model.control_cells_ = dataset.control_expression()
+    model.control_mean_ = model.control_cells_.mean(axis=0)
     rows = _condition_rows(dataset, train)
     pools = _CellPools(dataset.adata.X, rows, rows)
-    weights = model._choose_mean_weights(dataset, train, [], pools, None)
+    return model, model._choose_weights(dataset, train, [], pools, None)
+
+
+def test_mean_and_shape_weights_are_chosen_per_kind_on_held_out_training_conditions(
+    data, monkeypatch
+):
+    model, (mean, shape) = _planted_cv(data, monkeypatch, cv_min_conditions=2)
     counts = {kind: row["n_conditions"] for kind, row in model.mean_weight_cv_.items()}
-    assert counts["unseen_single"] >= 2
-    assert weights["unseen_single"] == 0.75
-    assert weights["seen_single"] == 0.0  # no held-out condition can judge it
+    assert counts["unseen_single"] >= 2 and any(k.startswith("combo") for k in counts)
+    assert mean["unseen_single"] == 0.75 and shape["unseen_single"] == 1.0
+    assert mean["seen_single"] == 0.0  # no held-out condition can judge it
     for kind in counts:
-        if kind.startswith("combo"):
-            assert weights[kind] == 0.0
-    fixed = ScBIG(dataclasses.replace(TINY, mean_weight=0.3))
-    assert set(fixed._choose_mean_weights(dataset, train, [], None, None).values()) == {0.3}
+        if kind.startswith("combo") and counts[kind] >= 2:
+            assert mean[kind] == 0.0 and shape[kind] == 0.25
+    # seen_single has no held-out condition: it takes the choice pooled over all of them.
+    report = model.shape_weight_cv_
+    pooled = {
+        weight: sum(
+            report[kind]["n_conditions"] * report[kind]["energy"][f"{weight:g}"] for kind in counts
+        )
+        for weight in SHAPE_WEIGHT_GRID
+    }
+    assert report["pooled"]["n_conditions"] == sum(counts.values())
+    assert shape["seen_single"] == report["pooled"]["weight"] == min(pooled, key=pooled.get)
+
+
+def test_with_too_few_held_out_conditions_the_start_s_cells_are_kept(data, monkeypatch):
+    model, (mean, shape) = _planted_cv(data, monkeypatch, cv_min_conditions=1000)
+    assert set(mean.values()) == set(shape.values()) == {0.0}
+    assert model.shape_weight_cv_["unseen_single"]["n_conditions"] >= 2  # measured, not used
+
+
+def test_fixed_weights_skip_the_fold(data):
+    dataset, split = data
+    train = [name for name in split.train if name != "ctrl"]
+    fixed = ScBIG(dataclasses.replace(TINY, mean_weight=0.3, shape_weight=0.6))
+    mean, shape = fixed._choose_weights(dataset, train, [], None, None)
+    assert set(mean.values()) == {0.3} and set(shape.values()) == {0.6}
 
 
 def test_pooled_deltas_are_order_free_and_see_interactions():
@@ -364,10 +433,14 @@ def test_pooled_deltas_are_order_free_and_see_interactions():
     np.testing.assert_allclose(single[3:6], 0.0)
 
 
-@pytest.mark.parametrize("field", ["mean_weight", "cv_hidden_genes", "cv_doubles"])
-def test_mean_weight_settings_are_checked(field):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("mean_weight", 1.5), ("shape_weight", -0.5), ("shape_weight", float("nan"))]
+    + [("cv_hidden_genes", 1.5), ("cv_doubles", 1.5)],
+)
+def test_mean_weight_settings_are_checked(field, value):
     with pytest.raises(ValueError, match=field):
-        ScBIGConfig(**{field: 1.5})
+        ScBIGConfig(**{field: value})
 
 
 # --- ablation switches: each reaches the module it names ---------------------------------------

@@ -18,7 +18,9 @@ from perturbflow.models.scbig.model import _PooledCells
 from perturbflow.models.scbig.modules import PCAAutoencoder
 
 # Two flow steps and a fixed mean weight: enough to compare two fits, not to judge accuracy.
-QUICK = dataclasses.replace(TINY_SCBIG, flow_steps=4, ae_epochs=1, mean_weight=0.5)
+QUICK = dataclasses.replace(
+    TINY_SCBIG, flow_steps=4, ae_epochs=1, mean_weight=0.5, shape_weight=1.0
+)
 
 
 @pytest.fixture(scope="module")

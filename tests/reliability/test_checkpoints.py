@@ -51,7 +51,9 @@ def scbig_checkpoint(tmp_path_factory, screen_data) -> bytes:
 
     dataset, split = screen_data()
     path = tmp_path_factory.mktemp("ckpt") / "scbig.npz"
-    config = dataclasses.replace(TINY_SCBIG, ae_epochs=1, flow_steps=2, mean_weight=0.0)
+    config = dataclasses.replace(
+        TINY_SCBIG, ae_epochs=1, flow_steps=2, mean_weight=0.0, shape_weight=1.0
+    )
     get_model("scbig", config).fit(dataset, split).save(path)
     return path.read_bytes()
 

@@ -88,9 +88,9 @@ class EnvPeerModel(MeanShiftModel):
         super().fit(dataset, split, config)
         present = set(dataset.conditions)
         parts = {part: [n for n in getattr(split, part) if n in present] for part in self.parts}
-        parts = self._select(dataset, parts)
         wanted = [*(split.train if self.predicts_training else ()), *split.val, *split.test]
         predict = [name for name in dict.fromkeys(wanted) if name != CONTROL_NAME]
+        parts = self._select(dataset, parts, predict)
         with tempfile.TemporaryDirectory(prefix=f"perturbflow-{self.peer}-") as folder:
             work = Path(folder)
             files = {"cells": "cells.h5ad", **self._peer_inputs(work, dataset, parts, predict)}
@@ -125,9 +125,11 @@ class EnvPeerModel(MeanShiftModel):
         return self
 
     def _select(
-        self, dataset: PerturbationDataset, parts: dict[str, list[str]]
+        self, dataset: PerturbationDataset, parts: dict[str, list[str]], predict: list[str]
     ) -> dict[str, list[str]]:
-        """The conditions of each part the peer can train on (default: all of them)."""
+        """The conditions of each part the peer can train on (default: all of them). A peer that
+        cannot predict some of ``predict`` raises :class:`PeerCannotPredictError` here, before
+        it spends its training time."""
         return parts
 
     def _peer_inputs(

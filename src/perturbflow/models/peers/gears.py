@@ -417,6 +417,7 @@ class GearsModel(MeanShiftModel):
             [n for n in split.train if n in present],
             [n for n in split.val if n in present],
             config.go_table,
+            predict=list(split.test),
         )
         adata = _gears_anndata(dataset, sorted(set(train) | set(val)))
         parts = {
@@ -586,18 +587,36 @@ def _usable(names: list[str], known: frozenset[str], part: str) -> list[str]:
 
 
 def gears_conditions(
-    dataset: PerturbationDataset, train: list[str], val: list[str], go_table: str | None
+    dataset: PerturbationDataset,
+    train: list[str],
+    val: list[str],
+    go_table: str | None,
+    predict: Sequence[str] = (),
 ) -> tuple[dict[str, set[str]], list[str], list[str]]:
     """The GO annotations of the dataset's genes and the training / validation conditions GEARS
     can use, in process or in its own environment.
 
     A validation part left empty falls back to the training perturbations (logged); no usable
-    training perturbation is an error naming the GO table.
+    training perturbation is an error naming the GO table. A condition of ``predict`` (the
+    split's test conditions) with a gene outside GEARS's perturbation graph raises
+    :class:`UnknownPerturbationError` now, not after training.
     """
     table = Path(go_table).resolve() if go_table else default_go_table()
     vocabulary = set(dataset.genes) | set(dataset.perturbed_genes)
     gene2go = {gene: terms for gene, terms in read_gene2go(table).items() if gene in vocabulary}
     known = frozenset(gene2go)
+    unknown = {
+        name: sorted(genes - known)
+        for name in predict
+        if name != CONTROL_NAME and (genes := parse_condition(name)) - known
+    }
+    if unknown:
+        raise UnknownPerturbationError(
+            f"GEARS cannot predict {len(unknown)} condition(s) the split asks for, whose genes "
+            f"have no annotations in the GO table {table} (outside its perturbation graph): "
+            f"{dict(list(unknown.items())[:5])}; checked before training. Leave them out of the "
+            "split or pass GearsConfig(go_table=...) with annotations for them"
+        )
     train = _usable(train, known, "training")
     val = _usable(val, known, "validation")
     perturbed = [name for name in train if name != CONTROL_NAME]

@@ -37,9 +37,13 @@ class GearsEnvModel(EnvPeerModel):
     config_class: ClassVar[type] = GearsConfig
     parts: ClassVar[tuple[str, ...]] = ("train", "val")  # GEARS picks its best epoch on val
 
-    def _select(self, dataset: PerturbationDataset, parts: dict[str, list[str]]) -> dict:
+    def _select(
+        self, dataset: PerturbationDataset, parts: dict[str, list[str]], predict: list[str]
+    ) -> dict:
+        fitted = {*parts["train"], *parts["val"]}
+        test = [name for name in predict if name not in fitted]  # what the split holds out
         self._gene2go, train, val = gears_conditions(
-            dataset, parts["train"], parts["val"], self.config.go_table
+            dataset, parts["train"], parts["val"], self.config.go_table, predict=test
         )
         return {"train": train, "val": val}
 

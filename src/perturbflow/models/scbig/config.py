@@ -11,6 +11,9 @@ PROGRAM_SOURCES = ("grc", "random")
 AUTOENCODERS = ("gcae", "mlp", "pca")
 ODE_METHODS = ("euler", "midpoint", "rk4")
 MEAN_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Shape weights above 1 amplify the flow's reshaping: a flow trained for minutes moves the cells'
+# spread only part of the way (docs/method.md §2.4 and §7), and the fold says how far to scale it.
+SHAPE_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 STARTS = ("calibrated_additive", "combinator", "control")
 
 
@@ -97,6 +100,11 @@ class ScBIGConfig:
     # genes and cv_doubles of the other combinations; kinds with fewer than cv_min_conditions
     # held-out conditions keep the start's mean.
     mean_weight: float | None = None
+    # Scale of the flow's reshaping of the cells around their mean, >= 0 (1: as the flow moved
+    # them); None: chosen per condition kind from SHAPE_WEIGHT_GRID in the same fold by energy
+    # distance to the held-out conditions' cells (kinds with too few take the pooled choice; 0
+    # when the fold has too few in all).
+    shape_weight: float | None = None
     cv_hidden_genes: float = 0.1
     cv_doubles: float = 0.2
     cv_min_conditions: int = 3
@@ -152,6 +160,10 @@ class ScBIGConfig:
             )
         if self.mean_weight is not None and not 0.0 <= self.mean_weight <= 1.0:
             raise ValueError(f"ScBIGConfig.mean_weight must be in [0, 1], got {self.mean_weight}")
+        if self.shape_weight is not None and not 0.0 <= self.shape_weight < float("inf"):
+            raise ValueError(
+                f"ScBIGConfig.shape_weight must be a finite number >= 0, got {self.shape_weight}"
+            )
         for name in ("cv_hidden_genes", "cv_doubles"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ScBIGConfig.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from scipy.spatial.distance import cdist
 
 from perturbflow import __version__
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
@@ -43,7 +44,7 @@ from perturbflow.models.baselines.context import fit_context_calibration
 from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
-from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, ScBIGConfig
+from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, SHAPE_WEIGHT_GRID, ScBIGConfig
 from perturbflow.models.scbig.modules import (
     N_DELTA_POOLS,
     ConditionModel,
@@ -73,7 +74,8 @@ from perturbflow.train import StepPlan, TrainerSettings, fit_objective
 logger = logging.getLogger(__name__)
 
 _ENCODE_BATCH = 2048
-_VALIDATION_CELLS = 256  # cells per held-out condition when choosing the flow mean weights
+_VALIDATION_CELLS = 256  # cells per held-out condition when choosing the flow's weights
+_SHAPE_PCS = 50  # control principal components on which the shape weight's energy is measured
 CONDITION_KINDS = ("seen_single", "unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
 
 
@@ -154,6 +156,22 @@ def _column_mean(matrix, rows: np.ndarray) -> np.ndarray:
             np.float32
         )
     return _rows(matrix, rows).mean(axis=0)
+
+
+def _control_projection(control: np.ndarray, centre: np.ndarray, n_components: int):
+    """``cells (n, G) -> (n, K)``: coordinates on the top ``K`` principal components of the
+    control cells, centred on ``centre`` (as the evaluation's energy distance)."""
+    centred = np.asarray(control, dtype=np.float64) - centre  # (n_ctrl, G)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)  # vt: (min(n_ctrl, G), G)
+    basis = vt[:n_components].T  # (G, K)
+    return lambda cells: (np.asarray(cells, dtype=np.float64) - centre) @ basis
+
+
+def _energy_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Energy distance ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` (Euclidean, V-statistic) between
+    ``(n, K)`` and ``(m, K)``: the evaluation's definition (the model layer cannot import it)."""
+    between = cdist(x, y).mean()
+    return float(max(2.0 * between - cdist(x, x).mean() - cdist(y, y).mean(), 0.0))
 
 
 @dataclasses.dataclass
@@ -285,7 +303,9 @@ class ScBIG:
         self.control_mean_ = _column_mean(matrix, control_rows)  # (G,)
         data = _CellPools(matrix, self._pool_rows(rows, [*train, *val]), rows)
         self.start_ = self._fit_start(dataset, train, context_split=split)
-        self.mean_weights_ = self._choose_mean_weights(dataset, train, val, data, folder)
+        self.mean_weights_, self.shape_weights_ = self._choose_weights(
+            dataset, train, val, data, folder
+        )
         self.condition_model_, self.velocity_ = self._train_flow(
             self.start_, train, val, data, folder, "flow"
         )
@@ -376,46 +396,75 @@ class ScBIG:
         inner = [name for name in train if name not in set(held)]
         return inner, held
 
-    def _choose_mean_weights(
+    def _choose_weights(
         self,
         dataset: PerturbationDataset,
         train: list[str],
         val: list[str],
         data: _CellPools,
         folder: Path | None,
-    ) -> dict[str, float]:
-        """Weight of the flow's mean change per condition kind (see ``ScBIGConfig``)."""
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Weights of the flow's mean change and of its reshaping, per condition kind (see
+        ``ScBIGConfig`` and docs/method.md §2.4), from one inner cross-validation fold."""
         cfg = self.config
-        self.mean_weight_cv_ = {}
-        if cfg.mean_weight is not None:
-            return dict.fromkeys(CONDITION_KINDS, cfg.mean_weight)
+        self.mean_weight_cv_, self.shape_weight_cv_ = {}, {}
+        fixed_mean, fixed_shape = cfg.mean_weight, cfg.shape_weight
+        if fixed_mean is not None and fixed_shape is not None:
+            return dict.fromkeys(CONDITION_KINDS, fixed_mean), dict.fromkeys(
+                CONDITION_KINDS, fixed_shape
+            )
         inner, held = self._cv_fold(train)
         if not held or not inner:
-            logger.info("scbig: no training conditions to cross-validate on; flow mean weight 0")
-            return dict.fromkeys(CONDITION_KINDS, 0.0)
+            logger.info(
+                "scbig: no training conditions to cross-validate on; the start's cells are kept"
+            )
+            return (
+                dict.fromkeys(CONDITION_KINDS, 0.0 if fixed_mean is None else fixed_mean),
+                dict.fromkeys(CONDITION_KINDS, 0.0 if fixed_shape is None else fixed_shape),
+            )
         start = self._fit_start(dataset, inner)
         condition_model, velocity = self._train_flow(start, inner, val, data, folder, "flow_cv")
         seen = start.seen
         generator = np.random.default_rng(cfg.seed)
-        errors: dict[str, dict[float, list[float]]] = {}
+        held_out: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
         for name in held:
             start_cells, change = self._flow_change(
                 name, _VALIDATION_CELLS, generator, start, condition_model, velocity
             )  # (n, G) each
+            held_out[name] = (condition_kind(name, seen), start_cells, change)
+
+        if fixed_mean is not None:
+            mean_weights = dict.fromkeys(CONDITION_KINDS, fixed_mean)
+        else:
+            mean_weights = self._cv_mean_weights(held_out, data)
+        if fixed_shape is not None:
+            shape_weights = dict.fromkeys(CONDITION_KINDS, fixed_shape)
+        else:
+            shape_weights = self._cv_shape_weights(held_out, mean_weights, data, generator)
+        return mean_weights, shape_weights
+
+    def _cv_mean_weights(
+        self, held_out: dict[str, tuple[str, np.ndarray, np.ndarray]], data: _CellPools
+    ) -> dict[str, float]:
+        """Per kind, the weight of the flow's mean change with the lowest MSE to the held-out
+        conditions' real means; a kind with too few of them keeps the start's mean (0)."""
+        errors: dict[str, dict[float, list[float]]] = {}
+        for name, (kind, start_cells, change) in held_out.items():
             real_mean = data.mean(name)  # (G,)
-            kind = condition_kind(name, seen)
             for weight in MEAN_WEIGHT_GRID:
                 predicted = start_cells.mean(axis=0) + weight * change.mean(axis=0)  # (G,)
                 error = float(np.mean((predicted - real_mean) ** 2))
                 errors.setdefault(kind, {}).setdefault(weight, []).append(error)
         weights = dict.fromkeys(CONDITION_KINDS, 0.0)
-        report = {}
         for kind, by_weight in sorted(errors.items()):
             mse = {weight: float(np.mean(values)) for weight, values in by_weight.items()}
             count = len(by_weight[0.0])
             # String keys: the report is stored as JSON in checkpoints.
-            report[kind] = {"n_conditions": count, "mse": {f"{w:g}": e for w, e in mse.items()}}
-            if count >= cfg.cv_min_conditions:
+            self.mean_weight_cv_[kind] = {
+                "n_conditions": count,
+                "mse": {f"{w:g}": e for w, e in mse.items()},
+            }
+            if count >= self.config.cv_min_conditions:
                 weights[kind] = min(mse, key=lambda weight: (mse[weight], weight))
             logger.info(
                 "scbig: %s: flow mean weight %.2f (%d held-out training conditions; MSE %s)",
@@ -424,7 +473,67 @@ class ScBIG:
                 count,
                 ", ".join(f"{w:g}: {e:.4f}" for w, e in mse.items()),
             )
-        self.mean_weight_cv_ = report
+        return weights
+
+    def _cv_shape_weights(
+        self,
+        held_out: dict[str, tuple[str, np.ndarray, np.ndarray]],
+        mean_weights: dict[str, float],
+        data: _CellPools,
+        generator: np.random.Generator,
+    ) -> dict[str, float]:
+        """Per kind, the scale of the flow's reshaping (its change of each cell around the mean)
+        with the lowest energy distance to the held-out conditions' real cells, at the kind's
+        mean weight, on the control cells' top principal components.
+
+        A kind with fewer than ``cv_min_conditions`` held-out conditions takes the choice pooled
+        over every held-out condition; with fewer than that in all, the start's cells are kept
+        (weight 0): the flow keeps only what held-out conditions show it adds.
+        """
+        projection = _control_projection(self.control_cells_, self.control_mean_, _SHAPE_PCS)
+        distances: dict[str, dict[float, list[float]]] = {}
+        for name, (kind, start_cells, change) in held_out.items():
+            pool = data.cells(name)
+            take = generator.choice(len(pool), min(len(pool), _VALIDATION_CELLS), replace=False)
+            real = projection(pool[torch.from_numpy(np.sort(take))].numpy())  # (m, K)
+            mean_change = mean_weights.get(kind, 0.0) * change.mean(axis=0)  # (G,)
+            shape = change - change.mean(axis=0)  # (n, G)
+            for weight in SHAPE_WEIGHT_GRID:
+                cells = projection(start_cells + mean_change + weight * shape)  # (n, K)
+                distances.setdefault(kind, {}).setdefault(weight, []).append(
+                    _energy_distance(cells, real)
+                )
+        pooled: dict[float, list[float]] = {}
+        for by_weight in distances.values():
+            for weight, values in by_weight.items():
+                pooled.setdefault(weight, []).extend(values)
+
+        minimum = self.config.cv_min_conditions
+
+        def best(by_weight: dict[float, list[float]]) -> tuple[float, dict[float, float]]:
+            energy = {weight: float(np.mean(values)) for weight, values in by_weight.items()}
+            return min(energy, key=lambda weight: (energy[weight], weight)), energy
+
+        n_pooled = len(pooled.get(0.0, []))
+        fallback = best(pooled)[0] if n_pooled >= minimum else 0.0
+        weights = dict.fromkeys(CONDITION_KINDS, fallback)
+        self.shape_weight_cv_["pooled"] = {"n_conditions": n_pooled, "weight": fallback}
+        for kind, by_weight in sorted(distances.items()):
+            choice, energy = best(by_weight)
+            count = len(by_weight[0.0])
+            if count >= minimum:
+                weights[kind] = choice
+            self.shape_weight_cv_[kind] = {
+                "n_conditions": count,
+                "energy": {f"{w:g}": e for w, e in energy.items()},
+            }
+            logger.info(
+                "scbig: %s: flow shape weight %.2f (%d held-out training conditions; energy %s)",
+                kind,
+                weights[kind],
+                count,
+                ", ".join(f"{w:g}: {e:.4f}" for w, e in energy.items()),
+            )
         return weights
 
     def _learn_programs(
@@ -713,9 +822,13 @@ class ScBIG:
             self.velocity_,
             in_context=True,
         )  # (n, G), (n, G)
-        weight = self._mean_weight(name)
-        # Keep the flow's reshaping of the cells around their mean; scale its change of the mean.
-        return start + change - (1.0 - weight) * change.mean(axis=0, keepdims=True)
+        mean_change = change.mean(axis=0, keepdims=True)  # (1, G)
+        # The flow's change of the mean and its reshaping around it, each scaled by its weight.
+        return (
+            start
+            + self._mean_weight(name) * mean_change
+            + self._shape_weight(name) * (change - mean_change)
+        )
 
     @torch.no_grad()
     def _flow_change(
@@ -758,6 +871,11 @@ class ScBIG:
         """Weight of the flow's mean change for ``name``: its kind's cross-validated weight."""
         kind = condition_kind(name, self.start_.seen)
         return self.mean_weights_.get(kind, 0.0)
+
+    def _shape_weight(self, name: str) -> float:
+        """Weight of the flow's reshaping for ``name``: its kind's cross-validated weight."""
+        kind = condition_kind(name, self.start_.seen)
+        return self.shape_weights_.get(kind, 0.0)
 
     def predict(self, conditions: Iterable[str], n_cells: int = 100, seed: int = 0) -> ad.AnnData:
         """Predicted single cells: ``n_cells`` per condition (control cells moved by the flow)."""
@@ -845,6 +963,8 @@ class ScBIG:
             "history": {k: float(v) for k, v in self.history_.items()},
             "mean_weights": self.mean_weights_,
             "mean_weight_cv": self.mean_weight_cv_,
+            "shape_weights": self.shape_weights_,
+            "shape_weight_cv": self.shape_weight_cv_,
         }
         return write_checkpoint(
             path,
@@ -892,6 +1012,8 @@ class ScBIG:
         model.history_ = dict(meta["history"])
         model.mean_weights_ = {kind: float(w) for kind, w in meta["mean_weights"].items()}
         model.mean_weight_cv_ = meta["mean_weight_cv"]
+        model.shape_weights_ = {kind: float(w) for kind, w in meta["shape_weights"].items()}
+        model.shape_weight_cv_ = meta["shape_weight_cv"]
         additive = CalibratedAdditive.from_state_arrays(
             model._start_config(), _prefixed(arrays, "additive")
         )
