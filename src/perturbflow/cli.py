@@ -1383,6 +1383,64 @@ def design(
     console.print(f"{len(table)} pairs written to [bold]{out}[/]")
 
 
+@app.command()
+def guides(
+    data: Annotated[Path, typer.Argument(help="The screen (.h5ad) with a guide per cell.")],
+    guide_key: Annotated[
+        str,
+        typer.Option(help="obs column of each cell's guide (--condition-key names its gene)."),
+    ],
+    out: Annotated[Path, typer.Option(help="CSV of each guide's knockdown of its target.")],
+    min_knockdown: Annotated[
+        float,
+        typer.Option(help="Fraction of the target removed for a guide to count as efficient."),
+    ] = 0.3,
+    alpha: Annotated[
+        float, typer.Option(help="One-sided rank-test p-value an efficient guide must reach.")
+    ] = 0.05,
+    guide_map: GuideMap = None,
+    condition_key: ConditionKey = "condition",
+    control: Control = None,
+    gene_key: GeneKey = None,
+    separator: Separator = "+",
+    layer: Layer = None,
+    keep_unassigned: KeepUnassigned = False,
+    unassigned: Unassigned = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Which guides worked: each guide's knockdown of its own target gene against control cells.
+
+    perturbflow.data.guides.guide_efficiency explains the columns.
+    """
+    from perturbflow.data.guides import guide_efficiency
+
+    try:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        dataset = _read_options(
+            condition_key,
+            control,
+            gene_key,
+            separator,
+            layer,
+            keep_unassigned,
+            unassigned,
+            guide_key=guide_key,
+            guide_map=guide_map,
+        ).read(data)
+        table = guide_efficiency(dataset, min_knockdown=min_knockdown, alpha=alpha)
+        write_csv(table, out, overwrite=overwrite)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    # A guide on a combination has a row per target gene.
+    rows = "guides" if table["guide"].is_unique else "guide-target pairs"
+    console.print(
+        f"{int(table['efficient'].sum())} of {len(table)} {rows} efficient (knockdown ≥ "
+        f"{min_knockdown:g}, p ≤ {alpha:g}), {int((~table['target_measured']).sum())} with an "
+        f"unmeasured target; written to [bold]{escape(str(out))}[/]"
+    )
+
+
 @app.command("datasets")
 def list_datasets() -> None:
     """List the registered datasets and whether they are available here."""

@@ -231,7 +231,7 @@ def test_predict_named_conditions_in_any_order(data_file, tmp_path):
     assert both.exit_code == 1 and "exactly one" in both.output
 
 
-@pytest.mark.parametrize("command", ["demo", "fit", "predict", "evaluate", "models"])
+@pytest.mark.parametrize("command", ["demo", "fit", "predict", "evaluate", "guides", "models"])
 def test_help_is_complete(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -242,7 +242,7 @@ def test_help_is_complete(command):
 def test_top_level_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "fit", "predict", "evaluate", "models"):
+    for command in ("demo", "fit", "predict", "evaluate", "guides", "models"):
         assert command in result.output
 
 

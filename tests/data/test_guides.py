@@ -1,4 +1,5 @@
-"""Guide-level conditions: reading, the guide → gene map, guide splits and the guide fallback."""
+"""Guide-level conditions: reading, the guide → gene map, guide splits, the guide fallback and
+guide efficiency."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from perturbflow.data import DataValidationError, read
-from perturbflow.data.guides import GuideError, read_guide_map
+from perturbflow.data.guides import (
+    EFFICIENCY_COLUMNS,
+    GuideError,
+    NotGuideLevelError,
+    guide_efficiency,
+    read_guide_map,
+)
 from perturbflow.data.splits import Split, make_split, unseen_guide_split
 
 GENES = [f"G{i}" for i in range(40)]
@@ -180,3 +188,88 @@ def test_cli_fits_at_guide_level_with_an_unseen_guide_split(tmp_path):
     ]
     bad = CliRunner().invoke(app, bad_args)
     assert bad.exit_code == 1 and "none.csv not found" in bad.output
+
+
+# Planted target levels (normalised expression, before log1p) of the efficiency screen: each
+# guide's cells hold its target at the given mean, every other gene at the control mean.
+CONTROL_LEVELS = {"A": 10.0, "B": 6.0, "C": 0.0}
+GUIDE_LEVELS = {
+    "A_1": ("A", {"A": 2.0}),  # knockdown 0.8
+    "A_2": ("A", {}),  # no knockdown
+    "B_1": ("B", {"B": 3.0}),  # knockdown 0.5
+    "B_2": ("B", {}),
+    "C_1": ("C", {}),  # C is not expressed in control cells: no knockdown can be seen
+    "D_1": ("D", {}),  # D is not measured
+    "AB_1": ("A+B", {"A": 5.0}),  # one construct on two genes: A halved, B untouched
+}
+
+
+def efficiency_screen(n_cells: int = 10) -> ad.AnnData:
+    """Control cells and the guides of ``GUIDE_LEVELS``; a target's cells alternate between
+    level ± 10 % so each group's mean is exactly the planted level, and three background genes."""
+    rng = np.random.default_rng(0)
+    spread = np.where(np.arange(n_cells) % 2 == 0, 1.1, 0.9)  # (n,), mean exactly 1
+    blocks, genes, guides = [], [], []
+    for guide, (gene, levels) in [("NTC", ("ctrl", {})), *GUIDE_LEVELS.items()]:
+        count = 2 * n_cells if guide == "NTC" else n_cells
+        targets = [
+            {**CONTROL_LEVELS, **levels}[name] * np.tile(spread, count // n_cells)
+            for name in CONTROL_LEVELS
+        ]
+        background = rng.uniform(1.0, 5.0, (count, 3))  # (count, 3)
+        blocks.append(np.column_stack([*targets, background]))  # (count, 6)
+        genes += [gene] * count
+        guides += [guide] * count
+    obs = pd.DataFrame({"gene": genes, "guide": guides}, index=[f"c{i}" for i in range(len(genes))])
+    var = pd.DataFrame(index=[*CONTROL_LEVELS, "G0", "G1", "G2"])
+    return ad.AnnData(X=np.log1p(np.vstack(blocks)).astype(np.float32), obs=obs, var=var)
+
+
+def test_guide_efficiency_recovers_the_planted_knockdowns():
+    dataset = read(efficiency_screen(), condition_key="gene", guide_key="guide")
+    table = guide_efficiency(dataset).set_index(["guide", "gene"])
+    assert list(table.reset_index().columns) == list(EFFICIENCY_COLUMNS)
+    order = [("A_1", "A"), ("A_2", "A"), ("AB_1", "A"), ("AB_1", "B"), ("B_1", "B")]
+    order += [("B_2", "B"), ("C_1", "C"), ("D_1", "D")]
+    assert sorted(table.index) == sorted(order)
+    table = table.loc[order]
+    np.testing.assert_allclose(
+        table["knockdown"], [0.8, 0.0, 0.5, 0.0, 0.5, 0.0, np.nan, np.nan], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        table["control_mean"], [10, 10, 10, 6, 6, 6, 0, np.nan], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        table["guide_mean"], [2, 10, 5, 6, 3, 6, 0, np.nan], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        table["log_fold_change"][:6], np.log2([0.2, 1, 0.5, 1, 0.5, 1]), atol=1e-5
+    )
+    assert table.loc[("C_1", "C"), "log_fold_change"] == 0.0  # two zero means: no change
+    p = table["p_value"]
+    assert (p.iloc[[0, 2, 4]] < 1e-3).all() and (p.iloc[[1, 3, 5]] > 0.3).all()
+    assert p.iloc[6] == 1.0  # C is zero everywhere: no evidence of a knockdown
+    assert table["efficient"].tolist() == [True, False, True, False, True, False, False, False]
+    assert table["target_measured"].tolist() == [True] * 7 + [False]
+    assert np.isnan(table.loc[("D_1", "D"), ["control_mean", "p_value"]].astype(float)).all()
+    assert (table["n_cells"] == 10).all()
+    # The threshold is a switch: at 0.6 only the 80 % guide is efficient.
+    strict = guide_efficiency(dataset, min_knockdown=0.6).set_index(["guide", "gene"])
+    assert strict.loc[order, "efficient"].tolist() == [True] + [False] * 7
+
+
+def test_guide_efficiency_is_the_same_on_sparse_data():
+    dense = efficiency_screen()
+    sparse = dense.copy()
+    sparse.X = sp.csr_matrix(sparse.X)
+    tables = [
+        guide_efficiency(read(adata, condition_key="gene", guide_key="guide"))
+        for adata in (dense, sparse)
+    ]
+    pd.testing.assert_frame_equal(*tables)
+
+
+def test_guide_efficiency_needs_guide_level_data():
+    dataset = read(efficiency_screen(), condition_key="gene")
+    with pytest.raises(NotGuideLevelError, match="not read at guide level.*guide_key="):
+        guide_efficiency(dataset)
