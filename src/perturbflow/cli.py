@@ -1436,7 +1436,7 @@ def guides(
     rows = "guides" if table["guide"].is_unique else "guide-target pairs"
     console.print(
         f"{int(table['efficient'].sum())} of {len(table)} {rows} efficient (knockdown ≥ "
-        f"{min_knockdown:g}, p ≤ {alpha:g}), {int((~table['target_measured']).sum())} with an "
+        f"{min_knockdown:g}, FDR ≤ {alpha:g}), {int((~table['target_measured']).sum())} with an "
         f"unmeasured target; written to [bold]{escape(str(out))}[/]"
     )
 

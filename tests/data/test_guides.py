@@ -249,6 +249,14 @@ def test_guide_efficiency_recovers_the_planted_knockdowns():
     p = table["p_value"]
     assert (p.iloc[[0, 2, 4]] < 1e-3).all() and (p.iloc[[1, 3, 5]] > 0.3).all()
     assert p.iloc[6] == 1.0  # C is zero everywhere: no evidence of a knockdown
+    # Benjamini-Hochberg over the 7 tested rows: the i-th smallest p times 7 / i, made monotone.
+    fdr = table["fdr"].iloc[:7].to_numpy()
+    tested = p.iloc[:7].to_numpy()
+    ranks = tested.argsort().argsort() + 1  # (7,) 1-based
+    raw = tested * 7 / ranks
+    expected = np.array([raw[tested >= value].min() for value in tested]).clip(max=1.0)
+    np.testing.assert_allclose(fdr, expected)
+    assert np.isnan(table.loc[("D_1", "D"), "fdr"]) and (fdr >= tested).all()
     assert table["efficient"].tolist() == [True, False, True, False, True, False, False, False]
     assert table["target_measured"].tolist() == [True] * 7 + [False]
     assert np.isnan(table.loc[("D_1", "D"), ["control_mean", "p_value"]].astype(float)).all()
