@@ -1396,7 +1396,10 @@ def guides(
         typer.Option(help="Fraction of the target removed for a guide to count as efficient."),
     ] = 0.3,
     alpha: Annotated[
-        float, typer.Option(help="One-sided rank-test p-value an efficient guide must reach.")
+        float,
+        typer.Option(
+            help="Benjamini-Hochberg FDR (one-sided rank test) an efficient guide must reach."
+        ),
     ] = 0.05,
     guide_map: GuideMap = None,
     condition_key: ConditionKey = "condition",
