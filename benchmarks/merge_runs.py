@@ -49,6 +49,11 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default=None, help="comma-separated models to keep")
+    parser.add_argument(
+        "--reference",
+        default="scbig",
+        help="the variant the acceptance checks and paired differences are about",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     folder = prepare_output_dir(args.out, overwrite=args.overwrite)
@@ -65,7 +70,14 @@ def main() -> None:
     commands.append(" ".join([".venv/bin/python benchmarks/merge_runs.py", *sys.argv[1:]]))
     (folder / "command.txt").write_text("\n".join(commands) + "\n")
     results = pd.read_csv(folder / "results.csv")
-    (folder / "table.md").write_text(_ablation().report(results))
+    ablation = _ablation()
+    weights = (
+        pd.read_csv(folder / "mean_weights.csv") if (folder / "mean_weights.csv").exists() else None
+    )
+    (folder / "table.md").write_text(
+        ablation.report(results, args.reference)
+        + (ablation.weights_table(weights) if weights is not None else "")
+    )
     mark_complete(folder)
 
 

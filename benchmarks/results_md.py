@@ -33,9 +33,34 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
+        "runs/grn_accept_combo_v3",
+        "Issue 12 acceptance, combo split: five GRN screens, 5 seeds, scbig with the flow's mean "
+        "and shape weights chosen by cross-validation",
+    ),
+    (
+        "runs/grn_fastflow",
+        "scbig's flow at 4x the learning rate, last weights kept (`fast_flow`): paired against the "
+        "default of `grn_accept_combo_v3`; DoRothEA s2 and CollecTRI s3 stopped after 2 seeds",
+    ),
+    (
+        "runs/real_norman19_combo_v4",
+        "`norman19_subset`, combo split, 5 seeds, scbig with cross-validated mean and shape "
+        "weights",
+    ),
+    (
+        "runs/real_mcfaline23_ccl_v3",
+        "`mcfaline23_subset`, cross-cell-line split, 5 seeds, scbig with cross-validated mean and "
+        "shape weights",
+    ),
+    (
+        "runs/real_papalexi_unseen_v4",
+        "`papalexi21_thp1`, unseen-single split, 5 seeds, scbig with cross-validated mean and "
+        "shape weights",
+    ),
+    (
         "runs/grn_accept_combo_v2",
         "Issue 12 acceptance, combo split: four GRN screens, 5 seeds, scbig starting from "
-        "`network_additive`",
+        "`network_additive`, the flow's reshaping always kept whole (before the shape weight)",
     ),
     (
         "runs/grn_accept_simulation_v2",
@@ -62,16 +87,18 @@ RUNS = (
     ),
     (
         "runs/real_norman19_combo_v3",
-        "`norman19_subset`, combo split, 5 seeds, scbig starting from `network_additive`",
+        "`norman19_subset`, combo split, 5 seeds, scbig starting from `network_additive` "
+        "(reshaping kept whole)",
     ),
     (
         "runs/real_mcfaline23_ccl_v2",
         "`mcfaline23_subset`, cross-cell-line split, 5 seeds, scbig starting from "
-        "`network_additive`",
+        "`network_additive` (reshaping kept whole)",
     ),
     (
         "runs/real_papalexi_unseen_v3",
-        "`papalexi21_thp1`, unseen-single split, 5 seeds, scbig starting from `network_additive`",
+        "`papalexi21_thp1`, unseen-single split, 5 seeds, scbig starting from `network_additive` "
+        "(reshaping kept whole)",
     ),
     (
         "runs/grnsim_s1_combo_cellflow",

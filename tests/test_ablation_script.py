@@ -99,3 +99,46 @@ def test_paired_differences_pair_by_seed():
     # Every seed differs by exactly +0.5, so the bootstrap CI collapses onto it.
     assert row["difference"] == pytest.approx(0.5)
     assert row["ci_low"] == pytest.approx(0.5) and row["ci_high"] == pytest.approx(0.5)
+
+
+def _run_folder(folder: Path, model: str, seeds, energy: float, shape=None) -> Path:
+    folder.mkdir()
+    rows = [
+        ("c", "combo_seen2", metric, value, name, seed, "screen", "combo")
+        for seed in seeds
+        for name, scale in ((model, 1.0), ("additive", 2.0))
+        for metric, value in (("pearson_delta_de20", 0.9), ("energy_distance", energy * scale))
+    ]
+    columns = ["condition", "subgroup", "metric", "value", "model", "seed", "screen", "split"]
+    pd.DataFrame(rows, columns=columns).to_csv(folder / "results.csv", index=False)
+    weights = {"screen": "screen", "split": "combo", "model": model, "kind": "combo_seen2"}
+    table = pd.DataFrame([{**weights, "seed": s, "weight": 0.0, "n_conditions": 6} for s in seeds])
+    if shape is not None:
+        table["shape_weight"] = shape
+    table.to_csv(folder / "mean_weights.csv", index=False)
+    (folder / "command.txt").write_text(f"made {folder.name}\n")
+    return folder
+
+
+def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path, monkeypatch):
+    import sys
+
+    spec = importlib.util.spec_from_file_location("merge_script", SCRIPT.with_name("merge_runs.py"))
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    first = _run_folder(tmp_path / "new", "scbig_default", (1, 2), energy=0.4, shape=3.0)
+    second = _run_folder(tmp_path / "old", "scbig_default", (2, 3), energy=0.6)
+    out = tmp_path / "merged"
+    argv = ["merge_runs.py", "--out", str(out), "--reference", "scbig_default"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(first), str(second)])
+    merge.main()
+    results = pd.read_csv(out / "results.csv")
+    energy = results[(results["metric"] == "energy_distance") & (results["model"] != "additive")]
+    # Seed 2 is in both folders: the first one's value is kept.
+    assert energy.set_index("seed")["value"].to_dict() == {1: 0.4, 2: 0.4, 3: 0.6}
+    command = (out / "command.txt").read_text()
+    assert "made new" in command and "made old" in command and "--reference" in command
+    table = (out / "table.md").read_text()
+    assert "energy ≤ 0.5 × additive" in table  # the checks are about the named reference
+    # Shape weights where a run recorded them, "-" where it predates them.
+    assert "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 6, 6, 6 |" in table

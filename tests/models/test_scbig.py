@@ -393,16 +393,27 @@ def test_mean_and_shape_weights_are_chosen_per_kind_on_held_out_training_conditi
     for kind in counts:
         if kind.startswith("combo") and counts[kind] >= 2:
             assert mean[kind] == 0.0 and shape[kind] == 0.25
-    # seen_single has no held-out condition: it takes the choice pooled over all of them.
+    # seen_single has no held-out condition: it takes the choice pooled over all of them, by the
+    # pooled energies on control PCs and on genes, each relative to its value at scale 1.
     report = model.shape_weight_cv_
-    pooled = {
-        weight: sum(
-            report[kind]["n_conditions"] * report[kind]["energy"][f"{weight:g}"] for kind in counts
-        )
-        for weight in SHAPE_WEIGHT_GRID
+    total = sum(counts.values())
+
+    def pooled(space, weight):
+        return sum(report[k]["n_conditions"] * report[k][space][f"{weight:g}"] for k in counts)
+
+    score = {
+        w: pooled("energy", w) / pooled("energy", 1.0)
+        + pooled("energy_genes", w) / pooled("energy_genes", 1.0)
+        for w in SHAPE_WEIGHT_GRID
     }
-    assert report["pooled"]["n_conditions"] == sum(counts.values())
-    assert shape["seen_single"] == report["pooled"]["weight"] == min(pooled, key=pooled.get)
+    assert report["pooled"]["n_conditions"] == total
+    assert shape["seen_single"] == report["pooled"]["weight"] == min(score, key=score.get)
+    for kind in counts:  # each kind's own score: both energies relative to scale 1, summed
+        row = report[kind]
+        for w in SHAPE_WEIGHT_GRID:
+            expected = row["energy"][f"{w:g}"] / row["energy"]["1"]
+            expected += row["energy_genes"][f"{w:g}"] / row["energy_genes"]["1"]
+            assert row["score"][f"{w:g}"] == pytest.approx(expected)
 
 
 def test_with_too_few_held_out_conditions_the_start_s_cells_are_kept(data, monkeypatch):

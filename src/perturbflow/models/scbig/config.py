@@ -102,8 +102,8 @@ class ScBIGConfig:
     mean_weight: float | None = None
     # Scale of the flow's reshaping of the cells around their mean, >= 0 (1: as the flow moved
     # them); None: chosen per condition kind from SHAPE_WEIGHT_GRID in the same fold by energy
-    # distance to the held-out conditions' cells (kinds with too few take the pooled choice; 0
-    # when the fold has too few in all).
+    # distance to the held-out conditions' cells on control PCs and on genes (kinds with too few
+    # take the pooled choice; 0 when the fold has too few in all).
     shape_weight: float | None = None
     cv_hidden_genes: float = 0.1
     cv_doubles: float = 0.2

@@ -167,6 +167,17 @@ def _control_projection(control: np.ndarray, centre: np.ndarray, n_components: i
     return lambda cells: (np.asarray(cells, dtype=np.float64) - centre) @ basis
 
 
+def _best_shape(
+    by_weight: dict[float, list[tuple[float, float]]],
+) -> tuple[float, dict[float, float]]:
+    """The scale with the lowest score (ties: the smaller) and every scale's score: the mean
+    energy on control PCs and on genes, each divided by its value at scale 1, summed."""
+    means = {weight: np.mean(values, axis=0) for weight, values in by_weight.items()}  # (2,)
+    unit = np.maximum(means[1.0], 1e-12)  # (2,)
+    score = {weight: float((mean / unit).sum()) for weight, mean in means.items()}
+    return min(score, key=lambda weight: (score[weight], weight)), score
+
+
 def _energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Energy distance ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` (Euclidean, V-statistic) between
     ``(n, K)`` and ``(m, K)``: the evaluation's definition (the model layer cannot import it)."""
@@ -483,56 +494,66 @@ class ScBIG:
         generator: np.random.Generator,
     ) -> dict[str, float]:
         """Per kind, the scale of the flow's reshaping (its change of each cell around the mean)
-        with the lowest energy distance to the held-out conditions' real cells, at the kind's
-        mean weight, on the control cells' top principal components.
+        that brings the held-out conditions' predicted cells closest to their real cells, at the
+        kind's mean weight.
 
-        A kind with fewer than ``cv_min_conditions`` held-out conditions takes the choice pooled
-        over every held-out condition; with fewer than that in all, the start's cells are kept
-        (weight 0): the flow keeps only what held-out conditions show it adds.
+        Closeness is the energy distance in two spaces, each relative to its value at scale 1 (the
+        flow as trained), summed: on the control cells' top principal components (the
+        evaluation's headline) and on all genes. Either alone can prefer a scale the other
+        finds worse: directions the control cells do not vary in are invisible to the first, and
+        the second is dominated by per-gene noise. A kind with fewer than ``cv_min_conditions``
+        held-out conditions takes the choice pooled over every held-out condition; with fewer
+        than that in all, the start's cells are kept (scale 0): the flow keeps only what held-out
+        conditions show it adds.
         """
         projection = _control_projection(self.control_cells_, self.control_mean_, _SHAPE_PCS)
-        distances: dict[str, dict[float, list[float]]] = {}
+        # kind -> scale -> [(energy on control PCs, energy on genes)], one per held-out condition
+        distances: dict[str, dict[float, list[tuple[float, float]]]] = {}
         for name, (kind, start_cells, change) in held_out.items():
             pool = data.cells(name)
             take = generator.choice(len(pool), min(len(pool), _VALIDATION_CELLS), replace=False)
-            real = projection(pool[torch.from_numpy(np.sort(take))].numpy())  # (m, K)
+            real = pool[torch.from_numpy(np.sort(take))].numpy().astype(np.float64)  # (m, G)
+            real_pcs = projection(real)  # (m, K)
             mean_change = mean_weights.get(kind, 0.0) * change.mean(axis=0)  # (G,)
             shape = change - change.mean(axis=0)  # (n, G)
             for weight in SHAPE_WEIGHT_GRID:
-                cells = projection(start_cells + mean_change + weight * shape)  # (n, K)
+                cells = (start_cells + mean_change + weight * shape).astype(np.float64)  # (n, G)
                 distances.setdefault(kind, {}).setdefault(weight, []).append(
-                    _energy_distance(cells, real)
+                    (
+                        _energy_distance(projection(cells), real_pcs),
+                        _energy_distance(cells, real),
+                    )
                 )
-        pooled: dict[float, list[float]] = {}
+        pooled: dict[float, list[tuple[float, float]]] = {}
         for by_weight in distances.values():
             for weight, values in by_weight.items():
                 pooled.setdefault(weight, []).extend(values)
 
         minimum = self.config.cv_min_conditions
-
-        def best(by_weight: dict[float, list[float]]) -> tuple[float, dict[float, float]]:
-            energy = {weight: float(np.mean(values)) for weight, values in by_weight.items()}
-            return min(energy, key=lambda weight: (energy[weight], weight)), energy
-
         n_pooled = len(pooled.get(0.0, []))
-        fallback = best(pooled)[0] if n_pooled >= minimum else 0.0
+        fallback = _best_shape(pooled)[0] if n_pooled >= minimum else 0.0
         weights = dict.fromkeys(CONDITION_KINDS, fallback)
         self.shape_weight_cv_["pooled"] = {"n_conditions": n_pooled, "weight": fallback}
         for kind, by_weight in sorted(distances.items()):
-            choice, energy = best(by_weight)
+            choice, score = _best_shape(by_weight)
             count = len(by_weight[0.0])
             if count >= minimum:
                 weights[kind] = choice
+            means = {w: np.mean(values, axis=0) for w, values in by_weight.items()}  # (2,) each
+            # String keys: the report is stored as JSON in checkpoints.
             self.shape_weight_cv_[kind] = {
                 "n_conditions": count,
-                "energy": {f"{w:g}": e for w, e in energy.items()},
+                "energy": {f"{w:g}": float(m[0]) for w, m in means.items()},
+                "energy_genes": {f"{w:g}": float(m[1]) for w, m in means.items()},
+                "score": {f"{w:g}": v for w, v in score.items()},
             }
             logger.info(
-                "scbig: %s: flow shape weight %.2f (%d held-out training conditions; energy %s)",
+                "scbig: %s: flow shape weight %.2f (%d held-out training conditions; energy on "
+                "control PCs / genes %s)",
                 kind,
                 weights[kind],
                 count,
-                ", ".join(f"{w:g}: {e:.4f}" for w, e in energy.items()),
+                ", ".join(f"{w:g}: {m[0]:.4f} / {m[1]:.4f}" for w, m in means.items()),
             )
         return weights
 
