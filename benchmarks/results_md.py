@@ -35,12 +35,19 @@ RUNS = (
     (
         "runs/grn_accept_combo_v3",
         "Issue 12 acceptance, combo split: five GRN screens, 5 seeds, scbig with the flow's mean "
-        "and shape weights chosen by cross-validation",
+        "and shape weights chosen by cross-validation (scbig and additive rerun; the other "
+        "baselines, which did not change, merged from `grn_shape_pca`)",
+    ),
+    (
+        "runs/grn_shape_pca",
+        "The shape weight chosen by the energy on control PCs alone (superseded by the sum of "
+        "relative energies on PCs and genes, `grn_accept_combo_v3`)",
     ),
     (
         "runs/grn_fastflow",
-        "scbig's flow at 4x the learning rate, last weights kept (`fast_flow`): paired against the "
-        "default of `grn_accept_combo_v3`; DoRothEA s2 and CollecTRI s3 stopped after 2 seeds",
+        "scbig's flow at 4x the learning rate, last weights kept (`fast_flow`), with the "
+        "PCA-only shape weight: compare with `grn_shape_pca`; DoRothEA s2 and CollecTRI s3 "
+        "stopped after 2 seeds",
     ),
     (
         "runs/real_norman19_combo_v4",
