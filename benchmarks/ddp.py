@@ -85,7 +85,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     from perturbflow.data import read
     from perturbflow.data.splits import make_split
-    from perturbflow.models.scbig import ScBIG, ScBIGConfig
+    from perturbflow.eval.loop import RunSpec, fit_model
+    from perturbflow.models.scbig import ScBIG
     from perturbflow.train import is_global_zero
 
     torch.set_num_threads(1)
@@ -97,9 +98,9 @@ def _worker(args: argparse.Namespace) -> None:
     dataset = read(args.screen)
     split = make_split("simulation", dataset.conditions, seed=SPLIT_SEED)
     devices, strategy = (2, "ddp") if args.worker == "ddp" else (1, "auto")
-    config = ScBIGConfig(**SCBIG_OPTIONS, devices=devices, strategy=strategy, seed=args.seed)
+    spec = RunSpec("scbig", "scbig", {**SCBIG_OPTIONS, "devices": devices, "strategy": strategy})
     start = time.perf_counter()
-    model = ScBIG(config).fit(dataset, split)
+    model = fit_model(spec, dataset, split, args.seed)  # the package's one fit call site
     fit_s = time.perf_counter() - start
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if not is_global_zero():
