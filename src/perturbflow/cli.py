@@ -25,6 +25,7 @@ from perturbflow.data import ReadOptions, read
 from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.datasets import list_datasets as dataset_table
 from perturbflow.data.grnsim import GRNScreenConfig, simulate_grn_screen
+from perturbflow.data.guides import guide_efficiency
 from perturbflow.data.io import UNASSIGNED_LABELS, match_control_cells
 from perturbflow.data.outputs import (
     lock_output_dir,
@@ -1415,8 +1416,6 @@ def guides(
 
     perturbflow.data.guides.guide_efficiency explains the columns.
     """
-    from perturbflow.data.guides import guide_efficiency
-
     try:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
