@@ -706,3 +706,15 @@ def test_cross_fit_start_moves_training_combinations_to_their_held_out_start():
     np.testing.assert_array_equal(  # a test double is not a training combination of the map
         model.start_.shifts([split.test[0]], cross_fit=True), model.start_.shifts([split.test[0]])
     )
+
+
+def test_without_held_out_conditions_the_start_s_cells_are_kept_unless_fixed(data):
+    dataset, split = data
+    train = [name for name in split.train if name != "ctrl"]
+    empty_fold = dict(cv_hidden_genes=0.0, cv_doubles=0.0)
+    model = ScBIG(dataclasses.replace(TINY, **empty_fold))
+    mean, shape = model._choose_weights(dataset, train, [], None, None)  # no flow is fitted
+    assert set(mean.values()) == set(shape.values()) == {0.0}
+    fixed = ScBIG(dataclasses.replace(TINY, shape_weight=2.0, **empty_fold))
+    mean, shape = fixed._choose_weights(dataset, train, [], None, None)
+    assert set(mean.values()) == {0.0} and set(shape.values()) == {2.0}
