@@ -39,6 +39,12 @@ RUNS = (
         "baselines, which did not change, merged from `grn_shape_pca`)",
     ),
     (
+        "runs/grn_accept_simulation_v3",
+        "Issue 12 acceptance, GEARS simulation split: four GRN screens, 5 seeds, scbig with "
+        "cross-validated mean and shape weights (scbig and additive rerun; the other baselines, "
+        "which did not change, merged from `grn_accept_simulation_v2`)",
+    ),
+    (
         "runs/grn_shape_pca",
         "The shape weight chosen by the energy on control PCs alone (superseded by the sum of "
         "relative energies on PCs and genes, `grn_accept_combo_v3`)",
@@ -72,7 +78,7 @@ RUNS = (
     (
         "runs/grn_accept_simulation_v2",
         "Issue 12 acceptance, GEARS simulation split: four GRN screens, 5 seeds, scbig starting "
-        "from `network_additive`",
+        "from `network_additive`, the flow's reshaping kept whole (before the shape weight)",
     ),
     (
         "runs/grn_cross_fit_a",
