@@ -71,12 +71,10 @@ def main() -> None:
     (folder / "command.txt").write_text("\n".join(commands) + "\n")
     results = pd.read_csv(folder / "results.csv")
     ablation = _ablation()
-    weights = (
-        pd.read_csv(folder / "mean_weights.csv") if (folder / "mean_weights.csv").exists() else None
-    )
+    weights_file = folder / "mean_weights.csv"
+    weights = pd.read_csv(weights_file) if weights_file.exists() else pd.DataFrame()
     (folder / "table.md").write_text(
-        ablation.report(results, args.reference)
-        + (ablation.weights_table(weights) if weights is not None else "")
+        ablation.report(results, args.reference) + ablation.weights_table(weights)
     )
     mark_complete(folder)
 
