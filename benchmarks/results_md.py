@@ -15,6 +15,7 @@ Run (the default list of run folders is :data:`RUNS`):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,6 +113,18 @@ RUNS = (
         "runs/real_papalexi_unseen_v3",
         "`papalexi21_thp1`, unseen-single split, 5 seeds, scbig starting from `network_additive` "
         "(reshaping kept whole)",
+    ),
+    (
+        "runs/grnsim_s1_combo_gears_nfkb",
+        "GEARS on the staged `grnsim_collectri_s1`, combo split, 5 seeds, with CollecTRI's NFKB "
+        "complex given the GO terms of NFKB1, NFKB2, RELA, RELB and REL (`--model-config` "
+        "`go_table`; without them GEARS refuses every seed before training, "
+        "`grnsim_s1_combo_gears`); the other models on the same splits: `grn_accept_combo_v3`",
+    ),
+    (
+        "runs/grnsim_s1_combo_gears",
+        "GEARS on the staged `grnsim_collectri_s1` with the shipped GO table: refused before "
+        "training in every seed (NFKB has no GO terms)",
     ),
     (
         "runs/grnsim_s1_combo_cellflow",
@@ -255,6 +268,18 @@ the two jobs' fits competed for the cores (scbig 180-730 s instead of about 70 s
 """
 
 
+def _failures(folder: Path) -> list[str]:
+    """A line per run that failed in some seeds (``runs.json``'s ``failed``: seed → error)."""
+    runs_file = folder / "runs.json"
+    if not runs_file.exists():
+        return []
+    lines = []
+    for label, meta in json.loads(runs_file.read_text()).items():
+        for seed, error in sorted(meta.get("failed", {}).items()):
+            lines.append(f"{label} failed in seed {seed} (left out): {error}\n")
+    return lines
+
+
 def section(folder: Path, title: str | None = None) -> str:
     """One run folder's heading, command, median slow fit times and table."""
     command = (folder / "command.txt").read_text().strip()
@@ -267,12 +292,14 @@ def section(folder: Path, title: str | None = None) -> str:
     ]
     timings = folder / "timings.csv"
     if timings.exists():
-        medians = pd.read_csv(timings).groupby("model", sort=False)["fit_s"].median()
+        fits = pd.read_csv(timings)
+        medians = fits.groupby("model", sort=False)["fit_s"].median().astype(float)
         slow = medians[medians >= 5].round(0).astype(int)  # the baselines fit in about a second
         if len(slow):
             lines.append(
                 "Median fit seconds: " + ", ".join(f"{n} {v}" for n, v in slow.items()) + ".\n"
             )
+    lines.extend(_failures(folder))
     if (folder / "table.md").exists():
         lines.append((folder / "table.md").read_text())
     else:

@@ -110,3 +110,25 @@ def test_a_low_sample_run_is_tabled_per_level_with_the_discrimination_line(tmp_p
     assert "| discrimination_l1 | scbig | 0.700 ± 0.000 | 0.800 ± 0.000 |" in text
     assert "`combo_seen2`" in text and "unseen_single" not in text
     assert "at 10 training cells per condition: scbig 0.700 ± 0.000, additive 0.600" in text
+
+
+def test_a_run_whose_every_fit_failed_is_tabled_with_its_failures(tmp_path):
+    import json
+
+    module = _load()
+    folder = tmp_path / "peer"
+    folder.mkdir()
+    (folder / "command.txt").write_text("perturbflow benchmark --models gears\n")
+    pd.DataFrame(columns=["model", "seed", "fit_s", "predict_s"]).to_csv(
+        folder / "timings.csv", index=False
+    )
+    rows = [("A", "combo_seen2", "pearson_delta", 0.9, "noise_ceiling", 1)]
+    pd.DataFrame(
+        rows, columns=["condition", "subgroup", "metric", "value", "model", "seed"]
+    ).to_csv(folder / "results.csv", index=False)
+    failed = {"1": "UnknownPerturbationError: NFKB", "2": "UnknownPerturbationError: REL"}
+    (folder / "runs.json").write_text(json.dumps({"gears": {"model": "gears", "failed": failed}}))
+    text = module.section(folder)
+    assert "gears failed in seed 1 (left out): UnknownPerturbationError: NFKB" in text
+    assert "gears failed in seed 2 (left out): UnknownPerturbationError: REL" in text
+    assert "Median fit" not in text  # no fit finished
