@@ -101,7 +101,7 @@ def test_paired_differences_pair_by_seed():
     assert row["ci_low"] == pytest.approx(0.5) and row["ci_high"] == pytest.approx(0.5)
 
 
-def _run_folder(folder: Path, model: str, seeds, energy: float, shape=None) -> Path:
+def _run_folder(folder: Path, model: str, seeds, energy: float, shape=None, blend=None) -> Path:
     folder.mkdir()
     rows = [
         ("c", "combo_seen2", metric, value, name, seed, "screen", "combo")
@@ -115,6 +115,8 @@ def _run_folder(folder: Path, model: str, seeds, energy: float, shape=None) -> P
     table = pd.DataFrame([{**weights, "seed": s, "weight": 0.0, "n_conditions": 6} for s in seeds])
     if shape is not None:
         table["shape_weight"] = shape
+    if blend is not None:
+        table["combinator_top"], table["combinator_rest"] = blend
     table.to_csv(folder / "mean_weights.csv", index=False)
     (folder / "command.txt").write_text(f"made {folder.name}\n")
     return folder
@@ -126,7 +128,9 @@ def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path,
     spec = importlib.util.spec_from_file_location("merge_script", SCRIPT.with_name("merge_runs.py"))
     merge = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(merge)
-    first = _run_folder(tmp_path / "new", "scbig_default", (1, 2), energy=0.4, shape=3.0)
+    first = _run_folder(
+        tmp_path / "new", "scbig_default", (1, 2), energy=0.4, shape=3.0, blend=(0.5, 1.0)
+    )
     second = _run_folder(tmp_path / "old", "scbig_default", (2, 3), energy=0.6)
     out = tmp_path / "merged"
     argv = ["merge_runs.py", "--out", str(out), "--reference", "scbig_default"]
@@ -140,5 +144,11 @@ def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path,
     assert "made new" in command and "made old" in command and "--reference" in command
     table = (out / "table.md").read_text()
     assert "energy ≤ 0.5 × additive" in table  # the checks are about the named reference
-    # Shape weights where a run recorded them, "-" where it predates them.
-    assert "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 6, 6, 6 |" in table
+    # Shape weights and combinator shares where a run recorded them, "-" where it predates them.
+    row = (
+        "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 0.5/1, 0.5/1 | 6, 6, 6 |"
+    )
+    assert row in table
+    assert _load().weights_table(pd.read_csv(second / "mean_weights.csv")).endswith(
+        "| screen | combo | scbig_default | combo_seen2 | 0, 0 | - | - | 6, 6 |\n"
+    )

@@ -20,7 +20,7 @@ from perturbflow.models.autoencoders import MLPAutoencoder
 from perturbflow.models.condition_encoder import UnknownGeneError
 from perturbflow.models.gcae import GCAE, ModuleInducedAttentionBlock
 from perturbflow.models.scbig import ScBIG, ScBIGConfig, objectives
-from perturbflow.models.scbig.config import SHAPE_WEIGHT_GRID
+from perturbflow.models.scbig.config import COMBINATOR_TOP_GENES, SHAPE_WEIGHT_GRID
 from perturbflow.models.scbig.model import (
     _CellPools,
     _condition_rows,
@@ -168,6 +168,12 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     assert loaded.mean_weight_cv_ == fitted.mean_weight_cv_
     assert loaded.shape_weights_ == fitted.shape_weights_
     assert loaded.shape_weight_cv_ == fitted.shape_weight_cv_
+    assert loaded.combinator_weights_ == fitted.combinator_weights_
+    assert loaded.combinator_weight_cv_ == fitted.combinator_weight_cv_
+    doubles = [name for name in split.test if "+" in name]
+    np.testing.assert_allclose(  # the combinator the start blends in
+        loaded.start_.combinator.shifts(doubles), fitted.start_.combinator.shifts(doubles)
+    )
     # The start model (calibrated scales, target-aware fill) survives too.
     assert (
         loaded.start_.additive.estimator_.target_scales
@@ -194,21 +200,31 @@ def test_checkpoint_with_an_unknown_setting_is_refused(fitted, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("network_prior", "cross_fit", "start"),
+    ("network_prior", "cross_fit", "start", "blend"),
     [
-        (False, False, "calibrated_additive"),
-        (True, False, "network_additive"),
+        (False, False, "calibrated_additive", (0.0, 0.0)),
+        (True, False, "network_additive", (0.0, 0.0)),
         # Cross-fitting moves the training conditions' starts only, never a prediction's.
-        (True, True, "network_additive"),
+        (True, True, "network_additive", (0.0, 0.0)),
+        # Combinations start partway to the combinator's means: 0.5 of the way on their 20 most
+        # changed genes, all the way on the others.
+        (True, False, "network_additive", (0.5, 1.0)),
     ],
 )
-def test_zero_velocity_predicts_the_start_models_means(data, network_prior, cross_fit, start):
+def test_zero_velocity_predicts_the_start_models_means(
+    data, network_prior, cross_fit, start, blend
+):
     # The network case on a planted screen whose doubles the map does change.
     dataset, split = network_screen()[::2] if network_prior else data
     # The flow's mean, all of it (mean weight 1); the untrained autoencoder cancels out of the
     # residual decoding.
     config = dataclasses.replace(
-        QUICK, mean_weight=1.0, network_prior=network_prior, cross_fit_start=cross_fit
+        QUICK,
+        mean_weight=1.0,
+        network_prior=network_prior,
+        cross_fit_start=cross_fit,
+        combinator_weight_top=blend[0],
+        combinator_weight_rest=blend[1],
     )
     model = ScBIG(config).fit(dataset, split)
     with torch.no_grad():
@@ -219,10 +235,20 @@ def test_zero_velocity_predicts_the_start_models_means(data, network_prior, cros
     assert (network is not None and network.penalty is not None) == network_prior
     baseline = get_model(start).fit(dataset, split)
     test = list(split.test)
-    expected = baseline.predict_delta(test)
+    expected = baseline.predict_delta(test).astype(np.float64)
+    assert np.abs(expected.to_numpy()).max() > 0.1  # the start is not trivially zero
+    if blend != (0.0, 0.0):
+        combined = get_model("combinator").fit(dataset, split).predict_delta(test)
+        doubles = [name for name in test if "+" in name]
+        assert doubles and np.abs(combined.loc[doubles] - expected.loc[doubles]).max().max() > 0.1
+        for name in doubles:
+            start_delta = expected.loc[name].to_numpy()
+            top = np.zeros(len(start_delta), dtype=bool)
+            top[np.argsort(-np.abs(start_delta), kind="stable")[:COMBINATOR_TOP_GENES]] = True
+            share = np.where(top, blend[0], blend[1])
+            expected.loc[name] = start_delta + share * (combined.loc[name] - start_delta)
     predicted = model.predict_delta(test, n_cells=37, seed=4)
     np.testing.assert_allclose(predicted.to_numpy(), expected.to_numpy(), atol=2e-5)
-    assert np.abs(expected.to_numpy()).max() > 0.1  # the start is not trivially zero
 
 
 def test_predict_delta_and_uncertainty(fitted, data):
@@ -349,9 +375,11 @@ def test_cv_fold_hides_genes_and_doubles_of_training_only(data):
 def _planted_cv(data, monkeypatch, **options):
     """A model whose cross-validation flow is planted: held-out singles start at 0 and their
     change overshoots the real mean by 4/3 (best mean weight 0.75) and reshapes the cells exactly
-    as the real ones (best shape weight 1); combinations start at their real mean and their change
-    points the wrong way (best mean weight 0) and spreads the cells 4 times too wide (best shape
-    weight 0.25)."""
+    as the real ones (best shape weight 1); combinations start short of their real mean by half
+    the way to the combinator's on their top genes and all of it on the others (best combinator
+    shares 0.5 and 1), so that blended they start at their real mean, and their change points the
+    wrong way (best mean weight 0) and spreads the cells 4 times too wide (best shape weight
+    0.25)."""
     dataset, split = data
     config = dataclasses.replace(TINY, cv_hidden_genes=0.25, cv_doubles=0.5, **options)
     model = ScBIG(config)
@@ -370,7 +398,9 @@ def _planted_cv(data, monkeypatch, **options):
         mean = real[name].mean(axis=0)  # (G,)
         if "+" not in name:
             return np.zeros_like(spread), mean * 4 / 3 + spread
-        return np.tile(mean, (n_cells, 1)), -3.0 * mean + 4.0 * spread
+        offset, top = start.combinator_offset(name)  # (G,) each
+        short = mean - offset * np.where(top, 0.5, 1.0)  # (G,)
+        return np.tile(short, (n_cells, 1)), -3.0 * mean + 4.0 * spread
 
     monkeypatch.setattr(model, "_train_flow", fake_train_flow)
     monkeypatch.setattr(model, "_flow_change", planted)
@@ -385,14 +415,18 @@ def _planted_cv(data, monkeypatch, **options):
 def test_mean_and_shape_weights_are_chosen_per_kind_on_held_out_training_conditions(
     data, monkeypatch
 ):
-    model, (mean, shape) = _planted_cv(data, monkeypatch, cv_min_conditions=2)
+    model, (mean, shape, blend) = _planted_cv(data, monkeypatch, cv_min_conditions=2)
     counts = {kind: row["n_conditions"] for kind, row in model.mean_weight_cv_.items()}
     assert counts["unseen_single"] >= 2 and any(k.startswith("combo") for k in counts)
     assert mean["unseen_single"] == 0.75 and shape["unseen_single"] == 1.0
     assert mean["seen_single"] == 0.0  # no held-out condition can judge it
-    for kind in counts:
-        if kind.startswith("combo") and counts[kind] >= 2:
-            assert mean[kind] == 0.0 and shape[kind] == 0.25
+    assert blend["unseen_single"] == blend["seen_single"] == (0.0, 0.0)  # singles: no combinator
+    judged = [kind for kind in counts if kind.startswith("combo") and counts[kind] >= 2]
+    assert judged
+    for kind in judged:
+        assert blend[kind] == (0.5, 1.0)
+        assert mean[kind] == 0.0 and shape[kind] == 0.25
+        assert model.combinator_weight_cv_[kind]["n_conditions"] == counts[kind]
     # seen_single has no held-out condition: it takes the choice pooled over all of them, by the
     # pooled energies on control PCs and on genes, each relative to its value at scale 1.
     report = model.shape_weight_cv_
@@ -417,17 +451,32 @@ def test_mean_and_shape_weights_are_chosen_per_kind_on_held_out_training_conditi
 
 
 def test_with_too_few_held_out_conditions_the_start_s_cells_are_kept(data, monkeypatch):
-    model, (mean, shape) = _planted_cv(data, monkeypatch, cv_min_conditions=1000)
+    model, (mean, shape, blend) = _planted_cv(data, monkeypatch, cv_min_conditions=1000)
     assert set(mean.values()) == set(shape.values()) == {0.0}
+    assert set(blend.values()) == {(0.0, 0.0)}
     assert model.shape_weight_cv_["unseen_single"]["n_conditions"] >= 2  # measured, not used
 
 
 def test_fixed_weights_skip_the_fold(data):
     dataset, split = data
     train = [name for name in split.train if name != "ctrl"]
-    fixed = ScBIG(dataclasses.replace(TINY, mean_weight=0.3, shape_weight=0.6))
-    mean, shape = fixed._choose_weights(dataset, train, [], None, None)
+    fixed = ScBIG(
+        dataclasses.replace(
+            TINY,
+            mean_weight=0.3,
+            shape_weight=0.6,
+            combinator_weight_top=0.25,
+            combinator_weight_rest=0.75,
+        )
+    )
+    mean, shape, blend = fixed._choose_weights(dataset, train, [], None, None)
     assert set(mean.values()) == {0.3} and set(shape.values()) == {0.6}
+    assert blend["combo_seen2"] == blend["combo_seen0"] == (0.25, 0.75)
+    assert blend["unseen_single"] == (0.0, 0.0)
+    other_start = ScBIG(dataclasses.replace(TINY, start="control", mean_weight=0, shape_weight=1))
+    assert set(other_start._choose_weights(dataset, train, [], None, None)[2].values()) == {
+        (0.0, 0.0)
+    }
 
 
 def test_pooled_deltas_are_order_free_and_see_interactions():
@@ -447,11 +496,18 @@ def test_pooled_deltas_are_order_free_and_see_interactions():
 @pytest.mark.parametrize(
     ("field", "value"),
     [("mean_weight", 1.5), ("shape_weight", -0.5), ("shape_weight", float("nan"))]
-    + [("cv_hidden_genes", 1.5), ("cv_doubles", 1.5)],
+    + [("cv_hidden_genes", 1.5), ("cv_doubles", 1.5)]
+    + [("combinator_weight_top", 1.5), ("combinator_weight_rest", -0.1)],
 )
 def test_mean_weight_settings_are_checked(field, value):
     with pytest.raises(ValueError, match=field):
         ScBIGConfig(**{field: value})
+
+
+def test_a_combinator_share_needs_the_calibrated_start():
+    with pytest.raises(ValueError, match="combinator_weight_rest.*start='control'"):
+        ScBIGConfig(start="control", combinator_weight_rest=0.5)
+    assert ScBIGConfig(start="combinator", combinator_weight_top=0.0).combinator_weight_top == 0.0
 
 
 # --- ablation switches: each reaches the module it names ---------------------------------------
@@ -713,8 +769,12 @@ def test_without_held_out_conditions_the_start_s_cells_are_kept_unless_fixed(dat
     train = [name for name in split.train if name != "ctrl"]
     empty_fold = dict(cv_hidden_genes=0.0, cv_doubles=0.0)
     model = ScBIG(dataclasses.replace(TINY, **empty_fold))
-    mean, shape = model._choose_weights(dataset, train, [], None, None)  # no flow is fitted
+    mean, shape, blend = model._choose_weights(dataset, train, [], None, None)  # no flow fitted
     assert set(mean.values()) == set(shape.values()) == {0.0}
-    fixed = ScBIG(dataclasses.replace(TINY, shape_weight=2.0, **empty_fold))
-    mean, shape = fixed._choose_weights(dataset, train, [], None, None)
+    assert set(blend.values()) == {(0.0, 0.0)}
+    fixed = ScBIG(
+        dataclasses.replace(TINY, shape_weight=2.0, combinator_weight_rest=0.5, **empty_fold)
+    )
+    mean, shape, blend = fixed._choose_weights(dataset, train, [], None, None)
     assert set(mean.values()) == {0.0} and set(shape.values()) == {2.0}
+    assert blend["combo_seen2"] == (0.0, 0.5) and blend["seen_single"] == (0.0, 0.0)

@@ -44,7 +44,13 @@ from perturbflow.models.baselines.context import fit_context_calibration
 from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
-from perturbflow.models.scbig.config import MEAN_WEIGHT_GRID, SHAPE_WEIGHT_GRID, ScBIGConfig
+from perturbflow.models.scbig.config import (
+    COMBINATOR_TOP_GENES,
+    COMBINATOR_WEIGHT_GRID,
+    MEAN_WEIGHT_GRID,
+    SHAPE_WEIGHT_GRID,
+    ScBIGConfig,
+)
 from perturbflow.models.scbig.modules import (
     N_DELTA_POOLS,
     ConditionModel,
@@ -125,6 +131,23 @@ class FlowStart:
         if in_context:
             shifts = np.vstack([self.additive.context_.apply(row) for row in shifts])
         return shifts
+
+    def combinator_offset(
+        self, name: str, in_context: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For a combination: the combinator's delta minus the calibrated start's ``(G,)``, and
+        the mask ``(G,)`` of the start's ``COMBINATOR_TOP_GENES`` most changed genes; for a
+        single, zeros and an empty mask (the combinator is a model of combinations)."""
+        start = self.additive.estimator_.shifts([name])[0]  # (G,)
+        if len(parse_condition(name)) < 2 or self.combinator is None:
+            return np.zeros_like(start), np.zeros(start.shape, dtype=bool)
+        combined = self.combinator.shifts([name])[0]  # (G,)
+        if in_context:
+            start = self.additive.context_.apply(start)
+            combined = self.additive.context_.apply(combined)
+        top = np.zeros(start.shape, dtype=bool)
+        top[np.argsort(-np.abs(start), kind="stable")[:COMBINATOR_TOP_GENES]] = True
+        return combined - start, top
 
 
 def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -314,7 +337,7 @@ class ScBIG:
         self.control_mean_ = _column_mean(matrix, control_rows)  # (G,)
         data = _CellPools(matrix, self._pool_rows(rows, [*train, *val]), rows)
         self.start_ = self._fit_start(dataset, train, context_split=split)
-        self.mean_weights_, self.shape_weights_ = self._choose_weights(
+        self.mean_weights_, self.shape_weights_, self.combinator_weights_ = self._choose_weights(
             dataset, train, val, data, folder
         )
         self.condition_model_, self.velocity_ = self._train_flow(
@@ -376,9 +399,43 @@ class ScBIG:
                 dataset, context_split, additive.config.context_genes
             )
         combinator = None
-        if self.config.start == "combinator":
+        if self.config.start == "combinator" or self._blends_combinator():
             combinator = Combinator(CombinatorConfig(seed=self.config.seed)).fit(dataset, inner)
         return FlowStart(self.config.start, additive, combinator)
+
+    def _blends_combinator(self) -> bool:
+        """Whether combinations may start from a blend with the combinator's mean."""
+        cfg = self.config
+        weights = (cfg.combinator_weight_top, cfg.combinator_weight_rest)
+        return cfg.start == "calibrated_additive" and any(w is None or w > 0 for w in weights)
+
+    def _fixed_combinator_weights(self) -> dict[str, tuple[float, float]] | None:
+        """Per kind (top, rest) shares fixed by the config; None when the fold must choose."""
+        cfg = self.config
+        top, rest = cfg.combinator_weight_top, cfg.combinator_weight_rest
+        if not self._blends_combinator():
+            return dict.fromkeys(CONDITION_KINDS, (0.0, 0.0))
+        if top is None or rest is None:
+            return None
+        return {
+            kind: (top, rest) if kind.startswith("combo") else (0.0, 0.0)
+            for kind in CONDITION_KINDS
+        }
+
+    def _combinator_shift(
+        self,
+        start: FlowStart,
+        name: str,
+        weights: dict[str, tuple[float, float]],
+        in_context: bool = False,
+    ) -> np.ndarray:
+        """The change ``(G,)`` that moves ``name``'s start towards the combinator's mean by its
+        kind's (top, rest) shares; zeros when both are 0."""
+        top, rest = weights.get(condition_kind(name, start.seen), (0.0, 0.0))
+        if top == 0.0 and rest == 0.0:
+            return np.zeros(len(self.genes_), dtype=np.float32)
+        offset, mask = start.combinator_offset(name, in_context=in_context)  # (G,) each
+        return (offset * np.where(mask, top, rest)).astype(np.float32)
 
     def _cv_fold(self, train: list[str]) -> tuple[list[str], list[str]]:
         """Training conditions split into (inner training, held out) for the mean weights.
@@ -414,15 +471,19 @@ class ScBIG:
         val: list[str],
         data: _CellPools,
         folder: Path | None,
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """Weights of the flow's mean change and of its reshaping, per condition kind (see
-        ``ScBIGConfig`` and docs/method.md §2.4), from one inner cross-validation fold."""
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[float, float]]]:
+        """Weights of the flow's mean change and of its reshaping, and the combinator's (top,
+        rest) shares in a combination's start, per condition kind (see ``ScBIGConfig`` and
+        docs/method.md §2.4), from one inner cross-validation fold."""
         cfg = self.config
-        self.mean_weight_cv_, self.shape_weight_cv_ = {}, {}
+        self.mean_weight_cv_, self.shape_weight_cv_, self.combinator_weight_cv_ = {}, {}, {}
         fixed_mean, fixed_shape = cfg.mean_weight, cfg.shape_weight
-        if fixed_mean is not None and fixed_shape is not None:
-            return dict.fromkeys(CONDITION_KINDS, fixed_mean), dict.fromkeys(
-                CONDITION_KINDS, fixed_shape
+        fixed_blend = self._fixed_combinator_weights()
+        if fixed_mean is not None and fixed_shape is not None and fixed_blend is not None:
+            return (
+                dict.fromkeys(CONDITION_KINDS, fixed_mean),
+                dict.fromkeys(CONDITION_KINDS, fixed_shape),
+                fixed_blend,
             )
         inner, held = self._cv_fold(train)
         if not held or not inner:
@@ -432,6 +493,14 @@ class ScBIG:
             return (
                 dict.fromkeys(CONDITION_KINDS, 0.0 if fixed_mean is None else fixed_mean),
                 dict.fromkeys(CONDITION_KINDS, 0.0 if fixed_shape is None else fixed_shape),
+                fixed_blend
+                if fixed_blend is not None
+                else {
+                    kind: (cfg.combinator_weight_top or 0.0, cfg.combinator_weight_rest or 0.0)
+                    if kind.startswith("combo")
+                    else (0.0, 0.0)
+                    for kind in CONDITION_KINDS
+                },
             )
         start = self._fit_start(dataset, inner)
         condition_model, velocity = self._train_flow(start, inner, val, data, folder, "flow_cv")
@@ -443,6 +512,16 @@ class ScBIG:
                 name, _VALIDATION_CELLS, generator, start, condition_model, velocity
             )  # (n, G) each
             held_out[name] = (condition_kind(name, seen), start_cells, change)
+        if fixed_blend is not None:
+            blend = fixed_blend
+        else:
+            blend = self._cv_combinator_weights(start, held_out, data)
+        for name, (kind, start_cells, change) in held_out.items():
+            held_out[name] = (
+                kind,
+                start_cells + self._combinator_shift(start, name, blend),
+                change,
+            )
 
         if fixed_mean is not None:
             mean_weights = dict.fromkeys(CONDITION_KINDS, fixed_mean)
@@ -452,7 +531,67 @@ class ScBIG:
             shape_weights = dict.fromkeys(CONDITION_KINDS, fixed_shape)
         else:
             shape_weights = self._cv_shape_weights(held_out, mean_weights, data, generator)
-        return mean_weights, shape_weights
+        return mean_weights, shape_weights, blend
+
+    def _cv_combinator_weights(
+        self,
+        start: FlowStart,
+        held_out: dict[str, tuple[str, np.ndarray, np.ndarray]],
+        data: _CellPools,
+    ) -> dict[str, tuple[float, float]]:
+        """Per combination kind, the shares of the combinator's mean in the start, one on each
+        held-out combination's ``COMBINATOR_TOP_GENES`` most changed genes (by the start) and
+        one on its other genes, each with the lowest MSE on those genes to the real means.
+
+        Two shares, because the two models are good at different genes: on screens whose
+        combinations are nearly additive the calibrated start predicts the strongest changes
+        better and the combinator the many small ones. A kind with fewer than
+        ``cv_min_conditions`` held-out combinations keeps the start (0, or the config's value).
+        """
+        cfg = self.config
+        fixed = {"top": cfg.combinator_weight_top, "rest": cfg.combinator_weight_rest}
+        grids = {part: COMBINATOR_WEIGHT_GRID if w is None else (w,) for part, w in fixed.items()}
+        # kind -> part -> share -> [MSE of one held-out combination]
+        errors: dict[str, dict[str, dict[float, list[float]]]] = {}
+        for name, (kind, start_cells, _) in held_out.items():
+            if len(parse_condition(name)) < 2:
+                continue
+            offset, top = start.combinator_offset(name)  # (G,) each
+            residual = data.mean(name) - start_cells.mean(axis=0)  # (G,): the start's error
+            for part, genes in (("top", top), ("rest", ~top)):
+                for weight in grids[part]:
+                    error = float(np.mean((residual[genes] - weight * offset[genes]) ** 2))
+                    errors.setdefault(kind, {}).setdefault(part, {}).setdefault(weight, []).append(
+                        error
+                    )
+        weights = {
+            kind: (fixed["top"] or 0.0, fixed["rest"] or 0.0)
+            if kind.startswith("combo")
+            else (0.0, 0.0)
+            for kind in CONDITION_KINDS
+        }
+        for kind, parts in sorted(errors.items()):
+            count = len(next(iter(parts["top"].values())))
+            chosen = []
+            report: dict[str, Any] = {"n_conditions": count}
+            for part in ("top", "rest"):
+                mse = {w: float(np.mean(values)) for w, values in parts[part].items()}
+                report[f"mse_{part}"] = {f"{w:g}": e for w, e in mse.items()}
+                if count >= cfg.cv_min_conditions:
+                    chosen.append(min(mse, key=lambda weight: (mse[weight], weight)))
+                else:
+                    chosen.append(fixed[part] or 0.0)
+            weights[kind] = (chosen[0], chosen[1])
+            self.combinator_weight_cv_[kind] = report
+            logger.info(
+                "scbig: %s: combinator share in the start %.2f on the top genes, %.2f on the "
+                "others (%d held-out training combinations)",
+                kind,
+                chosen[0],
+                chosen[1],
+                count,
+            )
+        return weights
 
     def _cv_mean_weights(
         self, held_out: dict[str, tuple[str, np.ndarray, np.ndarray]], data: _CellPools
@@ -844,9 +983,14 @@ class ScBIG:
             in_context=True,
         )  # (n, G), (n, G)
         mean_change = change.mean(axis=0, keepdims=True)  # (1, G)
-        # The flow's change of the mean and its reshaping around it, each scaled by its weight.
+        blend = self._combinator_shift(
+            self.start_, name, self.combinator_weights_, in_context=True
+        )  # (G,)
+        # The start (blended with the combinator's mean), the flow's change of the mean and its
+        # reshaping around it, each scaled by its weight.
         return (
             start
+            + blend
             + self._mean_weight(name) * mean_change
             + self._shape_weight(name) * (change - mean_change)
         )
@@ -986,6 +1130,8 @@ class ScBIG:
             "mean_weight_cv": self.mean_weight_cv_,
             "shape_weights": self.shape_weights_,
             "shape_weight_cv": self.shape_weight_cv_,
+            "combinator_weights": {k: list(v) for k, v in self.combinator_weights_.items()},
+            "combinator_weight_cv": self.combinator_weight_cv_,
         }
         return write_checkpoint(
             path,
@@ -1035,11 +1181,16 @@ class ScBIG:
         model.mean_weight_cv_ = meta["mean_weight_cv"]
         model.shape_weights_ = {kind: float(w) for kind, w in meta["shape_weights"].items()}
         model.shape_weight_cv_ = meta["shape_weight_cv"]
+        model.combinator_weights_ = {
+            kind: (float(top), float(rest))
+            for kind, (top, rest) in meta["combinator_weights"].items()
+        }
+        model.combinator_weight_cv_ = meta["combinator_weight_cv"]
         additive = CalibratedAdditive.from_state_arrays(
             model._start_config(), _prefixed(arrays, "additive")
         )
         combinator = None
-        if config.start == "combinator":
+        if any(key.startswith("combinator/") for key in arrays):
             combinator = Combinator.from_state_arrays(
                 CombinatorConfig(seed=config.seed), _prefixed(arrays, "combinator")
             )
