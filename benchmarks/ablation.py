@@ -138,10 +138,9 @@ def main() -> None:
 
                 def chosen_weights(spec, replicate, model, kind=kind, label=label):
                     # What the cross-validation chose for the flow's mean change and reshaping
-                    # and for the combinator's shares in a combination's start.
+                    # and for the combinator's share in a combination's start.
                     blends = getattr(model, "combinator_weights_", {})
                     for condition_kind, row in getattr(model, "mean_weight_cv_", {}).items():
-                        top, rest = blends.get(condition_kind, (float("nan"), float("nan")))
                         weights.append(
                             {
                                 "screen": label,
@@ -151,8 +150,7 @@ def main() -> None:
                                 "kind": condition_kind,
                                 "weight": model.mean_weights_[condition_kind],
                                 "shape_weight": model.shape_weights_[condition_kind],
-                                "combinator_top": top,
-                                "combinator_rest": rest,
+                                "combinator_weight": blends.get(condition_kind, float("nan")),
                                 "n_conditions": row["n_conditions"],
                                 **{f"mse_w{w}": e for w, e in row["mse"].items()},
                             }
@@ -188,25 +186,22 @@ def main() -> None:
 
 
 def weights_table(weights: pd.DataFrame) -> str:
-    """The flow mean and shape weights and the combinator's (top/rest) shares in the start that
-    each fit chose per condition kind (its inner cross-validation); runs made before a weight
-    existed show "-" for it."""
+    """The flow mean and shape weights and the combinator's share in the start that each fit
+    chose per condition kind (its inner cross-validation); runs made before a weight existed show
+    "-" for it."""
     if weights.empty:
         return ""
     lines = [
         "\n### Flow mean and shape weights chosen by cross-validation, per condition kind\n",
         "| screen | split | model | kind | weights over seeds | shape weights over seeds "
-        "| combinator shares top/rest over seeds | held-out training conditions |",
+        "| combinator shares over seeds | held-out training conditions |",
         "|---|---|---|---|---|---|---|---|",
     ]
     keys = ["screen", "split", "model", "kind"]
     for key, group in weights.sort_values([*keys, "seed"]).groupby(keys, sort=False):
         chosen = ", ".join(f"{w:g}" for w in group["weight"])
         shaped = ", ".join(f"{w:g}" for w in _column(group, "shape_weight").dropna()) or "-"
-        blended = pd.concat(
-            [_column(group, "combinator_top"), _column(group, "combinator_rest")], axis=1
-        ).dropna()
-        shares = ", ".join(f"{top:g}/{rest:g}" for top, rest in blended.to_numpy()) or "-"
+        shares = ", ".join(f"{w:g}" for w in _column(group, "combinator_weight").dropna()) or "-"
         held = ", ".join(str(int(n)) for n in group["n_conditions"])
         lines.append(f"| {' | '.join(map(str, key))} | {chosen} | {shaped} | {shares} | {held} |")
     return "\n".join(lines) + "\n"

@@ -116,7 +116,7 @@ def _run_folder(folder: Path, model: str, seeds, energy: float, shape=None, blen
     if shape is not None:
         table["shape_weight"] = shape
     if blend is not None:
-        table["combinator_top"], table["combinator_rest"] = blend
+        table["combinator_weight"] = blend
     table.to_csv(folder / "mean_weights.csv", index=False)
     (folder / "command.txt").write_text(f"made {folder.name}\n")
     return folder
@@ -128,9 +128,7 @@ def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path,
     spec = importlib.util.spec_from_file_location("merge_script", SCRIPT.with_name("merge_runs.py"))
     merge = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(merge)
-    first = _run_folder(
-        tmp_path / "new", "scbig_default", (1, 2), energy=0.4, shape=3.0, blend=(0.5, 1.0)
-    )
+    first = _run_folder(tmp_path / "new", "scbig_default", (1, 2), energy=0.4, shape=3.0, blend=0.5)
     second = _run_folder(tmp_path / "old", "scbig_default", (2, 3), energy=0.6)
     out = tmp_path / "merged"
     argv = ["merge_runs.py", "--out", str(out), "--reference", "scbig_default"]
@@ -145,10 +143,10 @@ def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path,
     table = (out / "table.md").read_text()
     assert "energy ≤ 0.5 × additive" in table  # the checks are about the named reference
     # Shape weights and combinator shares where a run recorded them, "-" where it predates them.
-    row = (
-        "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 0.5/1, 0.5/1 | 6, 6, 6 |"
-    )
+    row = "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 0.5, 0.5 | 6, 6, 6 |"
     assert row in table
-    assert _load().weights_table(pd.read_csv(second / "mean_weights.csv")).endswith(
-        "| screen | combo | scbig_default | combo_seen2 | 0, 0 | - | - | 6, 6 |\n"
+    assert (
+        _load()
+        .weights_table(pd.read_csv(second / "mean_weights.csv"))
+        .endswith("| screen | combo | scbig_default | combo_seen2 | 0, 0 | - | - | 6, 6 |\n")
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from perturbflow.models.autoencoders import MLPAutoencoder
 from perturbflow.models.condition_encoder import UnknownGeneError
 from perturbflow.models.gcae import GCAE, ModuleInducedAttentionBlock
 from perturbflow.models.scbig import ScBIG, ScBIGConfig, objectives
-from perturbflow.models.scbig.config import COMBINATOR_TOP_GENES, SHAPE_WEIGHT_GRID
+from perturbflow.models.scbig.config import SHAPE_WEIGHT_GRID
 from perturbflow.models.scbig.model import (
     _CellPools,
     _condition_rows,
@@ -202,13 +203,12 @@ def test_checkpoint_with_an_unknown_setting_is_refused(fitted, tmp_path):
 @pytest.mark.parametrize(
     ("network_prior", "cross_fit", "start", "blend"),
     [
-        (False, False, "calibrated_additive", (0.0, 0.0)),
-        (True, False, "network_additive", (0.0, 0.0)),
+        (False, False, "calibrated_additive", 0.0),
+        (True, False, "network_additive", 0.0),
         # Cross-fitting moves the training conditions' starts only, never a prediction's.
-        (True, True, "network_additive", (0.0, 0.0)),
-        # Combinations start partway to the combinator's means: 0.5 of the way on their 20 most
-        # changed genes, all the way on the others.
-        (True, False, "network_additive", (0.5, 1.0)),
+        (True, True, "network_additive", 0.0),
+        # Combinations start a third of the way to the combinator's means.
+        (True, False, "network_additive", 1 / 3),
     ],
 )
 def test_zero_velocity_predicts_the_start_models_means(
@@ -223,8 +223,7 @@ def test_zero_velocity_predicts_the_start_models_means(
         mean_weight=1.0,
         network_prior=network_prior,
         cross_fit_start=cross_fit,
-        combinator_weight_top=blend[0],
-        combinator_weight_rest=blend[1],
+        combinator_weight=blend,
     )
     model = ScBIG(config).fit(dataset, split)
     with torch.no_grad():
@@ -237,16 +236,11 @@ def test_zero_velocity_predicts_the_start_models_means(
     test = list(split.test)
     expected = baseline.predict_delta(test).astype(np.float64)
     assert np.abs(expected.to_numpy()).max() > 0.1  # the start is not trivially zero
-    if blend != (0.0, 0.0):
+    if blend:
         combined = get_model("combinator").fit(dataset, split).predict_delta(test)
         doubles = [name for name in test if "+" in name]
         assert doubles and np.abs(combined.loc[doubles] - expected.loc[doubles]).max().max() > 0.1
-        for name in doubles:
-            start_delta = expected.loc[name].to_numpy()
-            top = np.zeros(len(start_delta), dtype=bool)
-            top[np.argsort(-np.abs(start_delta), kind="stable")[:COMBINATOR_TOP_GENES]] = True
-            share = np.where(top, blend[0], blend[1])
-            expected.loc[name] = start_delta + share * (combined.loc[name] - start_delta)
+        expected.loc[doubles] += blend * (combined.loc[doubles] - expected.loc[doubles])
     predicted = model.predict_delta(test, n_cells=37, seed=4)
     np.testing.assert_allclose(predicted.to_numpy(), expected.to_numpy(), atol=2e-5)
 
@@ -376,10 +370,9 @@ def _planted_cv(data, monkeypatch, **options):
     """A model whose cross-validation flow is planted: held-out singles start at 0 and their
     change overshoots the real mean by 4/3 (best mean weight 0.75) and reshapes the cells exactly
     as the real ones (best shape weight 1); combinations start short of their real mean by half
-    the way to the combinator's on their top genes and all of it on the others (best combinator
-    shares 0.5 and 1), so that blended they start at their real mean, and their change points the
-    wrong way (best mean weight 0) and spreads the cells 4 times too wide (best shape weight
-    0.25)."""
+    the way to the combinator's (best combinator share 0.5), so that blended they start at their
+    real mean, and their change points the wrong way (best mean weight 0) and spreads the cells 4
+    times too wide (best shape weight 0.25)."""
     dataset, split = data
     config = dataclasses.replace(TINY, cv_hidden_genes=0.25, cv_doubles=0.5, **options)
     model = ScBIG(config)
@@ -398,8 +391,7 @@ def _planted_cv(data, monkeypatch, **options):
         mean = real[name].mean(axis=0)  # (G,)
         if "+" not in name:
             return np.zeros_like(spread), mean * 4 / 3 + spread
-        offset, top = start.combinator_offset(name)  # (G,) each
-        short = mean - offset * np.where(top, 0.5, 1.0)  # (G,)
+        short = mean - 0.5 * start.combinator_offset(name)  # (G,)
         return np.tile(short, (n_cells, 1)), -3.0 * mean + 4.0 * spread
 
     monkeypatch.setattr(model, "_train_flow", fake_train_flow)
@@ -420,11 +412,12 @@ def test_mean_and_shape_weights_are_chosen_per_kind_on_held_out_training_conditi
     assert counts["unseen_single"] >= 2 and any(k.startswith("combo") for k in counts)
     assert mean["unseen_single"] == 0.75 and shape["unseen_single"] == 1.0
     assert mean["seen_single"] == 0.0  # no held-out condition can judge it
-    assert blend["unseen_single"] == blend["seen_single"] == (0.0, 0.0)  # singles: no combinator
+    assert blend["unseen_single"] == blend["seen_single"] == 0.0  # singles: no combinator
     judged = [kind for kind in counts if kind.startswith("combo") and counts[kind] >= 2]
     assert judged
     for kind in judged:
-        assert blend[kind] == (0.5, 1.0)
+        assert blend[kind] == 0.5
+        assert min(model.combinator_weight_cv_[kind]["mse"].values()) < 1e-8  # float32 cells
         assert mean[kind] == 0.0 and shape[kind] == 0.25
         assert model.combinator_weight_cv_[kind]["n_conditions"] == counts[kind]
     # seen_single has no held-out condition: it takes the choice pooled over all of them, by the
@@ -453,7 +446,7 @@ def test_mean_and_shape_weights_are_chosen_per_kind_on_held_out_training_conditi
 def test_with_too_few_held_out_conditions_the_start_s_cells_are_kept(data, monkeypatch):
     model, (mean, shape, blend) = _planted_cv(data, monkeypatch, cv_min_conditions=1000)
     assert set(mean.values()) == set(shape.values()) == {0.0}
-    assert set(blend.values()) == {(0.0, 0.0)}
+    assert set(blend.values()) == {0.0}
     assert model.shape_weight_cv_["unseen_single"]["n_conditions"] >= 2  # measured, not used
 
 
@@ -465,18 +458,14 @@ def test_fixed_weights_skip_the_fold(data):
             TINY,
             mean_weight=0.3,
             shape_weight=0.6,
-            combinator_weight_top=0.25,
-            combinator_weight_rest=0.75,
+            combinator_weight=0.25,
         )
     )
     mean, shape, blend = fixed._choose_weights(dataset, train, [], None, None)
     assert set(mean.values()) == {0.3} and set(shape.values()) == {0.6}
-    assert blend["combo_seen2"] == blend["combo_seen0"] == (0.25, 0.75)
-    assert blend["unseen_single"] == (0.0, 0.0)
+    assert blend["combo_seen2"] == blend["combo_seen0"] == 0.25 and blend["unseen_single"] == 0.0
     other_start = ScBIG(dataclasses.replace(TINY, start="control", mean_weight=0, shape_weight=1))
-    assert set(other_start._choose_weights(dataset, train, [], None, None)[2].values()) == {
-        (0.0, 0.0)
-    }
+    assert set(other_start._choose_weights(dataset, train, [], None, None)[2].values()) == {0.0}
 
 
 def test_pooled_deltas_are_order_free_and_see_interactions():
@@ -497,7 +486,7 @@ def test_pooled_deltas_are_order_free_and_see_interactions():
     ("field", "value"),
     [("mean_weight", 1.5), ("shape_weight", -0.5), ("shape_weight", float("nan"))]
     + [("cv_hidden_genes", 1.5), ("cv_doubles", 1.5)]
-    + [("combinator_weight_top", 1.5), ("combinator_weight_rest", -0.1)],
+    + [("combinator_weight", 1.5), ("combinator_weight", -0.1)],
 )
 def test_mean_weight_settings_are_checked(field, value):
     with pytest.raises(ValueError, match=field):
@@ -505,9 +494,9 @@ def test_mean_weight_settings_are_checked(field, value):
 
 
 def test_a_combinator_share_needs_the_calibrated_start():
-    with pytest.raises(ValueError, match="combinator_weight_rest.*start='control'"):
-        ScBIGConfig(start="control", combinator_weight_rest=0.5)
-    assert ScBIGConfig(start="combinator", combinator_weight_top=0.0).combinator_weight_top == 0.0
+    with pytest.raises(ValueError, match="combinator_weight.*start='control'"):
+        ScBIGConfig(start="control", combinator_weight=0.5)
+    assert ScBIGConfig(start="combinator", combinator_weight=0.0).combinator_weight == 0.0
 
 
 # --- ablation switches: each reaches the module it names ---------------------------------------
@@ -771,10 +760,40 @@ def test_without_held_out_conditions_the_start_s_cells_are_kept_unless_fixed(dat
     model = ScBIG(dataclasses.replace(TINY, **empty_fold))
     mean, shape, blend = model._choose_weights(dataset, train, [], None, None)  # no flow fitted
     assert set(mean.values()) == set(shape.values()) == {0.0}
-    assert set(blend.values()) == {(0.0, 0.0)}
-    fixed = ScBIG(
-        dataclasses.replace(TINY, shape_weight=2.0, combinator_weight_rest=0.5, **empty_fold)
-    )
+    assert set(blend.values()) == {0.0}
+    fixed = ScBIG(dataclasses.replace(TINY, shape_weight=2.0, combinator_weight=0.5, **empty_fold))
     mean, shape, blend = fixed._choose_weights(dataset, train, [], None, None)
     assert set(mean.values()) == {0.0} and set(shape.values()) == {2.0}
-    assert blend["combo_seen2"] == (0.0, 0.5) and blend["seen_single"] == (0.0, 0.0)
+    assert blend["combo_seen2"] == 0.5 and blend["seen_single"] == 0.0
+
+
+def test_combinator_share_is_judged_on_the_top_de_genes_without_the_perturbed_ones():
+    # Three held-out doubles whose 20 DE genes (G2..G21) ask for 0.75 of the combinator's offset;
+    # their perturbed genes would ask for 0.25 and the unchanged genes for 0: neither counts.
+    rng = np.random.default_rng(0)
+    n_genes = 30
+    model = ScBIG(TINY)
+    model.genes_ = pd.Index([f"G{i}" for i in range(n_genes)])
+    model.control_cells_ = rng.normal(size=(400, n_genes)).astype(np.float32)
+    control_mean = model.control_cells_.mean(axis=0)
+    held_out, cells, offsets = {}, {}, {}
+    for name, perturbed in (("G0+G1", (0, 1)), ("G0+G22", (0, 22)), ("G1+G23", (1, 23))):
+        delta = np.zeros(n_genes)
+        delta[2:22] = rng.choice([-1.0, 1.0], 20) * rng.uniform(2.0, 3.0, 20)
+        delta[list(perturbed)] = -6.0
+        offset = rng.normal(scale=2.0, size=n_genes)  # unchanged genes: any share but 0 hurts
+        offset[2:22] = delta[2:22] / 0.75
+        offset[list(perturbed)] = delta[list(perturbed)] / 0.25
+        offsets[name] = offset
+        real = model.control_cells_[rng.choice(400, 300)] + delta  # (300, G)
+        cells[name] = torch.as_tensor(real, dtype=torch.float32)
+        start_cells = np.tile(control_mean, (50, 1))  # the start's mean: control
+        held_out[name] = ("combo_seen2", start_cells, np.zeros_like(start_cells))
+    start = SimpleNamespace(combinator_offset=lambda name: offsets[name])
+    data = SimpleNamespace(cells=lambda name: cells[name])
+    model.combinator_weight_cv_ = {}  # _choose_weights starts each report
+    shares = model._cv_combinator_weights(start, held_out, data)
+    report = model.combinator_weight_cv_["combo_seen2"]
+    assert shares["combo_seen2"] == 0.75 and report["n_conditions"] == 3
+    assert min(report["mse"], key=report["mse"].get) == "0.75"
+    assert shares["unseen_single"] == shares["combo_seen1"] == 0.0  # nothing held out there

@@ -15,9 +15,9 @@ MEAN_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 # spread only part of the way (docs/method.md §2.4 and §7), and the fold says how far to scale it.
 SHAPE_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 COMBINATOR_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-# A combination's "top" genes for the combinator blend: the start's most changed genes, as many as
-# the evaluation's top DE genes (docs/method.md §2.4).
-COMBINATOR_TOP_GENES = 20
+# The combinator share is judged on each held-out combination's top DE genes, as many as the
+# evaluation's (docs/method.md §2.4).
+COMBINATOR_DE_GENES = 20
 STARTS = ("calibrated_additive", "combinator", "control")
 
 
@@ -109,12 +109,10 @@ class ScBIGConfig:
     # distance to the held-out conditions' cells on control PCs and on genes (kinds with too few
     # take the pooled choice; 0 when the fold has too few in all).
     shape_weight: float | None = None
-    # Share of the combinator's mean in a combination's start, on its COMBINATOR_TOP_GENES most
-    # changed genes and on the others, each in [0, 1] (calibrated_additive start only); None:
-    # each chosen per combination kind from COMBINATOR_WEIGHT_GRID in the same fold by MSE on
-    # those genes of the held-out combinations (kinds with too few keep the start's mean).
-    combinator_weight_top: float | None = None
-    combinator_weight_rest: float | None = None
+    # Share of the combinator's mean in a combination's start, in [0, 1] (calibrated_additive
+    # start only); None: chosen per combination kind from COMBINATOR_WEIGHT_GRID in the same fold
+    # by MSE on the held-out combinations' top DE genes (kinds with too few keep the start's mean).
+    combinator_weight: float | None = None
     cv_hidden_genes: float = 0.1
     cv_doubles: float = 0.2
     cv_min_conditions: int = 3
@@ -174,15 +172,14 @@ class ScBIGConfig:
             raise ValueError(
                 f"ScBIGConfig.shape_weight must be a finite number >= 0, got {self.shape_weight}"
             )
-        for name in ("combinator_weight_top", "combinator_weight_rest"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"ScBIGConfig.{name} must be in [0, 1], got {value}")
-            if value and self.start != "calibrated_additive":
-                raise ValueError(
-                    f"ScBIGConfig.{name} blends the combinator into the calibrated_additive "
-                    f"start; with start={self.start!r} leave it None or 0"
-                )
+        share = self.combinator_weight
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise ValueError(f"ScBIGConfig.combinator_weight must be in [0, 1], got {share}")
+        if share and self.start != "calibrated_additive":
+            raise ValueError(
+                "ScBIGConfig.combinator_weight blends the combinator into the calibrated_additive "
+                f"start; with start={self.start!r} leave it None or 0"
+            )
         for name in ("cv_hidden_genes", "cv_doubles"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ScBIGConfig.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -45,7 +45,7 @@ from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
 from perturbflow.models.scbig.config import (
-    COMBINATOR_TOP_GENES,
+    COMBINATOR_DE_GENES,
     COMBINATOR_WEIGHT_GRID,
     MEAN_WEIGHT_GRID,
     SHAPE_WEIGHT_GRID,
@@ -132,22 +132,17 @@ class FlowStart:
             shifts = np.vstack([self.additive.context_.apply(row) for row in shifts])
         return shifts
 
-    def combinator_offset(
-        self, name: str, in_context: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """For a combination: the combinator's delta minus the calibrated start's ``(G,)``, and
-        the mask ``(G,)`` of the start's ``COMBINATOR_TOP_GENES`` most changed genes; for a
-        single, zeros and an empty mask (the combinator is a model of combinations)."""
+    def combinator_offset(self, name: str, in_context: bool = False) -> np.ndarray:
+        """For a combination, the combinator's delta minus the calibrated start's ``(G,)``; zeros
+        for a single (the combinator is a model of combinations)."""
         start = self.additive.estimator_.shifts([name])[0]  # (G,)
         if len(parse_condition(name)) < 2 or self.combinator is None:
-            return np.zeros_like(start), np.zeros(start.shape, dtype=bool)
+            return np.zeros_like(start)
         combined = self.combinator.shifts([name])[0]  # (G,)
         if in_context:
             start = self.additive.context_.apply(start)
             combined = self.additive.context_.apply(combined)
-        top = np.zeros(start.shape, dtype=bool)
-        top[np.argsort(-np.abs(start), kind="stable")[:COMBINATOR_TOP_GENES]] = True
-        return combined - start, top
+        return combined - start
 
 
 def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -405,37 +400,26 @@ class ScBIG:
 
     def _blends_combinator(self) -> bool:
         """Whether combinations may start from a blend with the combinator's mean."""
-        cfg = self.config
-        weights = (cfg.combinator_weight_top, cfg.combinator_weight_rest)
-        return cfg.start == "calibrated_additive" and any(w is None or w > 0 for w in weights)
+        share = self.config.combinator_weight
+        return self.config.start == "calibrated_additive" and (share is None or share > 0)
 
-    def _fixed_combinator_weights(self) -> dict[str, tuple[float, float]] | None:
-        """Per kind (top, rest) shares fixed by the config; None when the fold must choose."""
-        cfg = self.config
-        top, rest = cfg.combinator_weight_top, cfg.combinator_weight_rest
+    def _combinator_shares(self, share: float | None = None) -> dict[str, float]:
+        """``share`` (default: the config's, 0 when None) for every combination kind, 0 for the
+        single kinds; all 0 when the start does not blend."""
+        share = (self.config.combinator_weight or 0.0) if share is None else share
         if not self._blends_combinator():
-            return dict.fromkeys(CONDITION_KINDS, (0.0, 0.0))
-        if top is None or rest is None:
-            return None
-        return {
-            kind: (top, rest) if kind.startswith("combo") else (0.0, 0.0)
-            for kind in CONDITION_KINDS
-        }
+            share = 0.0
+        return {kind: share if kind.startswith("combo") else 0.0 for kind in CONDITION_KINDS}
 
     def _combinator_shift(
-        self,
-        start: FlowStart,
-        name: str,
-        weights: dict[str, tuple[float, float]],
-        in_context: bool = False,
+        self, start: FlowStart, name: str, shares: dict[str, float], in_context: bool = False
     ) -> np.ndarray:
         """The change ``(G,)`` that moves ``name``'s start towards the combinator's mean by its
-        kind's (top, rest) shares; zeros when both are 0."""
-        top, rest = weights.get(condition_kind(name, start.seen), (0.0, 0.0))
-        if top == 0.0 and rest == 0.0:
+        kind's share; zeros when the share is 0."""
+        share = shares.get(condition_kind(name, start.seen), 0.0)
+        if share == 0.0:
             return np.zeros(len(self.genes_), dtype=np.float32)
-        offset, mask = start.combinator_offset(name, in_context=in_context)  # (G,) each
-        return (offset * np.where(mask, top, rest)).astype(np.float32)
+        return (share * start.combinator_offset(name, in_context=in_context)).astype(np.float32)
 
     def _cv_fold(self, train: list[str]) -> tuple[list[str], list[str]]:
         """Training conditions split into (inner training, held out) for the mean weights.
@@ -471,19 +455,19 @@ class ScBIG:
         val: list[str],
         data: _CellPools,
         folder: Path | None,
-    ) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[float, float]]]:
-        """Weights of the flow's mean change and of its reshaping, and the combinator's (top,
-        rest) shares in a combination's start, per condition kind (see ``ScBIGConfig`` and
-        docs/method.md §2.4), from one inner cross-validation fold."""
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """Weights of the flow's mean change and of its reshaping, and the combinator's share in
+        a combination's start, per condition kind (see ``ScBIGConfig`` and docs/method.md §2.4),
+        from one inner cross-validation fold."""
         cfg = self.config
         self.mean_weight_cv_, self.shape_weight_cv_, self.combinator_weight_cv_ = {}, {}, {}
         fixed_mean, fixed_shape = cfg.mean_weight, cfg.shape_weight
-        fixed_blend = self._fixed_combinator_weights()
-        if fixed_mean is not None and fixed_shape is not None and fixed_blend is not None:
+        fixed_blend = not self._blends_combinator() or cfg.combinator_weight is not None
+        if fixed_mean is not None and fixed_shape is not None and fixed_blend:
             return (
                 dict.fromkeys(CONDITION_KINDS, fixed_mean),
                 dict.fromkeys(CONDITION_KINDS, fixed_shape),
-                fixed_blend,
+                self._combinator_shares(),
             )
         inner, held = self._cv_fold(train)
         if not held or not inner:
@@ -493,14 +477,7 @@ class ScBIG:
             return (
                 dict.fromkeys(CONDITION_KINDS, 0.0 if fixed_mean is None else fixed_mean),
                 dict.fromkeys(CONDITION_KINDS, 0.0 if fixed_shape is None else fixed_shape),
-                fixed_blend
-                if fixed_blend is not None
-                else {
-                    kind: (cfg.combinator_weight_top or 0.0, cfg.combinator_weight_rest or 0.0)
-                    if kind.startswith("combo")
-                    else (0.0, 0.0)
-                    for kind in CONDITION_KINDS
-                },
+                self._combinator_shares(),
             )
         start = self._fit_start(dataset, inner)
         condition_model, velocity = self._train_flow(start, inner, val, data, folder, "flow_cv")
@@ -512,8 +489,8 @@ class ScBIG:
                 name, _VALIDATION_CELLS, generator, start, condition_model, velocity
             )  # (n, G) each
             held_out[name] = (condition_kind(name, seen), start_cells, change)
-        if fixed_blend is not None:
-            blend = fixed_blend
+        if fixed_blend:
+            blend = self._combinator_shares()
         else:
             blend = self._cv_combinator_weights(start, held_out, data)
         for name, (kind, start_cells, change) in held_out.items():
@@ -538,60 +515,55 @@ class ScBIG:
         start: FlowStart,
         held_out: dict[str, tuple[str, np.ndarray, np.ndarray]],
         data: _CellPools,
-    ) -> dict[str, tuple[float, float]]:
-        """Per combination kind, the shares of the combinator's mean in the start, one on each
-        held-out combination's ``COMBINATOR_TOP_GENES`` most changed genes (by the start) and
-        one on its other genes, each with the lowest MSE on those genes to the real means.
+    ) -> dict[str, float]:
+        """Per combination kind, the share of the combinator's mean in the start with the lowest
+        MSE to the held-out combinations' real means on each one's top DE genes.
 
-        Two shares, because the two models are good at different genes: on screens whose
-        combinations are nearly additive the calibrated start predicts the strongest changes
-        better and the combinator the many small ones. A kind with fewer than
-        ``cv_min_conditions`` held-out combinations keeps the start (0, or the config's value).
+        A combination's DE genes are its ``COMBINATOR_DE_GENES`` genes of largest absolute Welch
+        t against the control cells, its own perturbed genes left out: the genes the
+        evaluation's top-20 metrics score. On all genes the combinator can look better while
+        being worse on those: it shrinks the strongest changes. A kind with fewer than
+        ``cv_min_conditions`` held-out combinations keeps the start (share 0).
         """
-        cfg = self.config
-        fixed = {"top": cfg.combinator_weight_top, "rest": cfg.combinator_weight_rest}
-        grids = {part: COMBINATOR_WEIGHT_GRID if w is None else (w,) for part, w in fixed.items()}
-        # kind -> part -> share -> [MSE of one held-out combination]
-        errors: dict[str, dict[str, dict[float, list[float]]]] = {}
+        control = self.control_cells_.astype(np.float64)  # (n_ctrl, G)
+        control_mean, control_var = control.mean(axis=0), control.var(axis=0, ddof=1)
+        errors: dict[str, dict[float, list[float]]] = {}  # kind -> share -> [MSE per condition]
         for name, (kind, start_cells, _) in held_out.items():
             if len(parse_condition(name)) < 2:
                 continue
-            offset, top = start.combinator_offset(name)  # (G,) each
-            residual = data.mean(name) - start_cells.mean(axis=0)  # (G,): the start's error
-            for part, genes in (("top", top), ("rest", ~top)):
-                for weight in grids[part]:
-                    error = float(np.mean((residual[genes] - weight * offset[genes]) ** 2))
-                    errors.setdefault(kind, {}).setdefault(part, {}).setdefault(weight, []).append(
-                        error
-                    )
-        weights = {
-            kind: (fixed["top"] or 0.0, fixed["rest"] or 0.0)
-            if kind.startswith("combo")
-            else (0.0, 0.0)
-            for kind in CONDITION_KINDS
-        }
-        for kind, parts in sorted(errors.items()):
-            count = len(next(iter(parts["top"].values())))
-            chosen = []
-            report: dict[str, Any] = {"n_conditions": count}
-            for part in ("top", "rest"):
-                mse = {w: float(np.mean(values)) for w, values in parts[part].items()}
-                report[f"mse_{part}"] = {f"{w:g}": e for w, e in mse.items()}
-                if count >= cfg.cv_min_conditions:
-                    chosen.append(min(mse, key=lambda weight: (mse[weight], weight)))
-                else:
-                    chosen.append(fixed[part] or 0.0)
-            weights[kind] = (chosen[0], chosen[1])
-            self.combinator_weight_cv_[kind] = report
+            pool = data.cells(name)
+            real = pool[torch.arange(len(pool))].numpy().astype(np.float64)  # (m, G)
+            t_score = (real.mean(axis=0) - control_mean) / np.sqrt(
+                real.var(axis=0, ddof=1) / len(real) + control_var / len(control) + 1e-12
+            )  # (G,)
+            perturbed = self.genes_.get_indexer(sorted(parse_condition(name)))  # -1: not measured
+            t_score[perturbed[perturbed >= 0]] = 0.0
+            genes = np.argsort(-np.abs(t_score), kind="stable")[:COMBINATOR_DE_GENES]
+            offset = start.combinator_offset(name)[genes]  # (k,)
+            residual = (real.mean(axis=0) - start_cells.mean(axis=0))[genes]  # the start's error
+            for share in COMBINATOR_WEIGHT_GRID:
+                error = float(np.mean((residual - share * offset) ** 2))
+                errors.setdefault(kind, {}).setdefault(share, []).append(error)
+        shares = self._combinator_shares(0.0)
+        for kind, by_share in sorted(errors.items()):
+            mse = {share: float(np.mean(values)) for share, values in by_share.items()}
+            count = len(by_share[0.0])
+            if count >= self.config.cv_min_conditions:
+                shares[kind] = min(mse, key=lambda share: (mse[share], share))
+            # String keys: the report is stored as JSON in checkpoints.
+            self.combinator_weight_cv_[kind] = {
+                "n_conditions": count,
+                "mse": {f"{w:g}": e for w, e in mse.items()},
+            }
             logger.info(
-                "scbig: %s: combinator share in the start %.2f on the top genes, %.2f on the "
-                "others (%d held-out training combinations)",
+                "scbig: %s: combinator share in the start %.2f (%d held-out training "
+                "combinations; MSE on their top DE genes %s)",
                 kind,
-                chosen[0],
-                chosen[1],
+                shares[kind],
                 count,
+                ", ".join(f"{w:g}: {e:.4f}" for w, e in mse.items()),
             )
-        return weights
+        return shares
 
     def _cv_mean_weights(
         self, held_out: dict[str, tuple[str, np.ndarray, np.ndarray]], data: _CellPools
@@ -1130,7 +1102,7 @@ class ScBIG:
             "mean_weight_cv": self.mean_weight_cv_,
             "shape_weights": self.shape_weights_,
             "shape_weight_cv": self.shape_weight_cv_,
-            "combinator_weights": {k: list(v) for k, v in self.combinator_weights_.items()},
+            "combinator_weights": self.combinator_weights_,
             "combinator_weight_cv": self.combinator_weight_cv_,
         }
         return write_checkpoint(
@@ -1182,8 +1154,7 @@ class ScBIG:
         model.shape_weights_ = {kind: float(w) for kind, w in meta["shape_weights"].items()}
         model.shape_weight_cv_ = meta["shape_weight_cv"]
         model.combinator_weights_ = {
-            kind: (float(top), float(rest))
-            for kind, (top, rest) in meta["combinator_weights"].items()
+            kind: float(w) for kind, w in meta["combinator_weights"].items()
         }
         model.combinator_weight_cv_ = meta["combinator_weight_cv"]
         additive = CalibratedAdditive.from_state_arrays(
