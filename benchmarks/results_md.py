@@ -34,6 +34,33 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
+        "runs/grn_accept_combo_v4",
+        "Issue 12 acceptance, combo split: six GRN screens, 5 seeds, scbig whose combinations "
+        "start partway to the combinator's mean, the share chosen by cross-validation on the "
+        "held-out training combinations' top DE genes; DoRothEA s11 was made for this check "
+        "(scbig and additive rerun; the other baselines merged from `grn_accept_combo_v3` and "
+        "`grn_s11_baselines`)",
+    ),
+    (
+        "runs/grn_accept_simulation_v4",
+        "Issue 12 acceptance, GEARS simulation split: four GRN screens, 5 seeds, scbig with the "
+        "cross-validated combinator share (scbig and additive rerun; the other baselines merged "
+        "from `grn_accept_simulation_v3`)",
+    ),
+    (
+        "runs/peers_grnsim_s1_combo_v2",
+        "Issue 16: every built-in model, GEARS and CellFlow side by side in one run, the staged "
+        "`grnsim_collectri_s1`, combo split, 5 seeds (GEARS with NFKB given its members' GO "
+        "terms, `--model-config`; scbig refitted at the current default with `--resume` after "
+        "its rows were removed from `peers_grnsim_s1_combo`)",
+    ),
+    (
+        "runs/peers_norman19_combo_v2",
+        "Issue 16: every built-in model, GEARS and CellFlow side by side in one run, "
+        "`norman19_subset`, combo split, 5 seeds (scbig refitted at the current default with "
+        "`--resume` after its rows were removed from `peers_norman19_combo`)",
+    ),
+    (
         "runs/grn_accept_combo_v3",
         "Issue 12 acceptance, combo split: five GRN screens, 5 seeds, scbig with the flow's mean "
         "and shape weights chosen by cross-validation (scbig and additive rerun; the other "

@@ -31,8 +31,8 @@ class ScBIGConfig:
     answer. scBIG's published components are ``autoencoder="gcae"``, ``alignment=True`` and
     ``ot_pairing=True``; the other switches are ``programs="random"``, ``autoencoder="mlp"``,
     ``start="control"``, ``calibrate_prior=False``, ``target_aware_prior=False``,
-    ``propagate_prior=False``, ``network_prior=False`` and ``delta_conditioning=False``. Defaults
-    fit a CPU budget of minutes.
+    ``propagate_prior=False``, ``network_prior=False``, ``delta_conditioning=False`` and
+    ``combinator_weight=0``. Defaults fit a CPU budget of minutes.
     """
 
     # Prior knowledge. Gene vectors: "data" (correlation embedding of the training cells), a prior
