@@ -39,26 +39,29 @@ RUNS = (
         "start partway to the combinator's mean, the share chosen by cross-validation on the "
         "held-out training combinations' top DE genes; DoRothEA s11 was made for this check "
         "(scbig and additive rerun; the other baselines merged from `grn_accept_combo_v3` and "
-        "`grn_s11_baselines`)",
+        "`grn_s11_baselines`; 4-5 jobs shared the 2 cores, so fit seconds are upper bounds)",
     ),
     (
         "runs/grn_accept_simulation_v4",
         "Issue 12 acceptance, GEARS simulation split: four GRN screens, 5 seeds, scbig with the "
         "cross-validated combinator share (scbig and additive rerun; the other baselines merged "
-        "from `grn_accept_simulation_v3`)",
+        "from `grn_accept_simulation_v3`; 3-5 jobs shared the 2 cores, so fit seconds are upper "
+        "bounds)",
     ),
     (
         "runs/peers_grnsim_s1_combo_v2",
-        "Issue 16: every built-in model, GEARS and CellFlow side by side in one run, the staged "
-        "`grnsim_collectri_s1`, combo split, 5 seeds (GEARS with NFKB given its members' GO "
-        "terms, `--model-config`; scbig refitted at the current default with `--resume` after "
-        "its rows were removed from `peers_grnsim_s1_combo`)",
+        "Issue 16: every built-in model, GEARS 0.1.2 and CellFlow 0.0.9 (each in its own "
+        "environment) side by side in one run, the staged `grnsim_collectri_s1`, combo split, 5 "
+        "seeds (GEARS with NFKB given its members' GO terms, `--model-config`; scbig refitted at "
+        "the current default with `--resume` after its rows were removed from "
+        "`peers_grnsim_s1_combo`; 3-5 jobs shared the 2 cores, so fit seconds are upper bounds)",
     ),
     (
         "runs/peers_norman19_combo_v2",
-        "Issue 16: every built-in model, GEARS and CellFlow side by side in one run, "
-        "`norman19_subset`, combo split, 5 seeds (scbig refitted at the current default with "
-        "`--resume` after its rows were removed from `peers_norman19_combo`)",
+        "Issue 16: every built-in model, GEARS 0.1.2 and CellFlow 0.0.9 (each in its own "
+        "environment) side by side in one run, `norman19_subset`, combo split, 5 seeds (scbig "
+        "refitted at the current default with `--resume` after its rows were removed from "
+        "`peers_norman19_combo`; 3-5 jobs shared the 2 cores, so fit seconds are upper bounds)",
     ),
     (
         "runs/grn_accept_combo_v3",
