@@ -49,6 +49,11 @@ RUNS = (
         "bounds)",
     ),
     (
+        "runs/fit_time_s11",
+        "scbig's fit time on 2 quiet cores (both threads, nothing else running): DoRothEA s11, "
+        "12,300 cells × 250 genes, 151 conditions, combo split seed 1",
+    ),
+    (
         "runs/peers_grnsim_s1_combo_v2",
         "Issue 16: every built-in model, GEARS 0.1.2 and CellFlow 0.0.9 (each in its own "
         "environment) side by side in one run, the staged `grnsim_collectri_s1`, combo split, 5 "
@@ -287,8 +292,11 @@ corrected ceiling); each section gives the time its run started.
 The GRN screens were made with `perturbflow simulate --engine sergio` at default sizes (250 genes,
 50 singles, 100 doubles, 80 cells, 300 control cells):
 `--network dorothea --seed 2 --out runs/screens/grnsim_dorothea_s2.h5ad`,
-`--network collectri --seed 3 --out runs/screens/grnsim_collectri_s3.h5ad` and
-`--network collectri --seed 1 --out runs/screens/grnsim_collectri_s1_fresh.h5ad`. The staged
+`--network collectri --seed 3 --out runs/screens/grnsim_collectri_s3.h5ad`,
+`--network collectri --seed 1 --out runs/screens/grnsim_collectri_s1_fresh.h5ad`, and, each for
+checking a change made on the others, `--network dorothea --seed 7 --out
+runs/screens/grnsim_dorothea_s7.h5ad` and `--network dorothea --seed 11 --out
+runs/screens/grnsim_dorothea_s11.h5ad`. The staged
 `grnsim_collectri_s1` (`perturbflow datasets`) was simulated on one re-used network whose
 knock-outs accumulate over conditions, so its doubles share a large non-additive part; it is
 tabled apart where used. Benchmark jobs ran two at a time on the 2 cores, one thread each
