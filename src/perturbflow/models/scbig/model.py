@@ -196,6 +196,36 @@ def _best_shape(
     return min(score, key=lambda weight: (score[weight], weight)), score
 
 
+def _lowest_mse_per_kind(
+    errors: dict[str, dict[float, list[float]]],
+    minimum: int,
+    report: dict[str, Any],
+    label: str,
+    unit: str,
+) -> dict[str, float]:
+    """Per condition kind, the grid value with the lowest mean error (ties: the smaller) when at
+    least ``minimum`` held-out conditions judge it, else 0. ``errors``: kind -> value -> one error
+    per held-out condition; each kind's table is written into ``report`` (JSON-ready)."""
+    chosen = dict.fromkeys(CONDITION_KINDS, 0.0)
+    for kind, by_value in sorted(errors.items()):
+        mse = {value: float(np.mean(values)) for value, values in by_value.items()}
+        count = len(by_value[0.0])
+        if count >= minimum:
+            chosen[kind] = min(mse, key=lambda value: (mse[value], value))
+        # String keys: the report is stored as JSON in checkpoints.
+        report[kind] = {"n_conditions": count, "mse": {f"{w:g}": e for w, e in mse.items()}}
+        logger.info(
+            "scbig: %s: %s %.2f (%d held-out training %s %s)",
+            kind,
+            label,
+            chosen[kind],
+            count,
+            unit,
+            ", ".join(f"{w:g}: {e:.4f}" for w, e in mse.items()),
+        )
+    return chosen
+
+
 def _energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Energy distance ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` (Euclidean, V-statistic) between
     ``(n, K)`` and ``(m, K)``: the evaluation's definition (the model layer cannot import it)."""
@@ -403,12 +433,10 @@ class ScBIG:
         share = self.config.combinator_weight
         return self.config.start == "calibrated_additive" and (share is None or share > 0)
 
-    def _combinator_shares(self, share: float | None = None) -> dict[str, float]:
-        """``share`` (default: the config's, 0 when None) for every combination kind, 0 for the
-        single kinds; all 0 when the start does not blend."""
-        share = (self.config.combinator_weight or 0.0) if share is None else share
-        if not self._blends_combinator():
-            share = 0.0
+    def _combinator_shares(self) -> dict[str, float]:
+        """The config's share (0 when None) for every combination kind, 0 for the single kinds;
+        all 0 when the start does not blend."""
+        share = (self.config.combinator_weight or 0.0) if self._blends_combinator() else 0.0
         return {kind: share if kind.startswith("combo") else 0.0 for kind in CONDITION_KINDS}
 
     def _combinator_shift(
@@ -544,26 +572,13 @@ class ScBIG:
             for share in COMBINATOR_WEIGHT_GRID:
                 error = float(np.mean((residual - share * offset) ** 2))
                 errors.setdefault(kind, {}).setdefault(share, []).append(error)
-        shares = self._combinator_shares(0.0)
-        for kind, by_share in sorted(errors.items()):
-            mse = {share: float(np.mean(values)) for share, values in by_share.items()}
-            count = len(by_share[0.0])
-            if count >= self.config.cv_min_conditions:
-                shares[kind] = min(mse, key=lambda share: (mse[share], share))
-            # String keys: the report is stored as JSON in checkpoints.
-            self.combinator_weight_cv_[kind] = {
-                "n_conditions": count,
-                "mse": {f"{w:g}": e for w, e in mse.items()},
-            }
-            logger.info(
-                "scbig: %s: combinator share in the start %.2f (%d held-out training "
-                "combinations; MSE on their top DE genes %s)",
-                kind,
-                shares[kind],
-                count,
-                ", ".join(f"{w:g}: {e:.4f}" for w, e in mse.items()),
-            )
-        return shares
+        return _lowest_mse_per_kind(
+            errors,
+            self.config.cv_min_conditions,
+            self.combinator_weight_cv_,
+            "combinator share in the start",
+            "combinations; MSE on their top DE genes",
+        )
 
     def _cv_mean_weights(
         self, held_out: dict[str, tuple[str, np.ndarray, np.ndarray]], data: _CellPools
@@ -577,25 +592,13 @@ class ScBIG:
                 predicted = start_cells.mean(axis=0) + weight * change.mean(axis=0)  # (G,)
                 error = float(np.mean((predicted - real_mean) ** 2))
                 errors.setdefault(kind, {}).setdefault(weight, []).append(error)
-        weights = dict.fromkeys(CONDITION_KINDS, 0.0)
-        for kind, by_weight in sorted(errors.items()):
-            mse = {weight: float(np.mean(values)) for weight, values in by_weight.items()}
-            count = len(by_weight[0.0])
-            # String keys: the report is stored as JSON in checkpoints.
-            self.mean_weight_cv_[kind] = {
-                "n_conditions": count,
-                "mse": {f"{w:g}": e for w, e in mse.items()},
-            }
-            if count >= self.config.cv_min_conditions:
-                weights[kind] = min(mse, key=lambda weight: (mse[weight], weight))
-            logger.info(
-                "scbig: %s: flow mean weight %.2f (%d held-out training conditions; MSE %s)",
-                kind,
-                weights[kind],
-                count,
-                ", ".join(f"{w:g}: {e:.4f}" for w, e in mse.items()),
-            )
-        return weights
+        return _lowest_mse_per_kind(
+            errors,
+            self.config.cv_min_conditions,
+            self.mean_weight_cv_,
+            "flow mean weight",
+            "conditions; MSE",
+        )
 
     def _cv_shape_weights(
         self,
