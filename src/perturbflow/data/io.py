@@ -154,26 +154,39 @@ class PerturbationDataset:
 
     def cell_mask(self, name: str | Sequence[str]) -> np.ndarray:
         names = [name] if isinstance(name, str) else list(name)
-        unknown = sorted(set(names) - set(self.conditions))
+        coded = self._coded_labels()
+        if coded is not None:
+            codes, categories = coded
+            present = np.bincount(codes[codes >= 0], minlength=len(categories)) > 0
+            self._check_known(names, set(categories[present]))
+            return np.isin(codes, np.flatnonzero(np.isin(categories, names)))
+        labels = self.condition_labels
+        self._check_known(names, set(labels.unique()))
+        return labels.isin(names).to_numpy()
+
+    def _check_known(self, names: list[str], known: set[str]) -> None:
+        unknown = sorted(set(names) - known)
         if unknown:
             raise KeyError(
                 f"condition(s) {unknown} not in dataset {self.source!r}; "
                 f"known conditions: {_preview(self.conditions)}"
             )
-        coded = self._coded_labels()
-        if coded is not None:
-            codes, categories = coded
-            return np.isin(codes, np.flatnonzero(np.isin(categories, names)))
-        return self.condition_labels.isin(names).to_numpy()
+
+    def _rows(self, mask: np.ndarray):
+        """The cells of ``mask`` as stored; an in-memory matrix is indexed directly (an AnnData
+        view per call costs more than the rows of a small condition)."""
+        if self.adata.isbacked or self.adata.is_view:
+            return self.adata[mask].X
+        return self.adata.X[np.flatnonzero(mask)]
 
     def expression(self, name: str | Sequence[str]) -> np.ndarray:
         """Dense ``(cells, genes)`` float32 expression of the cells of one or more conditions."""
-        return _dense(self.adata[self.cell_mask(name)].X)
+        return _dense(self._rows(self.cell_mask(name)))
 
     def matrix(self, name: str | Sequence[str]):
         """The cells of one or more conditions as stored: a sparse matrix stays sparse (for
         statistics that never need a dense copy, e.g. gene correlations)."""
-        matrix = self.adata[self.cell_mask(name)].X
+        matrix = self._rows(self.cell_mask(name))
         return matrix if sp.issparse(matrix) else np.asarray(matrix)
 
     def control_expression(self) -> np.ndarray:
@@ -184,13 +197,36 @@ class PerturbationDataset:
         averaged without a dense copy."""
         names = self.conditions if names is None else list(names)
         rows = [
-            np.asarray(self.matrix(name).mean(axis=0), dtype=np.float32).ravel() for name in names
+            np.asarray(matrix.mean(axis=0), dtype=np.float32).ravel()
+            for matrix in self._condition_matrices(names)
         ]
         return pd.DataFrame(
             np.vstack(rows) if rows else np.zeros((0, self.n_genes), np.float32),
             index=names,
             columns=self.genes,
         )
+
+    def _condition_matrices(self, names: list[str]):
+        """The stored cells of each of ``names`` in turn, grouping the labels once: one pass
+        over the category codes instead of a mask per condition."""
+        coded = self._coded_labels()
+        if coded is None or self.adata.isbacked or self.adata.is_view:
+            for name in names:
+                yield self.matrix(name)
+            return
+        codes, categories = coded
+        counts = np.bincount(codes[codes >= 0], minlength=len(categories))
+        self._check_known(names, set(categories[counts > 0]))
+        position = {str(category): index for index, category in enumerate(categories)}
+        order = np.argsort(codes, kind="stable")  # cells grouped by code, in file order within
+        ends = np.cumsum(counts)
+        skip = int(np.sum(codes < 0))  # unlabelled cells (code -1) sort first
+        matrix = self.adata.X
+        for name in names:
+            code = position[name]
+            rows = order[skip + ends[code] - counts[code] : skip + ends[code]]
+            block = matrix[rows]
+            yield block if sp.issparse(block) else np.asarray(block)
 
     def subset(self, names: Sequence[str]) -> PerturbationDataset:
         """A dataset holding only the cells of ``names`` (loaded into memory)."""
