@@ -703,6 +703,13 @@ def benchmark(
             help="Also score cell-eval's DE overlap (overlap_at_N; a rank test per gene)."
         ),
     ] = True,
+    report: Annotated[
+        bool,
+        typer.Option(
+            help="Write report.html (figures take a few seconds; results and summary are "
+            "written either way)."
+        ),
+    ] = True,
     train_cells: Annotated[
         str | None,
         typer.Option(
@@ -753,7 +760,7 @@ def benchmark(
 
     Writes results.csv (long format), summary.csv (mean ± sd over seeds, win rate and paired
     difference vs additive, fraction of the noise ceiling), timings.csv, splits/*.json,
-    predictions/*.csv and a self-contained report.html into OUT.
+    predictions/*.csv and a self-contained report.html (unless --no-report) into OUT.
     """
     from perturbflow.eval.loop import run  # heavy: torch
     from perturbflow.report.benchmark_report import build_report
@@ -818,20 +825,22 @@ def benchmark(
                 train_cells=levels,
                 de_overlap=de_overlap,
             )
-            status.update("writing report.html")
             label = chosen
-            build_report(
-                folder,
-                loaded,
-                result,
-                title=f"perturbflow benchmark — {label}, {split_kind} split",
-                command=command,
-            )
+            if report:
+                status.update("writing report.html")
+                build_report(
+                    folder,
+                    loaded,
+                    result,
+                    title=f"perturbflow benchmark — {label}, {split_kind} split",
+                    command=command,
+                )
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         _fail(error)
     console.print(summary_table(result.results, f"benchmark — {label}, {split_kind} split"))
     mark_complete(folder)
-    console.print(f"results and report.html written to [bold]{folder}[/]")
+    written = "results and report.html" if report else "results (no report.html)"
+    console.print(f"{written} written to [bold]{folder}[/]")
 
 
 def _train_cells(text: str | None):

@@ -446,10 +446,16 @@ def test_a_benchmark_that_fails_after_loading_can_be_rerun(data_file, tmp_path):
     typo = runner.invoke(app, ["benchmark", *common, "--models", "additive", "--split", "combi"])
     assert typo.exit_code == 1 and "combi" in typo.output
     fixed = runner.invoke(
-        app, ["benchmark", *common, "--models", "additive", "--split", "combo", "--seeds", "1"]
+        app,
+        ["benchmark", *common, "--models", "additive", "--split", "combo", "--seeds", "1"]
+        + ["--no-report"],
     )
     assert fixed.exit_code == 0, fixed.output
     assert not (out / ".perturbflow-incomplete").exists()
+    # --no-report: every table, no report.html.
+    for name in ("results.csv", "summary.csv", "timings.csv", "command.txt"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "report.html").exists() and "no report.html" in fixed.output
 
 
 def test_errors_name_flags_and_are_not_quoted(data_file, tmp_path):
