@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from perturbflow.data import read
 from perturbflow.data.conditions import parse_condition
@@ -297,3 +298,14 @@ def test_cli_simulates_contexts(tmp_path):
     result = CliRunner().invoke(app, [*args, "--doubles", "3", "--cells", "20"])
     assert result.exit_code == 0, result.output
     assert sorted(ad.read_h5ad(out).obs["context"].unique()) == ["ctx0", "ctx1", "ctx2"]
+
+
+def test_sparse_output_is_csr_with_the_dense_values_of_the_same_seed():
+    options = dict(n_genes=30, n_programs=3, n_perturbed=6, n_unmeasured=0, n_doubles=4)
+    options |= dict(n_control_cells=50, n_cells_per_condition=10, library_size=300.0, seed=2)
+    dense, sparse = simulate(**options), simulate(sparse=True, **options)
+    assert sp.isspmatrix_csr(sparse.X) and sp.isspmatrix_csr(sparse.layers["counts"])
+    assert sparse.X.dtype == np.float32 and 0 < sparse.X.nnz < np.prod(sparse.shape)
+    np.testing.assert_array_equal(sparse.X.toarray(), dense.X)
+    np.testing.assert_array_equal(sparse.layers["counts"].toarray(), dense.layers["counts"])
+    np.testing.assert_array_equal(sparse.obs["n_counts"], dense.obs["n_counts"])

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from perturbflow.data.conditions import CONTROL_NAME, format_condition
 
@@ -74,6 +75,9 @@ class SyntheticConfig:
     context_effect: float = 0.8
     context_response: float = 0.0
     control_context_fractions: tuple[float, ...] | None = None
+    # X and layers["counts"] as CSR, built one condition at a time: a screen of a million cells
+    # at a low library size fits in memory. The same seed gives the same values either way.
+    sparse: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -214,25 +218,36 @@ def simulate(config: SyntheticConfig | None = None, **overrides) -> ad.AnnData:
         kind = response.get(name, "shift")
         fractions = config.control_context_fractions if name == CONTROL_NAME else None
         context = _assign_contexts(n_cells, config.n_contexts, fractions, context_rng)  # (n,)
-        blocks.append(
-            _sample_counts(
-                base_log_rate,
-                shift,
-                kind,
-                n_cells,
-                program,
-                loading,
-                config,
-                rng,
-                offset=context_offset[context] if config.n_contexts > 1 else None,
-                scale=context_scale[context] if config.context_response > 0 else None,
-            )
-        )
+        block = _sample_counts(
+            base_log_rate,
+            shift,
+            kind,
+            n_cells,
+            program,
+            loading,
+            config,
+            rng,
+            offset=context_offset[context] if config.n_contexts > 1 else None,
+            scale=context_scale[context] if config.context_response > 0 else None,
+        ).astype(np.float32)  # (n, G)
+        blocks.append(sp.csr_matrix(block) if config.sparse else block)
         labels += [name] * n_cells
         contexts.append(context)
-    counts = np.vstack(blocks).astype(np.float32)  # (N, G)
-    totals = counts.sum(axis=1, keepdims=True)
-    expression = np.log1p(counts / np.maximum(totals, 1.0) * 1e4).astype(np.float32)
+    if config.sparse:
+        counts = sp.vstack(blocks, format="csr", dtype=np.float32)  # (N, G)
+        del blocks
+        totals = np.asarray(counts.sum(axis=1), dtype=np.float32)  # (N, 1)
+        expression = counts.copy()
+        # Zeros stay zero; each stored count is normalised as the dense path does it.
+        expression.data = np.log1p(
+            expression.data
+            / np.repeat(np.maximum(totals.ravel(), 1.0), np.diff(counts.indptr))
+            * 1e4
+        ).astype(np.float32)
+    else:
+        counts = np.vstack(blocks)  # (N, G)
+        totals = counts.sum(axis=1, keepdims=True)
+        expression = np.log1p(counts / np.maximum(totals, 1.0) * 1e4).astype(np.float32)
 
     obs = pd.DataFrame(
         {"condition": pd.Categorical(labels), "n_counts": totals.ravel()},
