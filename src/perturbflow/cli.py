@@ -133,6 +133,14 @@ GuideMap = Annotated[
     str | None,
     typer.Option(help="CSV/TSV of guide,gene rows (default: read from the cells)."),
 ]
+Backed = Annotated[
+    bool,
+    typer.Option(
+        "--backed",
+        help="Open the .h5ad on disk (anndata's backed mode) instead of loading X: for files "
+        "larger than memory; cells are read as each step needs them.",
+    ),
+]
 KeepUnassigned = Annotated[
     bool,
     typer.Option(
@@ -242,6 +250,7 @@ def _read_options(
     batch_key=None,
     guide_key=None,
     guide_map=None,
+    backed=False,
 ) -> ReadOptions:
     """The one read-options object of every command that reads a user's file."""
     return ReadOptions(
@@ -256,6 +265,7 @@ def _read_options(
         batch_key=batch_key,
         guide_key=guide_key,
         guide_map=guide_map,
+        backed=backed,
     )
 
 
@@ -482,6 +492,7 @@ def fit(
     guide_map: GuideMap = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
+    backed: Backed = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Fit a model on the training conditions of a split and save a self-describing checkpoint."""
@@ -530,6 +541,7 @@ def fit(
             batch_key,
             guide_key,
             guide_map,
+            backed=backed,
         ).read(data)
         if split is not None:
             chosen = Split.load(split)
@@ -754,6 +766,7 @@ def benchmark(
     guide_map: GuideMap = None,
     keep_unassigned: KeepUnassigned = False,
     unassigned: Unassigned = None,
+    backed: Backed = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Fit every model on every seed's split, evaluate all metrics and write a report.
@@ -802,6 +815,7 @@ def benchmark(
             batch_key,
             guide_key,
             guide_map,
+            backed=backed,
         )
         given = [value for value in (source, dataset, data) if value is not None]
         if len(given) > 1:

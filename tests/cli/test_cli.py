@@ -308,6 +308,32 @@ def test_fit_scbig_with_yaml_config_and_checkpoints(data_file, tmp_path):
     assert predicted.exit_code == 0, predicted.output
 
 
+def test_fit_backed_reads_the_file_on_disk_and_predicts_as_in_memory(simulated_screen, tmp_path):
+    adata = simulated_screen("tiny", library_size=300.0, sparse=True)
+    del adata.layers["counts"]
+    single = next(c for c in adata.obs["condition"].unique() if c != "ctrl" and "+" not in c)
+    path = tmp_path / "sparse.h5ad"
+    adata.write_h5ad(path)
+    before = path.read_bytes()
+    means = {}
+    for mode in ("memory", "backed"):
+        checkpoint = tmp_path / f"{mode}.npz"
+        flags = ["--backed"] if mode == "backed" else []
+        fitted = runner.invoke(
+            app, ["fit", str(path), "--out", str(checkpoint), "--model", "additive", *flags]
+        )
+        assert fitted.exit_code == 0, fitted.output
+        out = tmp_path / f"{mode}.h5ad"
+        predicted = runner.invoke(
+            app, ["predict", str(checkpoint), "--conditions", f"{single},ctrl", "--out", str(out)]
+        )
+        assert predicted.exit_code == 0, predicted.output
+        cells = ad.read_h5ad(out)
+        means[mode] = cells.to_df().groupby(cells.obs["perturbflow_condition"].to_numpy()).mean()
+    pd.testing.assert_frame_equal(means["backed"], means["memory"])
+    assert path.read_bytes() == before  # backed mode opens the file read-only
+
+
 def test_checkpoint_dir_refused_for_one_pass_models(data_file, tmp_path):
     result = runner.invoke(
         app,

@@ -19,6 +19,7 @@ from perturbflow.data.io import (
     DataFileNotFoundError,
     DataValidationError,
     PerturbationDataset,
+    ReadOptions,
     SmallConditionWarning,
     read,
 )
@@ -466,6 +467,20 @@ def test_backed_mode_gives_the_same_expression_as_in_memory(tmp_path, counts, sp
         backed.adata.file.close()
 
 
+@pytest.mark.parametrize("counts", [True, False], ids=["counts", "log"])
+def test_backed_mode_warns_when_it_must_load_the_matrix(tmp_path, counts, caplog):
+    path = write(make_adata(counts=counts), tmp_path / "data.h5ad")
+    with caplog.at_level(logging.WARNING, logger="perturbflow.data.io"):
+        dataset = read(path, backed=True)
+    loaded = [r.getMessage() for r in caplog.records if "into memory" in r.getMessage()]
+    if counts:
+        assert len(loaded) == 1 and "normalising raw counts" in loaded[0]
+        assert str(path) in loaded[0] and not dataset.adata.isbacked
+    else:
+        assert loaded == [] and dataset.adata.isbacked
+        dataset.adata.file.close()
+
+
 def test_a_backed_anndata_object_is_loaded_into_memory(tmp_path, log_adata):
     path = write(log_adata, tmp_path / "data.h5ad")
     opened = ad.read_h5ad(path, backed="r")
@@ -556,3 +571,11 @@ def test_sparse_means_equal_dense_means_without_a_dense_copy(simulated_screen):
     np.testing.assert_allclose(
         stored.mean_expression().to_numpy(), dense.mean_expression().to_numpy(), atol=1e-5
     )
+
+
+def test_read_options_carry_backed_mode(tmp_path):
+    path = write(make_adata(counts=False), tmp_path / "data.h5ad")
+    dataset = ReadOptions(backed=True).read(path)
+    assert dataset.adata.isbacked
+    dataset.adata.file.close()
+    assert not ReadOptions().read(path).adata.isbacked

@@ -254,7 +254,7 @@ class ReadOptions:
     """How to read a user's file; every field is an argument of :func:`read` (the CLI's
     ``--condition-key``, ``--control``, ``--gene-key``, ``--separator``, ``--cell-type-key``,
     ``--unassigned``, ``--keep-unassigned``, ``--layer``, ``--context-key``, ``--batch-key``,
-    ``--guide-key``, ``--guide-map``)."""
+    ``--guide-key``, ``--guide-map``, ``--backed``)."""
 
     condition_key: str = "condition"
     control: str | Sequence[str] | None = None
@@ -268,6 +268,7 @@ class ReadOptions:
     batch_key: str | None = None
     guide_key: str | None = None
     guide_map: str | None = None
+    backed: bool = False
 
     def read(self, source: str | Path | ad.AnnData) -> PerturbationDataset:
         return read(
@@ -284,6 +285,7 @@ class ReadOptions:
             batch_key=self.batch_key,
             guide_key=self.guide_key,
             guide_map=self.guide_map,
+            backed=self.backed,
         )
 
 
@@ -515,6 +517,19 @@ def _load(source: str | Path | ad.AnnData, backed: bool) -> tuple[ad.AnnData, st
     return adata, where
 
 
+def _into_memory(adata: ad.AnnData, where: str, why: str, load: bool = True) -> ad.AnnData:
+    """``adata`` in memory; a backed file says so, since its matrix may not fit."""
+    if not adata.isbacked:
+        return adata
+    logger.warning(
+        "%s: %s loads the whole matrix into memory; backed mode reads the file in place only "
+        "when X is log-normalised, every cell kept and names unique",
+        where,
+        why,
+    )
+    return adata.to_memory() if load else adata
+
+
 def _control_labels(control: str | Sequence[str] | None) -> tuple[str, ...]:
     if control is None:
         return DEFAULT_CONTROL_LABELS
@@ -564,10 +579,8 @@ def _select_matrix(adata: ad.AnnData, layer: str | None, where: str) -> tuple[ad
             + ("Pass one of them as layer=, or omit " if available else "Omit ")
             + "layer= to read X."
         )
-    if adata.isbacked:
-        # Replacing X of a backed AnnData would write to the user's file.
-        logger.info("%s: reading layer %r loads the data into memory", where, layer)
-        adata = adata.to_memory()
+    # Replacing X of a backed AnnData would write to the user's file.
+    adata = _into_memory(adata, where, f"reading layer {layer!r}")
     adata.X = adata.layers[layer]
     return adata, f"layers[{layer!r}]"
 
@@ -608,7 +621,7 @@ def _label_counts(column: pd.Series) -> str:
 def _take_cells(adata: ad.AnnData, keep: np.ndarray, where: str) -> ad.AnnData:
     """The cells of ``keep`` as an in-memory AnnData, unused categories removed."""
     if adata.isbacked:
-        logger.info("%s: dropping cells loads the data into memory", where)
+        _into_memory(adata, where, "dropping cells", load=False)
         adata = adata[keep].to_memory()
     else:
         adata = adata[keep].copy()
@@ -681,8 +694,7 @@ def _match_or_warn(
         return adata
     try:
         strata = strata_labels(adata.obs, keys, where)
-        if adata.isbacked:
-            adata = adata.to_memory()
+        adata = _into_memory(adata, where, "matching control cells by context")
         matched, means = match_controls(_dense(adata.X), strata, is_control, where)
     except CovariateError as error:
         raise DataValidationError(str(error)) from error
@@ -750,8 +762,7 @@ def _unique_cell_names(adata: ad.AnnData, where: str) -> ad.AnnData:
             len(duplicated),
             _preview(duplicated, limit=3),
         )
-        if adata.isbacked:
-            adata = adata.to_memory()
+        adata = _into_memory(adata, where, "making cell names unique")
         adata.obs_names_make_unique()
     return adata
 
@@ -815,8 +826,7 @@ def _normalise_if_counts(adata: ad.AnnData, stats: dict, where: str, matrix: str
                 MIN_GENES_FOR_NORMALISATION,
                 f"available layers: {_preview(available)}" if available else "it has no layers",
             )
-        if adata.isbacked:
-            adata = adata.to_memory()
+        adata = _into_memory(adata, where, "normalising raw counts")
         counts = sp.csr_matrix(adata.X, dtype=np.float32) if sp.issparse(adata.X) else None
         adata.layers["counts"] = counts if counts is not None else np.asarray(adata.X).copy()
         adata.X = _log1p_cp10k(adata.X)
