@@ -113,8 +113,8 @@ def build_trainer(
 
 @contextlib.contextmanager
 def quiet_lightning(quiet: bool):
-    """Silence Lightning's INFO chatter (device summary, tips) while training, unless progress
-    output was asked for; Lightning resets its logger levels on import, so this is done here."""
+    """Silence Lightning's INFO chatter (device summary, tips) while training; Lightning resets
+    its logger levels on import, so this is done here."""
     names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
     previous = {name: logging.getLogger(name).level for name in names}
     if quiet:
@@ -177,7 +177,10 @@ def fit_objective(
         if resume:
             check_resume_checkpoint(last)
             logger.info("%s: resuming %s from %s", owner, stage, last)
-    with warnings.catch_warnings(), quiet_lightning(not settings.progress):
+    # Progress bars are a callback, not a log: they show either way. Lightning's own INFO
+    # messages (device summary, tips) show with --verbose only.
+    verbose = logging.getLogger("perturbflow").isEnabledFor(logging.DEBUG)
+    with warnings.catch_warnings(), quiet_lightning(not verbose):
         # Built inside: the Trainer logs its device summary and batch notes on creation.
         trainer = build_trainer(
             settings,

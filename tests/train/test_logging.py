@@ -1,0 +1,46 @@
+"""Lightning's INFO chatter (device summary, tips) is silenced unless perturbflow logs at DEBUG."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from perturbflow.train import TrainerSettings, fit_objective
+
+
+class Quadratic(nn.Module):
+    """Pull a vector towards zero, one step per epoch."""
+
+    steps_per_epoch = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.ones(2))
+
+    def trainable(self) -> nn.Module:
+        return self
+
+    def training_loss(self, step, epoch, batch_index, rank, device, log):
+        return (self.weights**2).sum()
+
+    def validation_loss(self, device):
+        return (self.weights**2).sum()
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["info", "verbose"])
+def test_lightning_info_messages_show_only_when_verbose(level, caplog):
+    settings = TrainerSettings(accelerator="cpu", devices=1, progress=True)
+    before = logging.getLogger("lightning.pytorch").level
+    with caplog.at_level(level):  # the root level, as the CLI's --verbose sets it
+        fit_objective(Quadratic(), settings, stage="s", lr=0.1, seed=0, has_val=False, max_steps=2)
+    lightning = [r for r in caplog.records if r.name.startswith("lightning")]
+    info = [r for r in lightning if r.levelno == logging.INFO]
+    if level == logging.INFO:
+        assert info == []
+    else:
+        assert any("GPU available" in r.getMessage() for r in info)
+    # Back to what it was: the rest of the process is unaffected.
+    assert logging.getLogger("lightning.pytorch").level == before
