@@ -11,6 +11,13 @@ Run: ``.venv/bin/python benchmarks/speed.py --out runs/speed --sizes 10000,50000
 (about 10% non-zero values), written once per size as CSR to ``screens/`` under ``--out`` by a
 process of its own, and read from that file by each measured process. ``--scbig-options`` (JSON)
 overrides scbig's budget, e.g. ``'{"flow_steps": 50}'``.
+
+``--predict-conditions 100 --predict-cells 1000`` also measures scbig's prediction throughput:
+scbig fitted once (``--predict-size`` cells, the same budget) on a simulation split of the screen,
+so that its conditions include unseen genes and combinations with them, then ``predict`` of that
+many of the screen's conditions (singles and doubles, in the screen's order) × cells, timed alone.
+The record (``"measure": "predict_throughput"``) goes to ``speed.json`` and a table of its own
+in ``table.md``; ``--sizes ''`` skips the fit/predict sweep.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import json
 import logging
 import multiprocessing as mp
 import resource
+import shlex
 import sys
+import time
 from pathlib import Path
 
 logger = logging.getLogger("speed")
@@ -94,6 +103,63 @@ def _measure(
     )
 
 
+def _measure_prediction(
+    n_cells: int, n_genes: int, n_conditions: int, cells_per_condition: int, scbig: dict, queue
+) -> None:
+    import torch
+
+    from perturbflow.data import read
+    from perturbflow.data.conditions import CONTROL_NAME
+    from perturbflow.data.splits import make_split
+    from perturbflow.eval.loop import RunSpec, fit_model
+
+    dataset = read(_screen(n_cells, n_genes))
+    split = make_split("simulation", dataset.conditions, seed=1)
+    start = time.perf_counter()
+    model = fit_model(RunSpec("scbig", "scbig", scbig), dataset, split, seed=1)
+    fit_s = time.perf_counter() - start
+    names = [name for name in dataset.conditions if name != CONTROL_NAME][:n_conditions]
+    model.predict(names[:1], n_cells=10, seed=0)  # warm-up: the timing is of the steady state
+    start = time.perf_counter()
+    predicted = model.predict(names, n_cells=cells_per_condition, seed=0)
+    predict_s = time.perf_counter() - start
+    queue.put(
+        {
+            "measure": "predict_throughput",
+            "model": "scbig",
+            "n_cells": int(dataset.adata.n_obs),
+            "n_genes": n_genes,
+            "n_conditions": len(names),
+            "n_doubles": sum("+" in name for name in names),
+            "n_test_conditions": len(set(names) & set(split.test)),
+            "cells_per_condition": cells_per_condition,
+            "n_predicted": int(predicted.n_obs),
+            "fit_s": fit_s,
+            "predict_s": predict_s,
+            "predict_cells_per_s": predicted.n_obs / predict_s,
+            "torch_threads": torch.get_num_threads(),
+            "mean_weights": model.mean_weights_,
+            "shape_weights": model.shape_weights_,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "options": scbig,
+        }
+    )
+
+
+def _run_process(context, target, args: tuple, label: str) -> dict:
+    """``target(*args, queue)`` in a fresh process: its record, or an error record."""
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        logger.warning("%s failed (exit %s)", label, process.exitcode)
+        return {"error": f"exit {process.exitcode}"}
+    record = queue.get()
+    logger.info("%s", record)
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/speed"))
@@ -104,16 +170,21 @@ def main() -> None:
     )
     parser.add_argument("--sparse", action="store_true", help="a sparse screen read from file")
     parser.add_argument("--scbig-options", default="{}", help="JSON overriding scbig's budget")
+    parser.add_argument(
+        "--predict-conditions", type=int, default=0, help="scbig prediction throughput: conditions"
+    )
+    parser.add_argument("--predict-cells", type=int, default=1000, help="... cells per condition")
+    parser.add_argument("--predict-size", type=int, default=10000, help="... cells of its screen")
     args = parser.parse_args()
     scbig = {**SCBIG_OPTIONS, **json.loads(args.scbig_options)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "command.txt").write_text(
-        " ".join([".venv/bin/python benchmarks/speed.py", *sys.argv[1:]]) + "\n"
+        shlex.join([".venv/bin/python", "benchmarks/speed.py", *sys.argv[1:]]) + "\n"
     )
     records = []
     context = mp.get_context("spawn")
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in (int(s) for s in args.sizes.split(",") if s):
         screen = None
         if args.sparse:
             screen = args.out / "screens" / f"sparse_{size}x{args.genes}.h5ad"
@@ -127,26 +198,59 @@ def main() -> None:
                 if writer.exitcode != 0:
                     raise SystemExit(f"writing the sparse screen {screen} failed")
         for model in args.models.split(","):
-            queue = context.Queue()
-            process = context.Process(
-                target=_measure, args=(model, size, args.genes, screen, scbig, queue)
+            record = _run_process(
+                context, _measure, (model, size, args.genes, screen, scbig), f"{model} at {size}"
             )
-            process.start()
-            process.join()
-            if process.exitcode != 0:
-                records.append(
-                    {"model": model, "n_cells": size, "error": f"exit {process.exitcode}"}
-                )
-                logger.warning("%s at %d cells failed (exit %s)", model, size, process.exitcode)
-            else:
-                records.append(queue.get())
-                logger.info("%s", records[-1])
-            (args.out / "speed.json").write_text(json.dumps(records, indent=2))
-            (args.out / "table.md").write_text(speed_table(records))
+            records.append({"model": model, "n_cells": size, **record})
+            _write(args.out, records)
+    if args.predict_conditions > 0:
+        record = _run_process(
+            context,
+            _measure_prediction,
+            (args.predict_size, args.genes, args.predict_conditions, args.predict_cells, scbig),
+            "scbig prediction throughput",
+        )
+        records.append({"measure": "predict_throughput", "n_cells": args.predict_size, **record})
+        _write(args.out, records)
+
+
+def _write(out: Path, records: list[dict]) -> None:
+    (out / "speed.json").write_text(json.dumps(records, indent=2))
+    (out / "table.md").write_text(speed_table(records))
 
 
 def speed_table(records: list[dict]) -> str:
-    """Markdown: one row per (cells, model) with fit/predict seconds and peak memory."""
+    """Markdown: one row per (cells, model) with fit/predict seconds and peak memory; prediction
+    throughput records in a table of their own."""
+    sweep = [r for r in records if r.get("measure") != "predict_throughput"]
+    throughput = [r for r in records if r.get("measure") == "predict_throughput"]
+    lines = []
+    if sweep:
+        lines += _sweep_table(sweep)
+    if throughput:
+        lines += ["", *_throughput_table(throughput)] if lines else _throughput_table(throughput)
+    return "\n".join(lines) + "\n"
+
+
+def _throughput_table(records: list[dict]) -> list[str]:
+    lines = [
+        "| fit cells | genes | conditions (doubles, test) | cells each | threads | predict s | "
+        "predicted cells/s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['n_cells']} | | {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['n_cells']} | {r['n_genes']} | {r['n_conditions']} ({r['n_doubles']}, "
+            f"{r['n_test_conditions']}) | {r['cells_per_condition']} | {r['torch_threads']} | "
+            f"{r['predict_s']:.2f} | {r['predict_cells_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
+        )
+    return lines
+
+
+def _sweep_table(records: list[dict]) -> list[str]:
     lines = [
         "| cells | genes | model | fit s | predict s | fit cells/s | peak MiB |",
         "|---|---|---|---|---|---|---|",
@@ -159,7 +263,7 @@ def speed_table(records: list[dict]) -> str:
             f"| {r['n_cells']} | {r['n_genes']} | {r['model']} | {r['fit_s']:.1f} | "
             f"{r['predict_s']:.2f} | {r['fit_cells_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
