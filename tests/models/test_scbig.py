@@ -299,7 +299,7 @@ def _start_and_cells(model, name, weight, monkeypatch, n_cells=40, shape=1.0):
         patch.setattr(model, "_shape_weight", lambda _: shape)
         parts = (model.start_, model.condition_model_, model.velocity_)
         start, change = model._flow_change(name, n_cells, np.random.default_rng(5), *parts)
-        cells = model._predict_cells(name, n_cells, np.random.default_rng(5))
+        cells = np.asarray(model.predict([name], n_cells=n_cells, seed=5).X)  # the same draw
     return start, change, cells
 
 

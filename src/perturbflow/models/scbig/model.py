@@ -41,7 +41,6 @@ from perturbflow.models.base import (
 from perturbflow.models.baselines.calibrated import CalibratedAdditive, CalibratedAdditiveConfig
 from perturbflow.models.baselines.combinator import Combinator, CombinatorConfig
 from perturbflow.models.baselines.context import fit_context_calibration
-from perturbflow.models.baselines.mean_shift import recentre
 from perturbflow.models.condition_encoder import ConditionEncoder, ConditionEncoderConfig
 from perturbflow.models.flow import VelocityField, integrate
 from perturbflow.models.scbig.config import (
@@ -80,6 +79,7 @@ from perturbflow.train import StepPlan, TrainerSettings, fit_objective
 logger = logging.getLogger(__name__)
 
 _ENCODE_BATCH = 2048
+_PREDICT_ROWS = 4096  # predicted cells computed together, whole conditions at a time
 _VALIDATION_CELLS = 256  # cells per held-out condition when choosing the flow's weights
 _SHAPE_PCS = 50  # control principal components on which the shape weight's energy is measured
 CONDITION_KINDS = ("seen_single", "unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
@@ -135,14 +135,23 @@ class FlowStart:
     def combinator_offset(self, name: str, in_context: bool = False) -> np.ndarray:
         """For a combination, the combinator's delta minus the calibrated start's ``(G,)``; zeros
         for a single (the combinator is a model of combinations)."""
-        start = self.additive.estimator_.shifts([name])[0]  # (G,)
-        if len(parse_condition(name)) < 2 or self.combinator is None:
-            return np.zeros_like(start)
-        combined = self.combinator.shifts([name])[0]  # (G,)
+        return self.combinator_offsets([name], in_context=in_context)[0]
+
+    def combinator_offsets(self, conditions: list[str], in_context: bool = False) -> np.ndarray:
+        """:meth:`combinator_offset` of every condition, ``(C, G)``, one call to each model."""
+        offsets = np.zeros((len(conditions), len(self.additive.genes_)), np.float32)  # (C, G)
+        combos = [i for i, name in enumerate(conditions) if len(parse_condition(name)) >= 2]
+        if not combos or self.combinator is None:
+            return offsets
+        names = [conditions[i] for i in combos]
+        start = self.additive.estimator_.shifts(names)  # (c, G)
+        combined = self.combinator.shifts(names)  # (c, G)
         if in_context:
+            # The calibration is one affine map per gene, applied to each row alike.
             start = self.additive.context_.apply(start)
             combined = self.additive.context_.apply(combined)
-        return combined - start
+        offsets[combos] = combined - start
+        return offsets
 
 
 def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -274,6 +283,36 @@ class _PooledCells:
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(_rows(self.matrix, self.rows[index.numpy()]))  # (m, G)
+
+
+class _PresetVelocity:
+    """``velocity`` with the condition's share of its first layer computed once per condition.
+
+    The first layer reads ``[x, time embedding, condition]``; integrating a condition's cells
+    evaluates the field ``2 * ode_steps`` times (midpoint) with the same condition, so its term
+    (with the bias) is computed once: ``preset(condition (C, E)) -> (C, H)``. The time term is
+    computed once per evaluation, for the first row: the solvers step every row together.
+    ``field(x (B, D), t (B,), preset (B, H)) -> (B, D)`` equals ``velocity(x, t, condition)``
+    up to float rounding.
+    """
+
+    def __init__(self, velocity: VelocityField) -> None:
+        first = velocity.hidden[0]  # Linear over the concatenated inputs
+        latent, time = velocity.config.latent_dim, velocity.config.time_dim
+        self.velocity = velocity
+        self.state_weight = first.weight[:, :latent].T  # (D, H)
+        self.time_weight = first.weight[:, latent : latent + time].T  # (T, H)
+        self.condition_weight = first.weight[:, latent + time :].T  # (E, H)
+        self.bias = first.bias  # (H,)
+        self.layers = velocity.hidden[1:]
+
+    def preset(self, condition: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, condition, self.condition_weight)  # (C, H)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, preset: torch.Tensor) -> torch.Tensor:
+        time = self.velocity.time_embedding(t[:1]).to(x.dtype) @ self.time_weight  # (1, H)
+        hidden = torch.addmm(preset, x, self.state_weight).add_(time)  # (B, H)
+        return self.velocity.output(self.layers(hidden))  # (B, D)
 
 
 @register_model("scbig")
@@ -444,10 +483,23 @@ class ScBIG:
     ) -> np.ndarray:
         """The change ``(G,)`` that moves ``name``'s start towards the combinator's mean by its
         kind's share; zeros when the share is 0."""
-        share = shares.get(condition_kind(name, start.seen), 0.0)
-        if share == 0.0:
-            return np.zeros(len(self.genes_), dtype=np.float32)
-        return (share * start.combinator_offset(name, in_context=in_context)).astype(np.float32)
+        return self._combinator_shifts(start, [name], shares, in_context=in_context)[0]
+
+    def _combinator_shifts(
+        self, start: FlowStart, names: list[str], shares: dict[str, float], in_context: bool = False
+    ) -> np.ndarray:
+        """:meth:`_combinator_shift` of every name, ``(C, G)``; offsets are computed only where
+        the share is not 0."""
+        seen = start.seen
+        share = np.array(
+            [shares.get(condition_kind(name, seen), 0.0) for name in names], np.float32
+        )  # (C,)
+        shifts = np.zeros((len(names), len(self.genes_)), np.float32)  # (C, G)
+        blended = np.flatnonzero(share)
+        if len(blended):
+            offsets = start.combinator_offsets([names[i] for i in blended], in_context=in_context)
+            shifts[blended] = share[blended, None] * offsets  # (b, G)
+        return shifts
 
     def _cv_fold(self, train: list[str]) -> tuple[list[str], list[str]]:
         """Training conditions split into (inner training, held out) for the mean weights.
@@ -946,29 +998,54 @@ class ScBIG:
         self._check_fitted()
         return self._programs.to_frame()
 
-    def _predict_cells(self, name: str, n_cells: int, generator: np.random.Generator) -> np.ndarray:
-        """``n_cells`` predicted cells ``(n, G)``: start cells moved by the weighted flow change."""
-        start, change = self._flow_change(
-            name,
-            n_cells,
-            generator,
-            self.start_,
-            self.condition_model_,
-            self.velocity_,
-            in_context=True,
-        )  # (n, G), (n, G)
-        mean_change = change.mean(axis=0, keepdims=True)  # (1, G)
-        blend = self._combinator_shift(
-            self.start_, name, self.combinator_weights_, in_context=True
-        )  # (G,)
-        # The start (blended with the combinator's mean), the flow's change of the mean and its
-        # reshaping around it, each scaled by its weight.
-        return (
-            start
-            + blend
-            + self._mean_weight(name) * mean_change
-            + self._shape_weight(name) * (change - mean_change)
-        )
+    def _draws(self, n_conditions: int, n_cells: int, generator: np.random.Generator) -> np.ndarray:
+        """Rows ``(C, n)`` of the stored control cells each condition starts from: one draw per
+        condition, in order (without replacement while there are enough cells)."""
+        n_control = len(self.control_cells_)
+        draws = [
+            generator.choice(n_control, n_cells, replace=n_cells > n_control)
+            for _ in range(n_conditions)
+        ]
+        return np.array(draws, dtype=np.int64).reshape(n_conditions, n_cells)
+
+    def _start_cells(
+        self, index: np.ndarray, shifts: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Start cells ``(C, n, G)``, written into ``out`` when given: each condition's drawn
+        control cells (``index`` ``(C, n)``) moved onto the control mean as
+        :func:`~perturbflow.models.baselines.mean_shift.recentre` moves them (no sampling error in the mean), then by its start delta (``shifts``
+        ``(C, G)``). In place: at a million cells each copy of them is gigabytes."""
+        n_genes = self.control_cells_.shape[1]
+        cells = np.empty((*index.shape, n_genes), np.float32) if out is None else out
+        for rows, shift, start in zip(index, shifts, cells, strict=True):
+            np.take(self.control_cells_, rows, axis=0, out=start, mode="clip")  # (n, G)
+            start -= start.mean(axis=0, keepdims=True)
+            start += self.control_mean_
+            start += shift
+        return cells
+
+    @torch.no_grad()
+    def _flow_moves(
+        self, start: np.ndarray, condition: torch.Tensor, velocity: VelocityField
+    ) -> np.ndarray:
+        """The flow's change ``(C, n, G)`` of start cells ``(C, n, G)``, each condition's under
+        its embedding (``condition`` ``(C, E)``); all rows are integrated together."""
+        n_conditions, n_cells, n_genes = start.shape
+        cells = start.reshape(-1, n_genes)  # (C*n, G)
+        field = _PresetVelocity(velocity)
+        preset = field.preset(condition).repeat_interleave(n_cells, dim=0)  # (C*n, H)
+        latent = self._encode(cells)  # (C*n, L)
+        moved = integrate(
+            field, latent, preset, n_steps=self.config.ode_steps, method=self.config.ode_method
+        )  # (C*n, L)
+        change = self.autoencoder_.decode(moved).numpy()  # (C*n, G) decoded, for now
+        if self.config.residual_decoding:
+            # Each start cell keeps what the autoencoder cannot reconstruct of it: the prediction
+            # is the cell plus the decoded change, so decoder bias cancels out of the delta.
+            change -= self.autoencoder_.decode(latent).numpy()  # (C*n, G)
+        else:
+            change -= cells  # (C*n, G)
+        return change.reshape(start.shape)
 
     @torch.no_grad()
     def _flow_change(
@@ -981,31 +1058,63 @@ class ScBIG:
         velocity: VelocityField,
         in_context: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Start cells (control + start delta) and the flow's change of each, both ``(n, G)``;
-        ``in_context``: see :meth:`FlowStart.shifts`."""
-        index = generator.choice(
-            len(self.control_cells_), n_cells, replace=n_cells > len(self.control_cells_)
-        )
-        # Drawn control cells moved onto the control mean: no sampling error in the mean.
-        source = recentre(self.control_cells_[index], self.control_mean_)  # (n, G)
+        """Start cells (control + start delta) and the flow's change of each, both ``(n, G)``,
+        for one condition; ``in_context``: see :meth:`FlowStart.shifts`."""
+        index = self._draws(1, n_cells, generator)  # (1, n)
         if name == CONTROL_NAME:
+            source = self._start_cells(index, np.zeros((1, len(self.genes_)), np.float32))[0]
             return source, np.zeros_like(source)
-        start = source + start_model.shifts([name], in_context=in_context)  # (n, G)
-        latent = self._encode(start)  # (n, L)
-        condition = condition_model.encode([name]).expand(n_cells, -1)  # (n, E)
-        moved = integrate(
-            velocity,
-            latent,
-            condition,
-            n_steps=self.config.ode_steps,
-            method=self.config.ode_method,
-        )  # (n, L)
-        decoded = self.autoencoder_.decode(moved).numpy()  # (n, G)
-        if self.config.residual_decoding:
-            # Each start cell keeps what the autoencoder cannot reconstruct of it: the prediction
-            # is the cell plus the decoded change, so decoder bias cancels out of the delta.
-            return start, decoded - self.autoencoder_.decode(latent).numpy()
-        return start, decoded - start
+        start = self._start_cells(index, start_model.shifts([name], in_context=in_context))
+        change = self._flow_moves(start, condition_model.encode([name]), velocity)  # (1, n, G)
+        return start[0], change[0]
+
+    def _predicted_cells(self, names: list[str], index: np.ndarray) -> np.ndarray:
+        """Predicted cells ``(C, n, G)`` of ``names`` from their drawn control rows ``index``
+        ``(C, n)``: start cells moved by the weighted flow change, as :meth:`_flow_change` and
+        :meth:`_combinator_shift` define them for one condition, computed for blocks of conditions
+        of about ``_PREDICT_ROWS`` cells at a time."""
+        n_conditions, n_cells = index.shape
+        perturbed = [i for i, name in enumerate(names) if name != CONTROL_NAME]
+        shifts = np.zeros((n_conditions, len(self.genes_)), np.float32)  # (C, G); control: 0
+        if perturbed:
+            shifts[perturbed] = self.start_.shifts([names[i] for i in perturbed], in_context=True)
+        blend = self._combinator_shifts(
+            self.start_, names, self.combinator_weights_, in_context=True
+        )  # (C, G)
+        mean_weight = np.array([self._mean_weight(name) for name in names], np.float32)  # (C,)
+        shape_weight = np.array([self._shape_weight(name) for name in names], np.float32)  # (C,)
+        # The flow moves only conditions whose weights keep some of its change.
+        flows = np.array([name != CONTROL_NAME for name in names], dtype=bool) & (
+            (mean_weight != 0) | (shape_weight != 0)
+        )  # (C,)
+        condition = torch.zeros((n_conditions, self.config.condition_dim))  # (C, E)
+        if flows.any():
+            with torch.no_grad():
+                moved_names = [name for name, flow in zip(names, flows, strict=True) if flow]
+                condition[torch.from_numpy(flows)] = self.condition_model_.encode(moved_names)
+        cells = np.empty((n_conditions, n_cells, len(self.genes_)), np.float32)  # (C, n, G)
+        block = max(1, _PREDICT_ROWS // n_cells)
+        for first in range(0, n_conditions, block):
+            part = slice(first, first + block)
+            predicted = self._start_cells(index[part], shifts[part], out=cells[part])  # (c, n, G)
+            moving = np.flatnonzero(flows[part])  # (f,) within the block
+            change = (
+                self._flow_moves(
+                    predicted[moving], condition[part][torch.from_numpy(moving)], self.velocity_
+                )
+                if len(moving)
+                else ()
+            )  # (f, n, G)
+            # The start (blended with the combinator's mean), the flow's change of the mean and
+            # its reshaping around it, each scaled by its weight.
+            predicted += blend[part, None, :]
+            for j, delta in zip(first + moving, change, strict=True):  # delta: (n, G)
+                mean_delta = delta.mean(axis=0, keepdims=True)  # (1, G)
+                cells[j] += mean_weight[j] * mean_delta
+                delta -= mean_delta
+                delta *= shape_weight[j]
+                cells[j] += delta
+        return cells
 
     def _mean_weight(self, name: str) -> float:
         """Weight of the flow's mean change for ``name``: its kind's cross-validated weight."""
@@ -1029,7 +1138,8 @@ class ScBIG:
             reported=self.__dict__.setdefault("_reported_genes", set()),
         )
         generator = np.random.default_rng(seed)
-        blocks = {name: self._predict_cells(name, n_cells, generator) for name in names}
+        cells = self._predicted_cells(names, self._draws(len(names), n_cells, generator))
+        blocks = dict(zip(names, cells, strict=True))  # name -> (n, G)
         uns = {"model": self.name, "seed": seed, "config": self.config.to_dict()}
         predictions = predictions_to_anndata(blocks, self.genes_, uns)
         predictions.var["program"] = self._programs.labels
