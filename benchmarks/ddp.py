@@ -13,10 +13,13 @@ so the flow's whole change reaches the predictions) in these runs, each a fresh 
   starts both ranks). ``ddp_spawn`` is not used: it trains in spawned processes and hands back
   only the weights, not the best-validation state scbig keeps, nor the model built around them.
 
-Under DDP every rank draws its own batch from ``(seed, step, rank)`` and gradients are averaged:
-rank 0 sees exactly single seed 0's batches, plus rank 1's, so a step averages twice the
-conditions. The fits are therefore not bit-identical; **tolerance**: each disagreement between DDP
-and single seed 0 (``1 − r`` and max |diff| of the predicted mean deltas of the test conditions,
+Under DDP every rank draws its own batch from ``(seed, step, rank)`` and gradients are averaged,
+so ``flow_conditions_per_batch`` is per rank: the DDP runs draw half the single runs' conditions
+per rank (4 of 8), and a DDP step averages as many conditions as a single-process step (with the
+whole 8 on each rank it averaged twice as many, and reached a lower validation loss than any
+single run for that reason alone). The autoencoder's batches do not depend on the rank: both ranks
+train it on single seed 0's. The ranks' draws differ from single seed 0's, so the fits are not
+bit-identical; **tolerance**: each disagreement between DDP and single seed 0 (``1 − r`` and max |diff| of the predicted mean deltas of the test conditions,
 |diff| of the final validation loss, mean |diff| of the validation curve) must be at most the
 largest disagreement between single seed 0 and single seeds 1, 2.
 
@@ -54,8 +57,10 @@ SCBIG_OPTIONS = {
     "patience": 1000,  # no early stopping: every run trains the same number of steps
     "mean_weight": 1.0,
     "shape_weight": 1.0,
+    "flow_conditions_per_batch": 8,  # a step's conditions: per process, so DDP ranks draw 8 / 2
     "accelerator": "cpu",
 }
+DDP_DEVICES = 2
 SCREEN = {"n_genes": 200, "n_control_cells": 1000, "n_cells_per_condition": 100, "seed": 0}
 PREDICT_CELLS = 500
 SPLIT_SEED = 0
@@ -79,6 +84,19 @@ class _CurveHandler(logging.Handler):
         self.rows.append({"stage": self._stage, "kind": kind, "step": step, "loss": loss})
 
 
+def run_options(kind: str) -> dict:
+    """scbig's options for a ``single`` or ``ddp`` run: the same global batch of conditions."""
+    if kind == "single":
+        return {**SCBIG_OPTIONS, "devices": 1, "strategy": "auto"}
+    per_rank = SCBIG_OPTIONS["flow_conditions_per_batch"] // DDP_DEVICES
+    return {
+        **SCBIG_OPTIONS,
+        "flow_conditions_per_batch": per_rank,
+        "devices": DDP_DEVICES,
+        "strategy": "ddp",
+    }
+
+
 def _worker(args: argparse.Namespace) -> None:
     """Fit scbig once; rank 0 writes ``result.json``, ``deltas.csv``, ``curves.csv``, model."""
     import torch
@@ -97,8 +115,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     dataset = read(args.screen)
     split = make_split("simulation", dataset.conditions, seed=SPLIT_SEED)
-    devices, strategy = (2, "ddp") if args.worker == "ddp" else (1, "auto")
-    spec = RunSpec("scbig", "scbig", {**SCBIG_OPTIONS, "devices": devices, "strategy": strategy})
+    spec = RunSpec("scbig", "scbig", run_options(args.worker))
     start = time.perf_counter()
     model = fit_model(spec, dataset, split, args.seed)  # the package's one fit call site
     fit_s = time.perf_counter() - start
@@ -130,7 +147,8 @@ def _launch(run: str, seed: int, launcher: str, screen: Path, result: Path) -> f
     worker = [str(Path(__file__).resolve()), "--worker", run, "--seed", str(seed)]
     worker += ["--screen", str(screen), "--result", str(result)]
     if launcher == "torchrun":
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command = [sys.executable, "-m", "torch.distributed.run"]
+        command += ["--nproc_per_node", str(DDP_DEVICES)]
         command += ["--master_port", "29517", *worker]
     else:
         command = [sys.executable, *worker]
@@ -232,7 +250,7 @@ def main() -> None:
         run = runs[row["run"]]["result"]
         checks[row["run"]] = {
             **{metric: bool(row[metric] <= tolerance[metric]) for metric in metrics},
-            "world_size_2": run["world_size"] == 2,
+            f"world_size_{DDP_DEVICES}": run["world_size"] == DDP_DEVICES,
             "reload_identical": run["reload_identical"],
         }
     passed = all(all(check.values()) for check in checks.values())
@@ -244,7 +262,7 @@ def main() -> None:
     summary = {
         "screen": SCREEN,
         "split": {"kind": "simulation", "seed": SPLIT_SEED, "test": len(truth)},
-        "scbig": SCBIG_OPTIONS,
+        "scbig": {kind: run_options(kind) for kind in ("single", "ddp")},
         "predict_cells": PREDICT_CELLS,
         "runs": {
             label: {

@@ -1,6 +1,9 @@
 """Distributed settings reach Lightning without launching processes; the real 2-process DDP run
 against single-process training is benchmarks/ddp.py."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -47,3 +50,20 @@ def test_cli_num_nodes_reaches_the_scbig_config():
     (spec,) = _model_runs("scbig", defaults={"num_nodes": 2, "strategy": "ddp", "devices": 4})
     config = spec.config(0)
     assert (config.num_nodes, config.strategy, config.devices) == (2, "ddp", 4)
+
+
+def test_ddp_benchmark_compares_equal_global_batches():
+    # Each rank draws its own batch of conditions: the DDP runs draw the single runs' batch split
+    # over the ranks, so a step averages as many conditions in both; nothing else differs.
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ddp.py"
+    spec = importlib.util.spec_from_file_location("ddp_script", script)
+    ddp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ddp)
+    single, distributed = ddp.run_options("single"), ddp.run_options("ddp")
+    assert (single["devices"], distributed["devices"]) == (1, 2)
+    per_rank = distributed["flow_conditions_per_batch"]
+    assert per_rank * distributed["devices"] == single["flow_conditions_per_batch"]
+    differ = {"devices", "strategy", "flow_conditions_per_batch"}
+    assert {k: v for k, v in distributed.items() if k not in differ} == {
+        k: v for k, v in single.items() if k not in differ
+    }
