@@ -579,3 +579,19 @@ def test_read_options_carry_backed_mode(tmp_path):
     assert dataset.adata.isbacked
     dataset.adata.file.close()
     assert not ReadOptions().read(path).adata.isbacked
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_rows_returns_stored_rows_by_position(tmp_path, sparse):
+    path = write(make_adata(counts=False, sparse=sparse), tmp_path / "data.h5ad")
+    for backed in (False, True):
+        dataset = read(path, backed=backed)
+        positions = np.array([0, 3, 7])
+        rows = dataset.rows(positions)
+        assert sp.issparse(rows) is sparse
+        expected = dense(read(path).adata.X)[positions]
+        np.testing.assert_array_equal(dense(rows), expected)
+        with pytest.raises(ValueError, match="increasing"):
+            dataset.rows(np.array([3, 0]))
+        if backed:
+            dataset.adata.file.close()

@@ -392,5 +392,40 @@ def test_config_errors_name_the_field():
         CalibratedAdditiveConfig(n_components=0)
     with pytest.raises(ValueError, match="calibration_genes"):
         CalibratedAdditiveConfig(calibration_genes=-1)
+    with pytest.raises(ValueError, match="max_fit_cells"):
+        CalibratedAdditiveConfig(max_fit_cells=1)
     assert CalibratedAdditiveConfig().unseen_mode == "mean"
     assert CalibratedAdditiveConfig(embedding="go").unseen_mode == "ridge"
+
+
+def test_gene_statistics_use_a_seeded_sample_of_max_fit_cells(screen):
+    dataset, split = screen
+    n_train = int(dataset.cell_mask(list(split.train)).sum())
+    everything = get_model("calibrated_additive").fit(dataset, split)
+    capped = CalibratedAdditiveConfig(max_fit_cells=n_train)  # at the cap: every cell
+    at_cap = get_model("calibrated_additive", capped).fit(dataset, split)
+    for gene, slopes in everything.coupling_.items():
+        np.testing.assert_array_equal(at_cap.coupling_[gene], slopes)
+
+    config = CalibratedAdditiveConfig(max_fit_cells=120)
+    model = get_model("calibrated_additive", config).fit(dataset, split)
+    rows = model._statistics_rows(dataset, list(split.train))
+    assert len(rows) == 120 and np.all(np.diff(rows) > 0)
+    assert dataset.cell_mask(list(split.train))[rows].all()  # training cells only
+    labels = dataset.condition_labels.to_numpy()[rows]
+    leave_out = {
+        gene: np.isin(labels, [c for c in split.train if gene in c.split("+")])
+        for gene in {g for c in split.train for g in c.split("+") if c != "ctrl"}
+    }
+    expected, _ = coupling_columns(
+        dataset.rows(rows), dataset.genes, sorted(dataset.perturbed_genes), leave_out
+    )
+    assert set(model.coupling_) == set(expected)
+    for gene, slopes in expected.items():
+        np.testing.assert_array_equal(model.coupling_[gene], slopes)
+    assert any(
+        np.abs(model.coupling_[g] - everything.coupling_[g]).max() > 1e-4 for g in expected
+    ), "a sample of the cells gives other slopes"
+    again = get_model("calibrated_additive", config).fit(dataset, split)
+    for gene, slopes in model.coupling_.items():
+        np.testing.assert_array_equal(again.coupling_[gene], slopes)  # seeded

@@ -173,11 +173,20 @@ class PerturbationDataset:
             )
 
     def _rows(self, mask: np.ndarray):
-        """The cells of ``mask`` as stored; an in-memory matrix is indexed directly (an AnnData
-        view per call costs more than the rows of a small condition)."""
+        """The cells of ``mask`` (boolean, or increasing row positions) as stored; an in-memory
+        matrix is indexed directly (an AnnData view per call costs more than the rows of a small
+        condition)."""
         if self.adata.isbacked or self.adata.is_view:
             return self.adata[mask].X
-        return self.adata.X[np.flatnonzero(mask)]
+        return self.adata.X[np.flatnonzero(mask) if mask.dtype == bool else mask]
+
+    def rows(self, positions: np.ndarray):
+        """The cells at ``positions`` (increasing row numbers) as stored: sparse stays sparse."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (np.any(np.diff(positions) <= 0) or positions[0] < 0):
+            raise ValueError("rows() needs increasing, non-negative row positions")
+        matrix = self._rows(positions)
+        return matrix if sp.issparse(matrix) else np.asarray(matrix)
 
     def expression(self, name: str | Sequence[str]) -> np.ndarray:
         """Dense ``(cells, genes)`` float32 expression of the cells of one or more conditions."""

@@ -554,7 +554,9 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     ``calibration_genes``: each training condition's most changed genes that the category scales
     are fitted on (0: all genes). ``propagate``: the on-target residual of a gene without a
     training single also moves the genes that co-vary with it (only with ``target_aware``, whose
-    residual it spreads).
+    residual it spreads). ``max_fit_cells``: the gene–gene statistics (co-variation slopes, data
+    embedding) use at most this many training cells, a seeded sample of them (all cells below
+    it), so fit time stays flat in the number of cells; condition means always use every cell.
     """
 
     calibrate: bool = True
@@ -568,8 +570,13 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     n_components: int = 32
     priors: str | None = None
     network: bool = False
+    max_fit_cells: int = 50_000
 
     def __post_init__(self) -> None:
+        if self.max_fit_cells < 2:
+            raise ValueError(
+                f"CalibratedAdditiveConfig.max_fit_cells must be at least 2, got {self.max_fit_cells}"
+            )
         if self.unseen not in (*UNSEEN_MODES, "auto"):
             raise ValueError(
                 f"CalibratedAdditiveConfig.unseen must be one of {(*UNSEEN_MODES, 'auto')}, "
@@ -610,11 +617,12 @@ class CalibratedAdditive(MeanShiftModel):
         )
         self.guide_genes_ = dataset.guide_genes
         self.coupling_, self.coupling_held_out_ = {}, {}
+        rows = self._statistics_rows(dataset, train)  # (n,) at most max_fit_cells
         if cfg.propagate and cfg.target_aware:
-            self.coupling_, self.coupling_held_out_ = self._coupling(dataset, train)
+            self.coupling_, self.coupling_held_out_ = self._coupling(dataset, train, rows)
         self.table_ = pd.DataFrame(index=pd.Index([], dtype=str))
         if cfg.unseen_mode == "ridge" or cfg.embedding != "data":
-            cells = dataset.matrix(train)  # (N_train, G), sparse kept: control + training
+            cells = dataset.rows(rows)  # (n, G), sparse kept: control + training
             table = correlation_embedding(cells, dataset.genes, cfg.n_components)
             if cfg.embedding != "data":
                 prior = prior_gene_table(
@@ -624,19 +632,28 @@ class CalibratedAdditive(MeanShiftModel):
             self.table_ = table
         self._build_estimator()
 
+    def _statistics_rows(self, dataset, train: list[str]) -> np.ndarray:
+        """Row positions of the training cells, or a seeded sorted sample of ``max_fit_cells``."""
+        rows = np.flatnonzero(dataset.cell_mask(train))  # (N_train,)
+        cap = self.config.max_fit_cells
+        if len(rows) <= cap:
+            return rows
+        # A generator of its own: the control-cell draw keeps its numbers.
+        rng = np.random.default_rng([self.config.seed, 1])
+        return np.sort(rng.choice(rows, cap, replace=False))
+
     @staticmethod
-    def _coupling(dataset, train: list[str]):
-        """Slopes of every gene on each measured perturbed gene over the training cells, and
-        for genes perturbed in training, the same without the cells that perturb them."""
-        mask = dataset.cell_mask(train)
-        labels = dataset.condition_labels.to_numpy()[mask]
+    def _coupling(dataset, train: list[str], rows: np.ndarray):
+        """Slopes of every gene on each measured perturbed gene over the training cells ``rows``,
+        and for genes perturbed in training, the same without the cells that perturb them."""
+        labels = dataset.condition_labels.to_numpy()[rows]
         perturbing: dict[str, list[str]] = {}
         for name in train:
             for gene in parse_condition(name):
                 perturbing.setdefault(gene, []).append(name)
         leave_out = {gene: np.isin(labels, names) for gene, names in perturbing.items()}
         return coupling_columns(
-            dataset.matrix(train), dataset.genes, sorted(dataset.perturbed_genes), leave_out
+            dataset.rows(rows), dataset.genes, sorted(dataset.perturbed_genes), leave_out
         )
 
     def _build_estimator(self) -> None:

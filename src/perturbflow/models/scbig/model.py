@@ -445,6 +445,7 @@ class ScBIG:
             n_components=cfg.embedding_components,
             priors=cfg.priors,
             max_control_cells=cfg.max_control_cells,
+            max_fit_cells=cfg.max_fit_cells,
             seed=cfg.seed,
         )
 
