@@ -595,3 +595,14 @@ def test_rows_returns_stored_rows_by_position(tmp_path, sparse):
             dataset.rows(np.array([3, 0]))
         if backed:
             dataset.adata.file.close()
+
+
+def test_backed_condition_means_are_read_from_the_file_once(tmp_path):
+    path = write(make_adata(counts=False), tmp_path / "data.h5ad")
+    backed, in_memory = read(path, backed=True), read(path)
+    first = backed.mean_expression(["A", "ctrl"])
+    backed.adata.file.close()  # the means now come from memory, not the file
+    pd.testing.assert_frame_equal(
+        backed.mean_expression(["ctrl", "A", "A"]), first.loc[["ctrl", "A", "A"]]
+    )
+    pd.testing.assert_frame_equal(first, in_memory.mean_expression(["A", "ctrl"]))

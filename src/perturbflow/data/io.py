@@ -99,6 +99,11 @@ class PerturbationDataset:
     condition_key: str
     unmeasured_genes: frozenset[str] = field(default_factory=frozenset)
     cell_type_key: str | None = None
+    # Condition means of a backed file, read once: its matrix is read-only on disk, and each
+    # mean is a pass over that condition's rows of the file.
+    _backed_means: dict[str, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def genes(self) -> pd.Index:
@@ -205,10 +210,15 @@ class PerturbationDataset:
         """Mean expression per condition: DataFrame ``(conditions, genes)``; sparse data are
         averaged without a dense copy."""
         names = self.conditions if names is None else list(names)
-        rows = [
-            np.asarray(matrix.mean(axis=0), dtype=np.float32).ravel()
-            for matrix in self._condition_matrices(names)
-        ]
+        cache = self._backed_means if self.adata.isbacked else {}
+        missing = list(dict.fromkeys(name for name in names if name not in cache))
+        means = {
+            name: np.asarray(matrix.mean(axis=0), dtype=np.float32).ravel()
+            for name, matrix in zip(missing, self._condition_matrices(missing), strict=True)
+        }
+        if self.adata.isbacked:
+            cache.update(means)
+        rows = [cache[name] if name in cache else means[name] for name in names]
         return pd.DataFrame(
             np.vstack(rows) if rows else np.zeros((0, self.n_genes), np.float32),
             index=names,
