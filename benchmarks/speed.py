@@ -8,9 +8,11 @@ seconds, cells/s, peak MiB, the settings used), ``table.md`` and ``command.txt``
 Run: ``.venv/bin/python benchmarks/speed.py --out runs/speed --sizes 10000,50000,200000``
 
 ``--sparse`` measures a sparse screen instead: the same simulator at a library size of 250 counts
-(about 10% non-zero values), written once per size as CSR to ``screens/`` under ``--out`` by a
-process of its own, and read from that file by each measured process. ``--scbig-options`` (JSON)
-overrides scbig's budget, e.g. ``'{"flow_steps": 50}'``.
+(about 10% non-zero values), built as CSR one condition at a time (a million cells fit), written
+once per size to ``screens/`` under ``--out`` by a process of its own, and read from that file by
+each measured process. ``--backed scbig`` (comma-separated models) opens that file in anndata's
+backed mode for those models instead of loading it. ``--scbig-options`` (JSON) overrides scbig's
+budget, e.g. ``'{"flow_steps": 50}'``.
 
 ``--predict-conditions 100 --predict-cells 1000`` also measures scbig's prediction throughput:
 scbig fitted once (``--predict-size`` cells, the same budget) on a simulation split of the screen,
@@ -45,7 +47,7 @@ def _screen(n_cells: int, n_genes: int, library_size: float | None = None):
 
     n_conditions = 1 + 40 + 60
     per_condition = max(10, n_cells // n_conditions)
-    extra = {} if library_size is None else {"library_size": library_size}
+    extra = {} if library_size is None else {"library_size": library_size, "sparse": True}
     return simulate(
         n_genes=n_genes,
         n_programs=16,
@@ -61,21 +63,27 @@ def _screen(n_cells: int, n_genes: int, library_size: float | None = None):
 
 def _write_sparse_screen(n_cells: int, n_genes: int, path: Path) -> None:
     """The simulated screen with ``X`` as CSR float32 and no counts layer, written to ``path``."""
-    import scipy.sparse as sp
-
-    adata = _screen(n_cells, n_genes, SPARSE_LIBRARY_SIZE)
+    adata = _screen(n_cells, n_genes, SPARSE_LIBRARY_SIZE)  # CSR
     del adata.layers["counts"]
-    adata.X = sp.csr_matrix(adata.X)
     adata.write_h5ad(path)
 
 
 def _measure(
-    model_name: str, n_cells: int, n_genes: int, screen: Path | None, scbig: dict, queue
+    model_name: str,
+    n_cells: int,
+    n_genes: int,
+    screen: Path | None,
+    scbig: dict,
+    backed: bool,
+    queue,
 ) -> None:
     from perturbflow.data import read
     from perturbflow.eval.loop import RunSpec, Seeds, run
 
-    dataset = read(screen) if screen is not None else read(_screen(n_cells, n_genes))
+    if screen is not None:
+        dataset = read(screen, backed=backed)
+    else:
+        dataset = read(_screen(n_cells, n_genes))
     options = scbig if model_name == "scbig" else {}
     result = run(
         dataset,
@@ -99,6 +107,7 @@ def _measure(
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "options": options or {},
             "sparse": screen is not None,
+            "backed": bool(dataset.adata.isbacked),
         }
     )
 
@@ -169,6 +178,9 @@ def main() -> None:
         "--models", default="control_mean,additive,linear,ridge,nearest_neighbor,scbig"
     )
     parser.add_argument("--sparse", action="store_true", help="a sparse screen read from file")
+    parser.add_argument(
+        "--backed", default="", help="with --sparse: models that read the file in backed mode"
+    )
     parser.add_argument("--scbig-options", default="{}", help="JSON overriding scbig's budget")
     parser.add_argument(
         "--predict-conditions", type=int, default=0, help="scbig prediction throughput: conditions"
@@ -182,6 +194,9 @@ def main() -> None:
     (args.out / "command.txt").write_text(
         shlex.join([".venv/bin/python", "benchmarks/speed.py", *sys.argv[1:]]) + "\n"
     )
+    backed = {name for name in args.backed.split(",") if name}
+    if backed and not args.sparse:
+        parser.error("--backed needs --sparse (a screen file to open)")
     records = []
     context = mp.get_context("spawn")
     for size in (int(s) for s in args.sizes.split(",") if s):
@@ -199,7 +214,10 @@ def main() -> None:
                     raise SystemExit(f"writing the sparse screen {screen} failed")
         for model in args.models.split(","):
             record = _run_process(
-                context, _measure, (model, size, args.genes, screen, scbig), f"{model} at {size}"
+                context,
+                _measure,
+                (model, size, args.genes, screen, scbig, model in backed),
+                f"{model} at {size}",
             )
             records.append({"model": model, "n_cells": size, **record})
             _write(args.out, records)
@@ -259,8 +277,9 @@ def _sweep_table(records: list[dict]) -> list[str]:
         if "error" in r:
             lines.append(f"| {r['n_cells']} | | {r['model']} | {r['error']} | | | |")
             continue
+        model = f"{r['model']} (backed)" if r.get("backed") else r["model"]
         lines.append(
-            f"| {r['n_cells']} | {r['n_genes']} | {r['model']} | {r['fit_s']:.1f} | "
+            f"| {r['n_cells']} | {r['n_genes']} | {model} | {r['fit_s']:.1f} | "
             f"{r['predict_s']:.2f} | {r['fit_cells_per_s']:.0f} | {r['peak_rss_mib']:.0f} |"
         )
     return lines
