@@ -33,6 +33,8 @@ class Quadratic(nn.Module):
 @pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["info", "verbose"])
 def test_lightning_info_messages_show_only_when_verbose(level, caplog):
     settings = TrainerSettings(accelerator="cpu", devices=1, progress=True)
+    # As Lightning leaves it on import (the CLI's start-up lowers it; Lightning's import resets it).
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
     before = logging.getLogger("lightning.pytorch").level
     with caplog.at_level(level):  # the root level, as the CLI's --verbose sets it
         fit_objective(Quadratic(), settings, stage="s", lr=0.1, seed=0, has_val=False, max_steps=2)
