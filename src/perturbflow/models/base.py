@@ -220,15 +220,16 @@ def predictions_to_anndata(
 ) -> ad.AnnData:
     """Stack predicted cells per condition into an AnnData (obs: condition; uns: provenance)."""
     names = list(blocks)
-    matrix = (
-        np.vstack([blocks[name] for name in names]).astype(np.float32)
+    matrix = (  # one copy, cast on the way (a million predicted cells are gigabytes)
+        np.concatenate([blocks[name] for name in names], axis=0, dtype=np.float32)
         if names
         else np.zeros((0, len(list(genes))), dtype=np.float32)
     )
-    labels = [name for name in names for _ in range(blocks[name].shape[0])]
+    sizes = [blocks[name].shape[0] for name in names]
+    codes = np.repeat(np.arange(len(names)), sizes)  # (N,)
     obs = pd.DataFrame(
-        {CONDITION_COLUMN: pd.Categorical(labels, categories=names)},
-        index=[f"pred{i}" for i in range(len(labels))],
+        {CONDITION_COLUMN: pd.Categorical.from_codes(codes, categories=names)},
+        index=[f"pred{i}" for i in range(len(codes))],
     )
     adata = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(list(genes))))
     adata.uns["perturbflow"] = uns
