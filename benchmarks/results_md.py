@@ -201,8 +201,34 @@ RUNS = (
         "scbig on sparse screens: bounded fitting (max_fit_cells 50,000) and sparse cell pools",
     ),
     (
+        "runs/speed_1m",
+        "Sparse screens to a million cells (2,000 genes, 9.5% non-zero): baselines read into "
+        "memory, scbig in backed mode (1 autoencoder epoch, 200 flow steps), each in its own "
+        "process on a quiet machine, one thread",
+    ),
+    (
+        "runs/speed_predict_before",
+        "scbig's prediction throughput, 100 conditions × 1,000 cells, one thread: per-condition "
+        "code (before 1ac2834)",
+    ),
+    (
+        "runs/speed_predict_after",
+        "scbig's prediction throughput: conditions in blocks, flows skipped where the "
+        "cross-validated weights keep nothing (quiet machine, one thread)",
+    ),
+    (
+        "runs/speed_predict_after_2threads",
+        "scbig's prediction throughput, the same with two threads",
+    ),
+    (
         "runs/ddp",
-        "scbig with 2-process CPU DDP (gloo) against single-process fits of three seeds",
+        "scbig with 2-process CPU DDP (gloo) against single-process fits of three seeds "
+        "(each rank drew the single run's conditions per step: twice the batch)",
+    ),
+    (
+        "runs/ddp_equal_batch",
+        "scbig with 2-process CPU DDP (gloo), each rank drawing half the single run's "
+        "conditions per step, against single-process fits of three seeds",
     ),
     (
         "runs/norman19_combo_cellflow",
