@@ -16,6 +16,7 @@ from perturbflow.models.baselines.embedding import (
 )
 from perturbflow.models.baselines.linear import Linear, LinearConfig
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel
+from perturbflow.models.baselines.pooled import PooledAdditive, PooledAdditiveConfig
 from perturbflow.models.baselines.simple import Additive, ControlMean
 
 BASELINES = (
@@ -27,6 +28,7 @@ BASELINES = (
     "nearest_neighbor",
     "combinator",
     "network_additive",
+    "pooled_additive",
 )
 
 __all__ = [
@@ -47,5 +49,7 @@ __all__ = [
     "NearestNeighbor",
     "NetworkAdditive",
     "NetworkAdditiveConfig",
+    "PooledAdditive",
+    "PooledAdditiveConfig",
     "Ridge",
 ]
