@@ -49,6 +49,9 @@ VARIANTS = {
     # The default's flow trained at 4x the learning rate, keeping its last weights (validated
     # once, at the end) rather than those with the best validation mean.
     "fast_flow": {"flow_lr": 2e-3, "val_every": 1000},
+    # The default with each single's start delta fitted on the training combinations too
+    # (pooled_additive's estimate, combinations at full weight).
+    "pooled_start": {"prior_combination_weight": 1.0},
     "no_grc": {**SCBIG_PAPER, "programs": "random"},
     "no_module_attention": {**SCBIG_PAPER, "autoencoder": "mlp"},
     "no_alignment": {**SCBIG_PAPER, "alignment": False},
@@ -73,6 +76,7 @@ BASELINES = (
     "linear",
     "ridge",
     "nearest_neighbor",
+    "pooled_additive",
 )
 
 

@@ -429,3 +429,35 @@ def test_gene_statistics_use_a_seeded_sample_of_max_fit_cells(screen):
     again = get_model("calibrated_additive", config).fit(dataset, split)
     for gene, slopes in model.coupling_.items():
         np.testing.assert_array_equal(again.coupling_[gene], slopes)  # seeded
+
+
+def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(screen, tmp_path):
+    from perturbflow.models.baselines.pooled import pooled_effects
+    from perturbflow.models.scbig import ScBIGConfig
+
+    dataset, split = screen
+    config = CalibratedAdditiveConfig(combination_weight=1.0)
+    model = get_model("calibrated_additive", config).fit(dataset, split)
+    names = [n for n in model.train_deltas_.index if n != "ctrl"]
+    cells = dataset.cells_per_condition.reindex(names).to_numpy(float)
+    genes, effects = pooled_effects(model.train_deltas_.loc[names].to_numpy(), names, cells, 1.0)
+    singles = {n for n in names if "+" not in n}
+    assert set(model.pooled_) == singles
+    for gene, effect in zip(genes, effects, strict=True):
+        if gene in singles:
+            np.testing.assert_array_equal(model.pooled_[gene], effect)
+            row = model.estimator_.genes.index(gene)
+            np.testing.assert_allclose(model.estimator_.deltas[row], effect, rtol=1e-6)
+    plain = get_model("calibrated_additive").fit(dataset, split)
+    assert plain.pooled_ == {}
+    test = list(split.test)
+    assert (
+        np.abs(model.predict_delta(test).to_numpy() - plain.predict_delta(test).to_numpy()).max()
+        > 1e-3
+    )
+    loaded = load_model(model.save(tmp_path / "pooled_start.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+    with pytest.raises(ValueError, match="combination_weight"):
+        CalibratedAdditiveConfig(combination_weight=-0.5)
+    with pytest.raises(ValueError, match="prior_combination_weight"):
+        ScBIGConfig(prior_combination_weight=float("nan"))

@@ -57,6 +57,7 @@ from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
 from perturbflow.models.baselines.context import ContextCalibration, fit_context_calibration
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
+from perturbflow.models.baselines.pooled import pooled_effects
 from perturbflow.programs.priors import (
     check_embedding_spec,
     correlation_embedding,
@@ -557,6 +558,9 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     residual it spreads). ``max_fit_cells``: the gene–gene statistics (co-variation slopes, data
     embedding) use at most this many training cells, a seeded sample of them (all cells below
     it), so fit time stays flat in the number of cells; condition means always use every cell.
+    ``combination_weight``: above 0, each gene's single delta is replaced by its effect fitted
+    jointly on the training singles and combinations (``pooled_additive``, combinations weighted
+    by this times their cells), which carries less of one single's sampling noise.
     """
 
     calibrate: bool = True
@@ -571,8 +575,14 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     priors: str | None = None
     network: bool = False
     max_fit_cells: int = 50_000
+    combination_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not np.isfinite(self.combination_weight) or self.combination_weight < 0:
+            raise ValueError(
+                "CalibratedAdditiveConfig.combination_weight must be a finite number >= 0, got "
+                f"{self.combination_weight}"
+            )
         if self.max_fit_cells < 2:
             raise ValueError(
                 f"CalibratedAdditiveConfig.max_fit_cells must be at least 2, got {self.max_fit_cells}"
@@ -616,6 +626,7 @@ class CalibratedAdditive(MeanShiftModel):
             else ContextCalibration()
         )
         self.guide_genes_ = dataset.guide_genes
+        self.pooled_ = self._pooled_singles(dataset) if cfg.combination_weight > 0 else {}
         self.coupling_, self.coupling_held_out_ = {}, {}
         rows = self._statistics_rows(dataset, train)  # (n,) at most max_fit_cells
         if cfg.propagate and cfg.target_aware:
@@ -631,6 +642,16 @@ class CalibratedAdditive(MeanShiftModel):
                 table = with_data_embedding(prior, table)
             self.table_ = table
         self._build_estimator()
+
+    def _pooled_singles(self, dataset) -> dict[str, np.ndarray]:
+        """Gene → effect ``(G,)`` fitted on every training condition, for genes with a single."""
+        names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
+        cells = dataset.cells_per_condition.reindex(names).to_numpy(np.float64)  # (C,)
+        genes, effects = pooled_effects(
+            self.train_deltas_.loc[names].to_numpy(), names, cells, self.config.combination_weight
+        )
+        singles = {single_gene(name) for name in names} - {None}
+        return {g: e for g, e in zip(genes, effects, strict=True) if g in singles}
 
     def _statistics_rows(self, dataset, train: list[str]) -> np.ndarray:
         """Row positions of the training cells, or a seeded sorted sample of ``max_fit_cells``."""
@@ -665,7 +686,7 @@ class CalibratedAdditive(MeanShiftModel):
             if gene is None:
                 combos[name] = row.to_numpy()
             else:
-                singles[gene] = row.to_numpy()
+                singles[gene] = self.pooled_.get(gene, row.to_numpy())
         self.estimator_ = AdditiveShiftPrior(
             singles,
             len(self.genes_),
@@ -693,6 +714,7 @@ class CalibratedAdditive(MeanShiftModel):
             "guide_targets": np.asarray(list(self.guide_genes_.values()), dtype=str),
             **_slopes_state("coupling", self.coupling_, len(self.genes_)),
             **_slopes_state("coupling_held_out", self.coupling_held_out_, len(self.genes_)),
+            **_slopes_state("pooled", self.pooled_, len(self.genes_)),
         }
 
     def _set_state(self, arrays) -> None:
@@ -700,6 +722,7 @@ class CalibratedAdditive(MeanShiftModel):
         self.context_ = ContextCalibration.from_state(arrays)
         self.coupling_ = _slopes_from_state("coupling", arrays)
         self.coupling_held_out_ = _slopes_from_state("coupling_held_out", arrays)
+        self.pooled_ = _slopes_from_state("pooled", arrays) if "pooled" in arrays else {}
         self.guide_genes_ = dict(
             zip(
                 arrays["guide_names"].astype(str).tolist(),

@@ -79,6 +79,9 @@ class ScBIGConfig:
     target_aware_prior: bool = True  # calibrated_additive start: target-aware fill of unseen genes
     propagate_prior: bool = True  # ... spread to the genes co-varying with the target
     network_prior: bool = True  # ... plus the learned map of combinations (network_additive)
+    # ... with each single's delta fitted on the training combinations too, at this weight per
+    # combination cell (0: the single's own cells; pooled_additive's estimate otherwise)
+    prior_combination_weight: float = 0.0
     # The flow's training combinations start from the map's residual fitted without them, so the
     # flow learns the residual a held-out combination has (off: the in-sample, smaller one).
     cross_fit_start: bool = False
@@ -171,6 +174,11 @@ class ScBIGConfig:
         if self.shape_weight is not None and not 0.0 <= self.shape_weight < float("inf"):
             raise ValueError(
                 f"ScBIGConfig.shape_weight must be a finite number >= 0, got {self.shape_weight}"
+            )
+        if not 0.0 <= self.prior_combination_weight < float("inf"):
+            raise ValueError(
+                "ScBIGConfig.prior_combination_weight must be a finite number >= 0, got "
+                f"{self.prior_combination_weight}"
             )
         share = self.combinator_weight
         if share is not None and not 0.0 <= share <= 1.0:

@@ -446,6 +446,7 @@ class ScBIG:
             priors=cfg.priors,
             max_control_cells=cfg.max_control_cells,
             max_fit_cells=cfg.max_fit_cells,
+            combination_weight=cfg.prior_combination_weight,
             seed=cfg.seed,
         )
 
