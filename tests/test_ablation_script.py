@@ -150,3 +150,15 @@ def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path,
         .weights_table(pd.read_csv(second / "mean_weights.csv"))
         .endswith("| screen | combo | scbig_default | combo_seen2 | 0, 0 | - | - | 6, 6 |\n")
     )
+
+
+def test_combo_acceptance_of_a_variant_alone_skips_the_comparison_with_baselines():
+    ablation = _load()
+    values = {("scbig", "pearson_delta_de20"): 0.96, ("scbig", "energy_distance"): 1.0}
+    values |= {("scbig", "mse_de20"): 0.2}
+    results = pd.DataFrame(
+        _rows("combo_seen2", values), columns=["subgroup", "model", "metric", "value", "seed"]
+    )
+    table = ablation.acceptance(results, "combo").set_index("check")
+    assert "energy below every mean-shift model" not in table.index
+    assert table.loc["pearson_delta_de20 ≥ 0.95", "holds"]
