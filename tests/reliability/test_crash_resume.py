@@ -10,32 +10,13 @@ import threading
 
 import pytest
 import torch
-from torch import nn
+from _objectives import Quadratic
 from typer.testing import CliRunner
 
 from conftest import kill_when
 from perturbflow.train.trainer import ResumeCheckpointError, TrainerSettings, fit_objective
 
 runner = CliRunner()
-
-
-class Quadratic(nn.Module):
-    """The smallest objective: pull a vector towards zero, two steps per epoch."""
-
-    steps_per_epoch = 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weights = nn.Parameter(torch.ones(4))
-
-    def trainable(self) -> nn.Module:
-        return self
-
-    def training_loss(self, step, epoch, batch_index, rank, device, log):
-        return (self.weights**2).sum()
-
-    def validation_loss(self, device):
-        return (self.weights**2).sum()
 
 
 def _fit_quadratic(folder, max_steps=4):

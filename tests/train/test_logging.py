@@ -5,29 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
-from torch import nn
+from _objectives import Quadratic
 
 from perturbflow.train import TrainerSettings, fit_objective
-
-
-class Quadratic(nn.Module):
-    """Pull a vector towards zero, one step per epoch."""
-
-    steps_per_epoch = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weights = nn.Parameter(torch.ones(2))
-
-    def trainable(self) -> nn.Module:
-        return self
-
-    def training_loss(self, step, epoch, batch_index, rank, device, log):
-        return (self.weights**2).sum()
-
-    def validation_loss(self, device):
-        return (self.weights**2).sum()
 
 
 @pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["info", "verbose"])
