@@ -34,12 +34,25 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
-        "runs/grn_accept_combo_v4",
+        "runs/grn_accept_combo_v5",
         "Issue 12 acceptance, combo split: six GRN screens, 5 seeds, scbig whose combinations "
         "start partway to the combinator's mean, the share chosen by cross-validation on the "
-        "held-out training combinations' top DE genes; DoRothEA s11 was made for this check "
-        "(scbig and additive rerun; the other baselines merged from `grn_accept_combo_v3` and "
-        "`grn_s11_baselines`; 4-5 jobs shared the 2 cores, so fit seconds are upper bounds)",
+        "held-out training combinations' top DE genes; DoRothEA s11 was made for this check. "
+        "`grn_accept_combo_v4` (scbig and additive rerun there; the other baselines merged from "
+        "`grn_accept_combo_v3` and `grn_s11_baselines`; 4-5 jobs shared the 2 cores, so fit "
+        "seconds are upper bounds) plus `pooled_additive` (`grn_pooled_a`, `_b`) and the variant "
+        "`pooled_start`, scbig starting from the pooled single effects (`grn_pooled_start_a`, "
+        "`_b`; 2 jobs on the 2 cores)",
+    ),
+    (
+        "runs/grn_pooled_a",
+        "`pooled_additive` against `additive` and `network_additive`, combo and GEARS simulation "
+        "splits, the staged screen, DoRothEA s11 and s2 (5 seeds)",
+    ),
+    (
+        "runs/grn_pooled_b",
+        "`pooled_additive` against `additive` and `network_additive`, combo and GEARS simulation "
+        "splits, DoRothEA s7, CollecTRI s3 and s1_fresh (5 seeds)",
     ),
     (
         "runs/grn_accept_simulation_v4",
