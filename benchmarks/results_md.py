@@ -326,7 +326,8 @@ Paired differences are each model minus scbig, per seed, with a 95% bootstrap CI
 A run records the code it ran with: in runs made before scbig's default became the PCA latent,
 `scbig` is scBIG's published component set (GCAE, alignment, OT pairing), and `noise_ceiling`
 rows made before the perfect-model correction are plain split-half values (lower than the
-corrected ceiling); each section gives the time its run started.
+corrected ceiling); each section gives the time its run started. Tables of earlier versions
+whose run folders are gone are kept in `ARCHIVE.md`.
 
 The GRN screens were made with `perturbflow simulate --engine sergio` at default sizes (250 genes,
 50 singles, 100 doubles, 80 cells, 300 control cells):
