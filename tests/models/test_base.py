@@ -238,3 +238,16 @@ def test_real_gene_info_resolves_a_previous_symbol():
     assert default_alias_resolver() is not None
     names = match_gene_names(["MLL"], {"KMT2A", "TP53"}, owner="m", reported=set())
     assert names == ["KMT2A"]
+
+
+def test_stacked_predictions_become_x_without_a_copy_and_refuse_a_bad_shape():
+    from perturbflow.models.base import stacked_predictions_to_anndata
+
+    matrix = np.arange(12, dtype=np.float32).reshape(6, 2)
+    adata = stacked_predictions_to_anndata(matrix, ["A", "B+C"], [4, 2], ["g1", "g2"], {})
+    assert adata.X is matrix or np.shares_memory(adata.X, matrix)
+    assert adata.obs.iloc[:, 0].astype(str).tolist() == ["A"] * 4 + ["B+C"] * 2
+    with pytest.raises(ValueError, match="sum\\(sizes\\)"):
+        stacked_predictions_to_anndata(matrix, ["A"], [5], ["g1", "g2"], {})
+    with pytest.raises(ValueError, match="float32"):
+        stacked_predictions_to_anndata(matrix.astype(float), ["A"], [6], ["g1", "g2"], {})

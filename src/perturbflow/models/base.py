@@ -226,6 +226,24 @@ def predictions_to_anndata(
         else np.zeros((0, len(list(genes))), dtype=np.float32)
     )
     sizes = [blocks[name].shape[0] for name in names]
+    return stacked_predictions_to_anndata(matrix, names, sizes, genes, uns)
+
+
+def stacked_predictions_to_anndata(
+    matrix: np.ndarray,
+    names: list[str],
+    sizes: list[int],
+    genes: Iterable[str],
+    uns: dict[str, Any],
+) -> ad.AnnData:
+    """Predicted cells already stacked: ``matrix`` ``(N, G)`` float32 holds ``sizes[i]`` rows of
+    ``names[i]`` in order. The matrix becomes ``X`` as it is, without a copy."""
+    if matrix.dtype != np.float32 or sum(sizes) != len(matrix) or len(names) != len(sizes):
+        raise ValueError(
+            f"stacked predictions need a float32 matrix of sum(sizes) rows, one size per name; got "
+            f"{matrix.dtype} {matrix.shape}, {len(sizes)} sizes summing to {sum(sizes)}, "
+            f"{len(names)} names"
+        )
     codes = np.repeat(np.arange(len(names)), sizes)  # (N,)
     obs = pd.DataFrame(
         {CONDITION_COLUMN: pd.Categorical.from_codes(codes, categories=names)},

@@ -36,6 +36,7 @@ from perturbflow.models.base import (
     predictions_to_anndata,
     read_checkpoint,
     register_model,
+    stacked_predictions_to_anndata,
     write_checkpoint,
 )
 from perturbflow.models.baselines.calibrated import CalibratedAdditive, CalibratedAdditiveConfig
@@ -1141,9 +1142,14 @@ class ScBIG:
         )
         generator = np.random.default_rng(seed)
         cells = self._predicted_cells(names, self._draws(len(names), n_cells, generator))
-        blocks = dict(zip(names, cells, strict=True))  # name -> (n, G)
         uns = {"model": self.name, "seed": seed, "config": self.config.to_dict()}
-        predictions = predictions_to_anndata(blocks, self.genes_, uns)
+        if len(set(names)) == len(names):  # one stacked matrix, not copied again
+            predictions = stacked_predictions_to_anndata(
+                cells.reshape(-1, cells.shape[-1]), names, [n_cells] * len(names), self.genes_, uns
+            )
+        else:
+            blocks = dict(zip(names, cells, strict=True))  # name -> (n, G), repeats: the last
+            predictions = predictions_to_anndata(blocks, self.genes_, uns)
         predictions.var["program"] = self._programs.labels
         predictions.var["program_order"] = self.programs_["order"].to_numpy()
         return predictions
