@@ -541,8 +541,8 @@ def _into_memory(adata: ad.AnnData, where: str, why: str, load: bool = True) -> 
     if not adata.isbacked:
         return adata
     logger.warning(
-        "%s: %s loads the whole matrix into memory; backed mode reads the file in place only "
-        "when X is log-normalised, every cell kept and names unique",
+        "%s: %s loads the matrix into memory; backed mode reads the file in place only when X "
+        "is log-normalised, every cell is kept and cell names are unique",
         where,
         why,
     )
