@@ -55,11 +55,12 @@ RUNS = (
         "splits, DoRothEA s7, CollecTRI s3 and s1_fresh (5 seeds)",
     ),
     (
-        "runs/grn_accept_simulation_v4",
+        "runs/grn_accept_simulation_v5",
         "Issue 12 acceptance, GEARS simulation split: four GRN screens, 5 seeds, scbig with the "
-        "cross-validated combinator share (scbig and additive rerun; the other baselines merged "
-        "from `grn_accept_simulation_v3`; 3-5 jobs shared the 2 cores, so fit seconds are upper "
-        "bounds)",
+        "cross-validated combinator share (`grn_accept_simulation_v4`: scbig and additive rerun; "
+        "the other baselines merged from `grn_accept_simulation_v3`; 3-5 jobs shared the 2 "
+        "cores, so fit seconds are upper bounds), plus `pooled_additive` on six screens "
+        "(`grn_pooled_a`, `_b`; DoRothEA s11 and s7 have only the three pooled-run baselines)",
     ),
     (
         "runs/fit_time_s11",
