@@ -1016,8 +1016,9 @@ class ScBIG:
     ) -> np.ndarray:
         """Start cells ``(C, n, G)``, written into ``out`` when given: each condition's drawn
         control cells (``index`` ``(C, n)``) moved onto the control mean as
-        :func:`~perturbflow.models.baselines.mean_shift.recentre` moves them (no sampling error in the mean), then by its start delta (``shifts``
-        ``(C, G)``). In place: at a million cells each copy of them is gigabytes."""
+        :func:`~perturbflow.models.baselines.mean_shift.recentre` moves them (no sampling error
+        in the mean), then by its start delta (``shifts`` ``(C, G)``). In place: at a million
+        cells each copy of them is gigabytes."""
         n_genes = self.control_cells_.shape[1]
         cells = np.empty((*index.shape, n_genes), np.float32) if out is None else out
         for rows, shift, start in zip(index, shifts, cells, strict=True):
