@@ -52,6 +52,8 @@ VARIANTS = {
     # The default with each single's start delta fitted on the training combinations too
     # (pooled_additive's estimate, combinations at full weight).
     "pooled_start": {"prior_combination_weight": 1.0},
+    # The default with seen-gene conditions started halfway to pooled_additive's mean.
+    "half_pooled_start": {"prior_pooled_share": 0.5},
     "no_grc": {**SCBIG_PAPER, "programs": "random"},
     "no_module_attention": {**SCBIG_PAPER, "autoencoder": "mlp"},
     "no_alignment": {**SCBIG_PAPER, "alignment": False},

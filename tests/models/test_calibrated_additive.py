@@ -461,3 +461,29 @@ def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(scree
         CalibratedAdditiveConfig(combination_weight=-0.5)
     with pytest.raises(ValueError, match="prior_combination_weight"):
         ScBIGConfig(prior_combination_weight=float("nan"))
+
+
+def test_pooled_share_moves_seen_gene_conditions_towards_pooled_additive(screen, tmp_path):
+    from perturbflow.models.scbig import ScBIGConfig
+
+    dataset, split = screen
+    test = list(split.test)
+    plain = get_model("calibrated_additive").fit(dataset, split).predict_delta(test)
+    pooled = get_model("pooled_additive").fit(dataset, split).predict_delta(test)
+    seen = {n for n in split.train if "+" not in n and n != "ctrl"}
+    covered = [n for n in test if set(n.split("+")) <= seen]
+    others = [n for n in test if n not in covered]
+    assert covered and others, "the split has conditions of seen and of unseen genes"
+    for share in (0.5, 1.0):
+        config = CalibratedAdditiveConfig(pooled_share=share)
+        model = get_model("calibrated_additive", config).fit(dataset, split)
+        blended = model.predict_delta(test)
+        expected = (1 - share) * plain.loc[covered] + share * pooled.loc[covered]
+        np.testing.assert_allclose(blended.loc[covered], expected, atol=1e-5)
+        pd.testing.assert_frame_equal(blended.loc[others], plain.loc[others])  # unseen genes
+    loaded = load_model(model.save(tmp_path / "blend.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+    with pytest.raises(ValueError, match="pooled_share"):
+        CalibratedAdditiveConfig(pooled_share=1.5)
+    with pytest.raises(ValueError, match="prior_pooled_share"):
+        ScBIGConfig(prior_pooled_share=-0.1)

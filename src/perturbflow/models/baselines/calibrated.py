@@ -243,6 +243,8 @@ class AdditiveShiftPrior:
         coupling: Mapping[str, np.ndarray] | None = None,
         coupling_held_out: Mapping[str, np.ndarray] | None = None,
         network: bool = False,
+        blend: Mapping[str, np.ndarray] | None = None,
+        blend_share: float = 0.0,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -316,6 +318,10 @@ class AdditiveShiftPrior:
         self.target_scales: dict[tuple[int, int], float] = {}
         if calibrate:
             self.scales, self.target_scales = self._calibrate(combo_deltas or {})
+        # Gene → pooled effect (``pooled_additive``); conditions of such genes move this share of
+        # the way from the shift above to the sum of their pooled effects.
+        self.blend = dict(blend or {})
+        self.blend_share = float(blend_share)
         self.network: NetworkMap | None = None
         if network:
             self.network = self._fit_network(combo_deltas or {})
@@ -521,6 +527,13 @@ class AdditiveShiftPrior:
                     if row is not None and not hide:
                         residual[i] = self.network.held_out[row]
             rows = rows + residual.astype(np.float32)
+        if self.blend_share > 0:
+            rows = rows.copy()
+            for i, (name, hide) in enumerate(zip(conditions, hidden, strict=True)):
+                genes = parse_condition(name)
+                if genes and not genes & hide and genes <= self.blend.keys():
+                    pooled = np.sum([self.blend[g] for g in genes], axis=0)  # (G,)
+                    rows[i] = (1.0 - self.blend_share) * rows[i] + self.blend_share * pooled
         return rows
 
     def _summed(self, conditions: Sequence[str], hidden: Sequence[frozenset[str]]) -> np.ndarray:
@@ -561,6 +574,8 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     ``combination_weight``: above 0, each gene's single delta is replaced by its effect fitted
     jointly on the training singles and combinations (``pooled_additive``, combinations weighted
     by this times their cells), which carries less of one single's sampling noise.
+    ``pooled_share``: a condition whose genes all have a training single (none hidden) moves
+    this share of the way from the prediction to ``pooled_additive``'s (0: not at all).
     """
 
     calibrate: bool = True
@@ -576,8 +591,13 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     network: bool = False
     max_fit_cells: int = 50_000
     combination_weight: float = 0.0
+    pooled_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.pooled_share <= 1.0:
+            raise ValueError(
+                f"CalibratedAdditiveConfig.pooled_share must be in [0, 1], got {self.pooled_share}"
+            )
         if not np.isfinite(self.combination_weight) or self.combination_weight < 0:
             raise ValueError(
                 "CalibratedAdditiveConfig.combination_weight must be a finite number >= 0, got "
@@ -626,7 +646,12 @@ class CalibratedAdditive(MeanShiftModel):
             else ContextCalibration()
         )
         self.guide_genes_ = dataset.guide_genes
-        self.pooled_ = self._pooled_singles(dataset) if cfg.combination_weight > 0 else {}
+        self.pooled_ = (
+            self._pooled_effects(dataset, cfg.combination_weight)
+            if cfg.combination_weight > 0
+            else {}
+        )
+        self.pooled_blend_ = self._pooled_effects(dataset, 1.0) if cfg.pooled_share > 0 else {}
         self.coupling_, self.coupling_held_out_ = {}, {}
         rows = self._statistics_rows(dataset, train)  # (n,) at most max_fit_cells
         if cfg.propagate and cfg.target_aware:
@@ -643,12 +668,13 @@ class CalibratedAdditive(MeanShiftModel):
             self.table_ = table
         self._build_estimator()
 
-    def _pooled_singles(self, dataset) -> dict[str, np.ndarray]:
-        """Gene → effect ``(G,)`` fitted on every training condition, for genes with a single."""
+    def _pooled_effects(self, dataset, combination_weight: float) -> dict[str, np.ndarray]:
+        """Gene → effect ``(G,)`` fitted on every training condition (combinations at
+        ``combination_weight``), for genes with a single."""
         names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
         cells = dataset.cells_per_condition.reindex(names).to_numpy(np.float64)  # (C,)
         genes, effects = pooled_effects(
-            self.train_deltas_.loc[names].to_numpy(), names, cells, self.config.combination_weight
+            self.train_deltas_.loc[names].to_numpy(), names, cells, combination_weight
         )
         singles = {single_gene(name) for name in names} - {None}
         return {g: e for g, e in zip(genes, effects, strict=True) if g in singles}
@@ -701,6 +727,8 @@ class CalibratedAdditive(MeanShiftModel):
             coupling=self.coupling_,
             coupling_held_out=self.coupling_held_out_,
             network=self.config.network,
+            blend=self.pooled_blend_,
+            blend_share=self.config.pooled_share,
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -715,6 +743,7 @@ class CalibratedAdditive(MeanShiftModel):
             **_slopes_state("coupling", self.coupling_, len(self.genes_)),
             **_slopes_state("coupling_held_out", self.coupling_held_out_, len(self.genes_)),
             **_slopes_state("pooled", self.pooled_, len(self.genes_)),
+            **_slopes_state("pooled_blend", self.pooled_blend_, len(self.genes_)),
         }
 
     def _set_state(self, arrays) -> None:
@@ -723,6 +752,9 @@ class CalibratedAdditive(MeanShiftModel):
         self.coupling_ = _slopes_from_state("coupling", arrays)
         self.coupling_held_out_ = _slopes_from_state("coupling_held_out", arrays)
         self.pooled_ = _slopes_from_state("pooled", arrays) if "pooled" in arrays else {}
+        self.pooled_blend_ = (
+            _slopes_from_state("pooled_blend", arrays) if "pooled_blend" in arrays else {}
+        )
         self.guide_genes_ = dict(
             zip(
                 arrays["guide_names"].astype(str).tolist(),

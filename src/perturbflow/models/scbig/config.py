@@ -82,6 +82,8 @@ class ScBIGConfig:
     # ... with each single's delta fitted on the training combinations too, at this weight per
     # combination cell (0: the single's own cells; pooled_additive's estimate otherwise)
     prior_combination_weight: float = 0.0
+    # ... with combinations of seen genes moved this share of the way to pooled_additive's mean
+    prior_pooled_share: float = 0.0
     # The flow's training combinations start from the map's residual fitted without them, so the
     # flow learns the residual a held-out combination has (off: the in-sample, smaller one).
     cross_fit_start: bool = False
@@ -179,6 +181,10 @@ class ScBIGConfig:
             raise ValueError(
                 "ScBIGConfig.prior_combination_weight must be a finite number >= 0, got "
                 f"{self.prior_combination_weight}"
+            )
+        if not 0.0 <= self.prior_pooled_share <= 1.0:
+            raise ValueError(
+                f"ScBIGConfig.prior_pooled_share must be in [0, 1], got {self.prior_pooled_share}"
             )
         share = self.combinator_weight
         if share is not None and not 0.0 <= share <= 1.0:
