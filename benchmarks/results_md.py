@@ -42,7 +42,8 @@ RUNS = (
         "`grn_accept_combo_v3` and `grn_s11_baselines`; 4-5 jobs shared the 2 cores, so fit "
         "seconds are upper bounds) plus `pooled_additive` (`grn_pooled_a`, `_b`) and the variant "
         "`pooled_start`, scbig starting from the pooled single effects (`grn_pooled_start_a`, "
-        "`_b`; 2 jobs on the 2 cores)",
+        "`_b`), and `half_pooled_start`, combinations of seen genes started halfway to "
+        "`pooled_additive`'s mean (`grn_half_pooled_a`, `_b`; 2 jobs on the 2 cores each)",
     ),
     (
         "runs/grn_pooled_a",
