@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+from _scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("ablation_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ablation")
 
 
 def _rows(subgroup, values, seeds=(1, 2)):
@@ -125,9 +120,7 @@ def _run_folder(folder: Path, model: str, seeds, energy: float, shape=None, blen
 def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path, monkeypatch):
     import sys
 
-    spec = importlib.util.spec_from_file_location("merge_script", SCRIPT.with_name("merge_runs.py"))
-    merge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(merge)
+    merge = load_script("merge_runs")
     first = _run_folder(tmp_path / "new", "scbig_default", (1, 2), energy=0.4, shape=3.0, blend=0.5)
     second = _run_folder(tmp_path / "old", "scbig_default", (2, 3), energy=0.6)
     out = tmp_path / "merged"

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "go_complexes.py"
+from _scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("go_complexes_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("go_complexes")
 
 
 TABLE = pd.DataFrame(

@@ -3,23 +3,16 @@ table states its ratio to additive."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
+from _scripts import load_script
 
 from perturbflow.data import CONDITION_COLUMN
 from perturbflow.models.base import MODELS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "oracle_shift.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("oracle_shift_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("oracle_shift")
 
 
 def test_the_oracle_predicts_each_held_out_conditions_real_mean(screen_data):

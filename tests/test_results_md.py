@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+from _scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results_md.py"
+SCRIPT = BENCHMARKS / "results_md.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("results_md", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("results_md")
 
 
 def _run_folder(root: Path, name: str, scbig_seconds: list[float]) -> Path:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "start_defaults.py"
+from _scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("start_defaults_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("start_defaults")
 
 
 def test_jobs_name_screen_split_and_seeds():

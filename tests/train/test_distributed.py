@@ -1,10 +1,8 @@
 """Distributed settings reach Lightning without launching processes; the real 2-process DDP run
 against single-process training is benchmarks/ddp.py."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from _scripts import load_script
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -55,10 +53,7 @@ def test_cli_num_nodes_reaches_the_scbig_config():
 def test_ddp_benchmark_compares_equal_global_batches():
     # Each rank draws its own batch of conditions: the DDP runs draw the single runs' batch split
     # over the ranks, so a step averages as many conditions in both; nothing else differs.
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ddp.py"
-    spec = importlib.util.spec_from_file_location("ddp_script", script)
-    ddp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ddp)
+    ddp = load_script("ddp")
     single, distributed = ddp.run_options("single"), ddp.run_options("ddp")
     assert (single["devices"], distributed["devices"]) == (1, 2)
     per_rank = distributed["flow_conditions_per_batch"]
