@@ -57,7 +57,7 @@ from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
 from perturbflow.models.baselines.context import ContextCalibration, fit_context_calibration
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
-from perturbflow.models.baselines.pooled import pooled_effects
+from perturbflow.models.baselines.pooled import training_effects
 from perturbflow.programs.priors import (
     check_embedding_spec,
     correlation_embedding,
@@ -671,13 +671,11 @@ class CalibratedAdditive(MeanShiftModel):
     def _pooled_effects(self, dataset, combination_weight: float) -> dict[str, np.ndarray]:
         """Gene → effect ``(G,)`` fitted on every training condition (combinations at
         ``combination_weight``), for genes with a single."""
-        names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
-        cells = dataset.cells_per_condition.reindex(names).to_numpy(np.float64)  # (C,)
-        genes, effects = pooled_effects(
-            self.train_deltas_.loc[names].to_numpy(), names, cells, combination_weight
+        effects = training_effects(
+            self.train_deltas_, dataset.cells_per_condition, combination_weight
         )
-        singles = {single_gene(name) for name in names} - {None}
-        return {g: e for g, e in zip(genes, effects, strict=True) if g in singles}
+        singles = {single_gene(name) for name in self.train_deltas_.index} - {None}
+        return {gene: effect for gene, effect in effects.items() if gene in singles}
 
     def _statistics_rows(self, dataset, train: list[str]) -> np.ndarray:
         """Row positions of the training cells, or a seeded sorted sample of ``max_fit_cells``."""

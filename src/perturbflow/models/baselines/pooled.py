@@ -20,6 +20,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import pandas as pd
 
 from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
@@ -67,6 +68,19 @@ def pooled_effects(
     return genes, effects.astype(np.float32)
 
 
+def training_effects(
+    deltas: pd.DataFrame, cells: pd.Series, combination_weight: float
+) -> dict[str, np.ndarray]:
+    """Gene → effect ``(G,)`` fitted on a model's training deltas (rows: conditions, control
+    left out), each weighted by its cells (``cells``: condition → count)."""
+    names = [name for name in deltas.index if name != CONTROL_NAME]
+    if not names:
+        return {}
+    counts = cells.reindex(names).to_numpy(np.float64)  # (C,)
+    genes, effects = pooled_effects(deltas.loc[names].to_numpy(), names, counts, combination_weight)
+    return dict(zip(genes, effects, strict=True))
+
+
 @register_model("pooled_additive")
 class PooledAdditive(MeanShiftModel):
     """Sum of gene effects fitted jointly on the training singles and combinations."""
@@ -74,24 +88,17 @@ class PooledAdditive(MeanShiftModel):
     config_class = PooledAdditiveConfig
 
     def _fit(self, dataset, train) -> None:
-        names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
-        if not names:
-            self._set_effects([], np.zeros((0, len(self.genes_)), np.float32))
-            return
-        cells = dataset.cells_per_condition.reindex(names).to_numpy(np.float64)  # (C,)
-        genes, effects = pooled_effects(
-            self.train_deltas_.loc[names].to_numpy(), names, cells, self.config.combination_weight
-        )
-        self._set_effects(genes, effects)
+        weight = self.config.combination_weight
+        self._set_effects(training_effects(self.train_deltas_, dataset.cells_per_condition, weight))
         logger.info(
             "pooled_additive: %d gene effects from %d training conditions (combination weight %g)",
-            len(genes),
-            len(names),
-            self.config.combination_weight,
+            len(self.effects_),
+            len(self.train_deltas_.index.drop(CONTROL_NAME, errors="ignore")),
+            weight,
         )
 
-    def _set_effects(self, genes: list[str], effects: np.ndarray) -> None:
-        self.effects_ = dict(zip(genes, effects, strict=True))
+    def _set_effects(self, effects: dict[str, np.ndarray]) -> None:
+        self.effects_ = dict(effects)
         singles = [gene for name in self.train_deltas_.index if (gene := single_gene(name))]
         self.mean_effect_ = (
             np.mean([self.effects_[gene] for gene in singles], axis=0)
@@ -108,7 +115,8 @@ class PooledAdditive(MeanShiftModel):
         }
 
     def _set_state(self, arrays) -> None:
-        self._set_effects(arrays["effect_genes"].astype(str).tolist(), arrays["effects"])
+        genes = arrays["effect_genes"].astype(str).tolist()
+        self._set_effects(dict(zip(genes, arrays["effects"], strict=True)))
 
     def known_genes(self) -> set[str]:
         return {*super().known_genes(), *self.effects_}
