@@ -107,6 +107,21 @@ RUNS = (
         "stopped after 2 seeds",
     ),
     (
+        "runs/combination_genes",
+        "Genes measured only in training combinations (`calibrated_additive`'s "
+        "`combination_genes`, on by default): three held-out GRN screens with the singles of 30% "
+        "of the genes removed, combo split, 5 seeds, the fallback variant − default",
+    ),
+    (
+        "runs/combination_genes_norman",
+        "The same on `norman19_subset` (combo split, 5 seeds), where the option was found",
+    ),
+    (
+        "runs/real_norman19_combo_v5",
+        "`norman19_subset`, combo split, 5 seeds, with `combination_genes` in scbig's start and "
+        "the `pooled_additive` row",
+    ),
+    (
         "runs/real_norman19_combo_v4",
         "`norman19_subset`, combo split, 5 seeds, scbig with cross-validated mean and shape "
         "weights",

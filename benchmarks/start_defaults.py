@@ -7,11 +7,18 @@ Variants of the one estimator, each against the default, per screen, split kind 
 - ``no_propagation``: the on-target residual of a gene without a training single stays in its own
   column (``propagate=False``) instead of also moving the genes that co-vary with it;
 - ``network``: a combination whose genes all have a training single also adds the learned network
-  map of its residual (``network=True``, the ``network_additive`` baseline).
+  map of its residual (``network=True``, the ``network_additive`` baseline);
+- ``no_combination_genes``: a gene without a training single takes the unseen-gene fallback even
+  when training combinations measure it (``combination_genes=False``).
+
+``--drop-singles F`` removes the single of a seeded share ``F`` of the perturbed genes from each
+screen before splitting, so that some genes are measured only in combinations (as in Norman
+2019, whose doubles include genes never perturbed alone); the screen's label gets ``_dropF``.
 
 Each job is ``SCREEN:SPLIT:SEEDS`` (a registered dataset or an ``.h5ad`` path; seeds joined by
 ``-``), so choice data and held-out data (another screen, other split seeds) are stated in the
-command. Writes ``results.csv`` (long), ``paired.csv`` and ``table.md`` (mean over seeds of each
+command; ``--variants`` picks the variants to run (all by default). Writes ``results.csv``
+(long), ``paired.csv`` and ``table.md`` (mean over seeds of each
 variant minus the default, with a 95 % bootstrap CI over seeds and the count of seeds where the
 default is better) into ``--out``.
 
@@ -30,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from perturbflow.data import read
+from perturbflow.data.conditions import CONTROL_NAME
 from perturbflow.data.datasets import DATASETS, load_dataset
 from perturbflow.data.outputs import mark_complete, prepare_output_dir, write_csv
 from perturbflow.eval.loop import RunSpec, run
@@ -41,8 +49,9 @@ VARIANTS = {
     "all_genes": {"calibration_genes": 0},
     "no_propagation": {"propagate": False},
     "network": {"network": True},
+    "no_combination_genes": {"combination_genes": False},
 }
-METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1")
+METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
 # Higher is better for these; lower for the rest.
 HIGHER = ("pearson_delta_de20", "discrimination_l1")
 
@@ -57,6 +66,17 @@ def parse_job(text: str) -> tuple[str, str, list[int]]:
         return screen, kind, [int(s) for s in seeds.split("-")]
     except ValueError:
         raise ValueError(f"seeds of job {text!r} must be integers joined by '-'") from None
+
+
+def drop_singles(dataset, share: float, seed: int):
+    """``dataset`` without the single conditions of a seeded ``share`` of its single genes (their
+    combinations stay) and the names dropped."""
+    singles = sorted(
+        name for name in dataset.conditions if name != CONTROL_NAME and "+" not in name
+    )
+    n_drop = int(round(share * len(singles)))
+    dropped = sorted(np.random.default_rng(seed).choice(singles, n_drop, replace=False).tolist())
+    return dataset.subset([n for n in dataset.conditions if n not in set(dropped)]), dropped
 
 
 def paired(results: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -111,8 +131,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/start_defaults"))
     parser.add_argument("--jobs", required=True, help="comma-separated SCREEN:SPLIT:SEEDS")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="variants to run")
+    parser.add_argument(
+        "--drop-singles", type=float, default=0.0, help="share of singles removed per screen"
+    )
+    parser.add_argument("--drop-seed", type=int, default=0, help="seed of the removed singles")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if not 0.0 <= args.drop_singles < 1.0:
+        parser.error(f"--drop-singles must be in [0, 1), got {args.drop_singles}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("perturbflow").setLevel(logging.WARNING)
     try:
@@ -124,12 +155,16 @@ def main() -> None:
         " ".join([".venv/bin/python benchmarks/start_defaults.py", *sys.argv[1:]]) + "\n"
     )
     runs = [RunSpec(DEFAULT, DEFAULT)] + [
-        RunSpec(name, DEFAULT, options) for name, options in VARIANTS.items()
+        RunSpec(name, DEFAULT, VARIANTS[name]) for name in variants
     ]
     frames = []
     for screen, kind, seeds in jobs:
         dataset = load_dataset(screen) if screen in DATASETS else read(screen)
         label = Path(screen).stem if screen.endswith(".h5ad") else screen
+        if args.drop_singles > 0:
+            dataset, dropped = drop_singles(dataset, args.drop_singles, args.drop_seed)
+            label = f"{label}_drop{args.drop_singles:g}"
+            logger.info("%s: singles of %d genes removed: %s", label, len(dropped), dropped)
         logger.info("%s %s seeds %s", label, kind, seeds)
         result = run(dataset, kind, runs, seeds, noise_ceiling_row=False)
         frame = result.results[result.results["metric"].isin(METRICS)]

@@ -58,3 +58,15 @@ def test_paired_differences_are_variant_minus_default_per_seed():
     assert "| s | combo | combo_seen2 | mse_de20 | all_genes |" in script.markdown(
         table.reset_index()[list(script.paired(results).columns)]
     )
+
+
+def test_drop_singles_keeps_the_combinations_of_the_genes_it_removes(screen_data):
+    script = _load()
+    dataset, _ = screen_data("tiny", n_perturbed=10, n_doubles=14, seed=3)
+    reduced, dropped = script.drop_singles(dataset, 0.3, seed=0)
+    singles = sorted(n for n in dataset.conditions if "+" not in n and n != "ctrl")
+    assert len(dropped) == 3 and set(dropped) <= set(singles)
+    assert not set(dropped) & set(reduced.conditions)
+    assert set(reduced.conditions) == set(dataset.conditions) - set(dropped)
+    assert dropped == script.drop_singles(dataset, 0.3, seed=0)[1]  # seeded
+    assert dropped != script.drop_singles(dataset, 0.3, seed=1)[1]

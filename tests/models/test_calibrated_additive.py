@@ -487,3 +487,55 @@ def test_pooled_share_moves_seen_gene_conditions_towards_pooled_additive(screen,
         CalibratedAdditiveConfig(pooled_share=1.5)
     with pytest.raises(ValueError, match="prior_pooled_share"):
         ScBIGConfig(prior_pooled_share=-0.1)
+
+
+def test_a_gene_only_in_combinations_takes_its_combination_effect_unless_hidden():
+    rng, genes, deltas = _screen()
+    effect = rng.normal(size=30)
+    extra = {"A": effect, "S0": rng.normal(size=30)}  # S0 has a single: its own delta wins
+    model = AdditiveShiftPrior(deltas, 30, combination_effects=extra)
+    np.testing.assert_allclose(model.gene_delta("S0"), deltas["S0"], rtol=1e-6)
+    np.testing.assert_allclose(model.gene_delta("A"), effect, rtol=1e-6)
+    np.testing.assert_allclose(model.shifts(["A+S1"])[0], effect + deltas["S1"], rtol=1e-5)
+    assert model.measured("A") and not model.measured("B")
+    assert model.category("A+S1") == (2, 0) and model.category("A+B") == (2, 1)
+    # Hidden, it is an unseen gene again: the fallback, and its category counts it unseen.
+    np.testing.assert_allclose(model.gene_delta("A", hidden=True), model.mean_delta, rtol=1e-6)
+    assert model.category("A+S1", frozenset({"A"})) == (2, 1)
+    plain = AdditiveShiftPrior(deltas, 30)
+    np.testing.assert_allclose(plain.gene_delta("A"), plain.mean_delta, rtol=1e-6)
+
+
+def test_combination_genes_predict_a_gene_without_single_as_pooled_additive_does(screen, tmp_path):
+    from perturbflow.data.splits import make_split
+
+    dataset, _ = screen
+    singles = sorted(n for n in dataset.conditions if "+" not in n and n != "ctrl")
+    in_combos = {g for n in dataset.conditions if "+" in n for g in n.split("+")}
+    gene = next(g for g in singles if g in in_combos)
+    reduced = dataset.subset([n for n in dataset.conditions if n != gene])
+    split = make_split("combo", reduced.conditions, seed=1)
+    assert any(gene in n.split("+") for n in split.train), "the gene stays in training combos"
+    model = get_model("calibrated_additive").fit(reduced, split)
+    assert model.config.combination_genes and gene in model.combination_effects_
+    pooled = get_model("pooled_additive").fit(reduced, split)
+    np.testing.assert_allclose(
+        model.predict_delta([gene]).to_numpy(), pooled.predict_delta([gene]).to_numpy(), atol=1e-5
+    )
+    off = CalibratedAdditiveConfig(combination_genes=False)
+    fallback = get_model("calibrated_additive", off).fit(reduced, split)
+    assert fallback.combination_effects_ == {}
+    np.testing.assert_allclose(
+        fallback.predict_delta([gene]).to_numpy()[0],
+        fallback.estimator_.shifts([gene])[0],
+        rtol=1e-6,
+    )
+    assert (
+        np.abs(
+            fallback.predict_delta([gene]).to_numpy() - model.predict_delta([gene]).to_numpy()
+        ).max()
+        > 1e-2
+    )
+    test = list(split.test)
+    loaded = load_model(model.save(tmp_path / "combination_genes.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))

@@ -245,6 +245,7 @@ class AdditiveShiftPrior:
         network: bool = False,
         blend: Mapping[str, np.ndarray] | None = None,
         blend_share: float = 0.0,
+        combination_effects: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -261,6 +262,13 @@ class AdditiveShiftPrior:
         self.coupling = dict(coupling or {})
         self.coupling_held_out = dict(coupling_held_out or {})
         self.genes = sorted(single_deltas)
+        # Genes without a training single whose effect the training combinations measure: used
+        # instead of the fallback (and counted as measured) unless hidden.
+        self.combination_effects = {
+            g: np.asarray(d, np.float32)
+            for g, d in (combination_effects or {}).items()
+            if g not in single_deltas
+        }
         self.deltas = (
             np.vstack([single_deltas[g] for g in self.genes]).astype(np.float32)
             if self.genes
@@ -435,7 +443,12 @@ class AdditiveShiftPrior:
     def category(self, name: str, hide: frozenset[str] = frozenset()) -> tuple[int, int]:
         """``(genes, genes without a training single)`` of a condition; ``hide`` counts as without."""
         genes = parse_condition(name)
-        return len(genes), sum(1 for g in genes if g in hide or g not in self._index)
+        return len(genes), sum(1 for g in genes if g in hide or not self.measured(g))
+
+    def measured(self, gene: str) -> bool:
+        """Whether ``gene`` has an effect of its own: a training single or, with
+        ``combination_effects``, training combinations that measure it."""
+        return gene in self._index or gene in self.combination_effects
 
     def calibrated(self, name: str) -> bool:
         """Whether the shift of ``name`` is scaled by a calibrated (fitted) scale."""
@@ -458,13 +471,16 @@ class AdditiveShiftPrior:
     def gene_delta(self, gene: str, hidden: bool = False) -> np.ndarray:
         """Expression shift ``(G,)`` of one gene; ``hidden`` treats it as never seen perturbed.
 
-        A hidden *seen* gene gets the fallback fitted without its own single (no leakage).
+        A hidden *seen* gene gets the fallback fitted without its own single (no leakage). A gene
+        without a single but with a combination effect takes that effect unless hidden.
         """
         if gene in self._index:
             index = self._index[gene]
             if not hidden:
                 return self.deltas[index]
             delta = self.loo_deltas[index]
+        elif gene in self.combination_effects and not hidden:
+            return self.combination_effects[gene]
         elif self.siblings.get(gene):
             delta = self.deltas[self.siblings[gene]].mean(axis=0)
         elif self.unseen == "ridge" and gene in self.prior.index and self.prior.shape[1]:
@@ -576,6 +592,11 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     by this times their cells), which carries less of one single's sampling noise.
     ``pooled_share``: a condition whose genes all have a training single (none hidden) moves
     this share of the way from the prediction to ``pooled_additive``'s (0: not at all).
+    ``combination_genes``: a gene without a training single but in training combinations takes
+    its effect fitted on the training conditions (``pooled_additive``'s least squares; where the
+    combinations cannot separate it from a partner without a single, the minimum-norm split)
+    instead of the unseen-gene fallback, and counts as measured in the calibration categories
+    and the network map.
     """
 
     calibrate: bool = True
@@ -592,6 +613,7 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     max_fit_cells: int = 50_000
     combination_weight: float = 0.0
     pooled_share: float = 0.0
+    combination_genes: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pooled_share <= 1.0:
@@ -652,6 +674,9 @@ class CalibratedAdditive(MeanShiftModel):
             else {}
         )
         self.pooled_blend_ = self._pooled_effects(dataset, 1.0) if cfg.pooled_share > 0 else {}
+        self.combination_effects_ = (
+            self._combination_effects(dataset) if cfg.combination_genes else {}
+        )
         self.coupling_, self.coupling_held_out_ = {}, {}
         rows = self._statistics_rows(dataset, train)  # (n,) at most max_fit_cells
         if cfg.propagate and cfg.target_aware:
@@ -676,6 +701,23 @@ class CalibratedAdditive(MeanShiftModel):
         )
         singles = {single_gene(name) for name in self.train_deltas_.index} - {None}
         return {gene: effect for gene, effect in effects.items() if gene in singles}
+
+    def _combination_effects(self, dataset) -> dict[str, np.ndarray]:
+        """Gene → effect ``(G,)`` of the genes without a training single that are in training
+        combinations, from the least-squares fit over every training condition."""
+        names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
+        singles = {single_gene(name) for name in names} - {None}
+        measured = {gene for name in names for gene in parse_condition(name)} - singles
+        if not measured:
+            return {}
+        effects = training_effects(self.train_deltas_, dataset.cells_per_condition, 1.0)
+        logger.info(
+            "calibrated_additive: %d gene(s) without a training single take their effect from "
+            "training combinations: %s",
+            len(measured),
+            ", ".join(sorted(measured)[:10]) + (" …" if len(measured) > 10 else ""),
+        )
+        return {gene: effects[gene] for gene in sorted(measured)}
 
     def _statistics_rows(self, dataset, train: list[str]) -> np.ndarray:
         """Row positions of the training cells, or a seeded sorted sample of ``max_fit_cells``."""
@@ -727,6 +769,7 @@ class CalibratedAdditive(MeanShiftModel):
             network=self.config.network,
             blend=self.pooled_blend_,
             blend_share=self.config.pooled_share,
+            combination_effects=self.combination_effects_,
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -742,6 +785,7 @@ class CalibratedAdditive(MeanShiftModel):
             **_slopes_state("coupling_held_out", self.coupling_held_out_, len(self.genes_)),
             **_slopes_state("pooled", self.pooled_, len(self.genes_)),
             **_slopes_state("pooled_blend", self.pooled_blend_, len(self.genes_)),
+            **_slopes_state("combination_effects", self.combination_effects_, len(self.genes_)),
         }
 
     def _set_state(self, arrays) -> None:
@@ -752,6 +796,11 @@ class CalibratedAdditive(MeanShiftModel):
         self.pooled_ = _slopes_from_state("pooled", arrays) if "pooled" in arrays else {}
         self.pooled_blend_ = (
             _slopes_from_state("pooled_blend", arrays) if "pooled_blend" in arrays else {}
+        )
+        self.combination_effects_ = (
+            _slopes_from_state("combination_effects", arrays)
+            if "combination_effects" in arrays
+            else {}
         )
         self.guide_genes_ = dict(
             zip(
@@ -765,7 +814,9 @@ class CalibratedAdditive(MeanShiftModel):
     def predict_delta(self, conditions):
         self._check_fitted()
         names = self._names(conditions)
-        self._log_genes_without_single(names, f"the {self.config.unseen_mode} fallback")
+        self._log_genes_without_single(
+            names, f"the {self.config.unseen_mode} fallback", self.combination_effects_.keys()
+        )
         return super().predict_delta(names)
 
     def _delta(self, condition: frozenset[str], name: str) -> np.ndarray:

@@ -177,9 +177,14 @@ class MeanShiftModel:
         """Genes the model measured or saw perturbed in training."""
         return {*map(str, self.genes_), *self.seen_genes_}
 
-    def _log_genes_without_single(self, names: list[str], fallback: str) -> None:
-        """One INFO line naming the genes of ``names`` without a training single."""
-        unseen = sorted({g for name in names for g in parse_condition(name)} - self.seen_genes_)
+    def _log_genes_without_single(
+        self, names: list[str], fallback: str, measured: Iterable[str] = ()
+    ) -> None:
+        """One INFO line naming the genes of ``names`` without a training single (other than
+        ``measured`` ones, which have an effect of their own)."""
+        unseen = sorted(
+            {g for name in names for g in parse_condition(name)} - self.seen_genes_ - set(measured)
+        )
         if unseen:
             logger.info(
                 "%s: %d gene(s) have no training single and use %s: %s",

@@ -84,6 +84,9 @@ class ScBIGConfig:
     prior_combination_weight: float = 0.0
     # ... with combinations of seen genes moved this share of the way to pooled_additive's mean
     prior_pooled_share: float = 0.0
+    # ... with a gene that has no training single but is in training combinations given its
+    # effect fitted on them (calibrated_additive's combination_genes), not the unseen fallback
+    prior_combination_genes: bool = True
     # The flow's training combinations start from the map's residual fitted without them, so the
     # flow learns the residual a held-out combination has (off: the in-sample, smaller one).
     cross_fit_start: bool = False

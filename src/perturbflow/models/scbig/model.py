@@ -449,6 +449,7 @@ class ScBIG:
             max_fit_cells=cfg.max_fit_cells,
             combination_weight=cfg.prior_combination_weight,
             pooled_share=cfg.prior_pooled_share,
+            combination_genes=cfg.prior_combination_genes,
             seed=cfg.seed,
         )
 
