@@ -539,3 +539,24 @@ def test_combination_genes_predict_a_gene_without_single_as_pooled_additive_does
     test = list(split.test)
     loaded = load_model(model.save(tmp_path / "combination_genes.npz"))
     pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+
+
+def test_an_unmeasured_gene_perturbed_only_in_training_combinations_is_known(screen, caplog):
+    from perturbflow.data import read
+    from perturbflow.data.splits import make_split
+
+    dataset, _ = screen
+    singles = sorted(n for n in dataset.conditions if "+" not in n and n != "ctrl")
+    in_combos = {g for n in dataset.conditions if "+" in n for g in n.split("+")}
+    gene = next(g for g in singles if g in in_combos and g in set(dataset.genes))
+    adata = dataset.adata[dataset.adata.obs["condition"] != gene].copy()
+    adata = adata[:, adata.var_names != gene].copy()  # perturbed, never measured
+    reduced = read(adata, condition_key="condition")
+    split = make_split("combo", reduced.conditions, seed=1)
+    assert gene not in set(reduced.genes)
+    for name in ("calibrated_additive", "pooled_additive"):
+        model = get_model(name).fit(reduced, split)
+        assert gene in model.known_genes()
+        with caplog.at_level("WARNING"):
+            model.predict_delta([gene])
+        assert "never measured or perturbed" not in caplog.text, name

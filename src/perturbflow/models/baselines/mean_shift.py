@@ -174,8 +174,9 @@ class MeanShiftModel:
         return names
 
     def known_genes(self) -> set[str]:
-        """Genes the model measured or saw perturbed in training."""
-        return {*map(str, self.genes_), *self.seen_genes_}
+        """Genes the model measured or saw perturbed in training (in a single or a combination)."""
+        perturbed = {g for name in self.train_deltas_.index for g in parse_condition(name)}
+        return {*map(str, self.genes_), *perturbed}
 
     def _log_genes_without_single(
         self, names: list[str], fallback: str, measured: Iterable[str] = ()
