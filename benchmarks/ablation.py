@@ -54,6 +54,8 @@ VARIANTS = {
     "pooled_start": {"prior_combination_weight": 1.0},
     # The default with seen-gene conditions started halfway to pooled_additive's mean.
     "half_pooled_start": {"prior_pooled_share": 0.5},
+    # The default with each single's start delta shrunk gene by gene by its sampling noise.
+    "shrunk_start": {"prior_shrinkage": 1.0},
     "no_grc": {**SCBIG_PAPER, "programs": "random"},
     "no_module_attention": {**SCBIG_PAPER, "autoencoder": "mlp"},
     "no_alignment": {**SCBIG_PAPER, "alignment": False},

@@ -107,6 +107,17 @@ RUNS = (
         "stopped after 2 seeds",
     ),
     (
+        "runs/shrinkage_start",
+        "Shrunk single deltas (`calibrated_additive`'s `shrinkage=1`, off by default), with and "
+        "without the network map: variant − `calibrated_additive`, paired over 5 seeds, held-out "
+        "GRN screens and the real screens",
+    ),
+    (
+        "runs/grn_shrunk_merged",
+        "scbig started from shrunk single deltas (`shrunk_start`, `prior_shrinkage=1`) against "
+        "`scbig_default` and the baselines of `grn_accept_combo_v5`, combo split, 5 seeds",
+    ),
+    (
         "runs/combination_genes",
         "Genes measured only in training combinations (`calibrated_additive`'s "
         "`combination_genes`, on by default): three held-out GRN screens with the singles of 30% "

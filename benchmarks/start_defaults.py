@@ -9,7 +9,10 @@ Variants of the one estimator, each against the default, per screen, split kind 
 - ``network``: a combination whose genes all have a training single also adds the learned network
   map of its residual (``network=True``, the ``network_additive`` baseline);
 - ``no_combination_genes``: a gene without a training single takes the unseen-gene fallback even
-  when training combinations measure it (``combination_genes=False``).
+  when training combinations measure it (``combination_genes=False``);
+- ``shrinkage`` and ``network_shrinkage``: each training single's delta shrunk gene by gene by its
+  sampling noise (``shrinkage=1``), without and with the network map (compare the latter with
+  ``network``).
 
 ``--drop-singles F`` removes the single of a seeded share ``F`` of the perturbed genes from each
 screen before splitting, so that some genes are measured only in combinations (as in Norman
@@ -50,6 +53,8 @@ VARIANTS = {
     "no_propagation": {"propagate": False},
     "network": {"network": True},
     "no_combination_genes": {"combination_genes": False},
+    "shrinkage": {"shrinkage": 1.0},
+    "network_shrinkage": {"network": True, "shrinkage": 1.0},
 }
 METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
 # Higher is better for these; lower for the rest.

@@ -537,6 +537,21 @@ def test_mean_expression_is_a_conditions_by_genes_table(dataset, log_adata):
     np.testing.assert_allclose(chosen.loc["ctrl"], x[labels == "ctrl"].mean(axis=0), rtol=1e-6)
 
 
+def test_variance_expression_is_each_condition_s_sample_variance_sparse_or_dense(log_adata):
+    x = dense(log_adata.X).astype(np.float64)
+    labels = log_adata.obs["condition"].to_numpy()
+    sparse = log_adata.copy()
+    sparse.X = sp.csr_matrix(dense(log_adata.X))
+    for data in (read(log_adata), read(sparse)):
+        variances = data.variance_expression()
+        assert list(variances.index) == ["A", "A+B", "B", "ctrl"]
+        for name in variances.index:
+            expected = x[labels == name].var(axis=0, ddof=1)
+            np.testing.assert_allclose(variances.loc[name], expected, rtol=1e-5, atol=1e-7)
+    one = log_adata[(labels != "A") | (np.cumsum(labels == "A") == 1)].copy()  # A: one cell
+    assert read(one).variance_expression(["A"]).isna().all(axis=None)
+
+
 # A subset is a real copy, never an AnnData view that anndata silently turns into one.
 @pytest.mark.filterwarnings("error::anndata.ImplicitModificationWarning")
 def test_subset_keeps_only_the_named_conditions(dataset):

@@ -560,3 +560,45 @@ def test_an_unmeasured_gene_perturbed_only_in_training_combinations_is_known(scr
         with caplog.at_level("WARNING"):
             model.predict_delta([gene])
         assert "never measured or perturbed" not in caplog.text, name
+
+
+def test_shrinkage_shrinks_each_single_entry_by_its_sampling_noise(screen, tmp_path):
+    from perturbflow.models.scbig import ScBIGConfig
+
+    dataset, split = screen
+    model = get_model("calibrated_additive", CalibratedAdditiveConfig(shrinkage=1.0))
+    model.fit(dataset, split)
+    plain = get_model("calibrated_additive").fit(dataset, split)
+    assert plain.shrunk_ == {}
+    counts = dataset.cells_per_condition
+    singles = [n for n in split.train if "+" not in n and n != "ctrl"]
+    assert set(model.shrunk_) == set(singles)
+    control = dataset.control_expression().astype(np.float64)
+    noise_ctrl = control.var(axis=0, ddof=1) / len(control)
+    zeroed = 0
+    for name in singles:
+        cells = dataset.expression(name).astype(np.float64)
+        delta = cells.mean(axis=0) - control.mean(axis=0)
+        noise = cells.var(axis=0, ddof=1) / counts[name] + noise_ctrl
+        factor = np.clip(1.0 - noise / delta**2, 0.0, 1.0)
+        np.testing.assert_allclose(model.shrunk_[name], delta * factor, atol=1e-5)
+        row = model.estimator_.genes.index(name)
+        np.testing.assert_array_equal(model.estimator_.own_deltas[row], model.shrunk_[name])
+        np.testing.assert_array_equal(model.estimator_.deltas[row], plain.estimator_.deltas[row])
+        np.testing.assert_array_equal(model.estimator_.gene_delta(name), model.shrunk_[name])
+        zeroed += int((np.abs(delta) < np.sqrt(noise)).sum())
+        assert np.all(model.shrunk_[name][np.abs(delta) < np.sqrt(noise)] == 0)
+    assert zeroed > 0, "the screen has entries within their noise"
+    # The fallback of an unseen gene averages the singles unshrunk.
+    np.testing.assert_array_equal(model.estimator_.mean_delta, plain.estimator_.mean_delta)
+    test = list(split.test)
+    assert (
+        np.abs(model.predict_delta(test).to_numpy() - plain.predict_delta(test).to_numpy()).max()
+        > 1e-3
+    )
+    loaded = load_model(model.save(tmp_path / "shrunk.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+    with pytest.raises(ValueError, match="shrinkage"):
+        CalibratedAdditiveConfig(shrinkage=-1.0)
+    with pytest.raises(ValueError, match="prior_shrinkage"):
+        ScBIGConfig(prior_shrinkage=float("inf"))

@@ -225,6 +225,28 @@ class PerturbationDataset:
             columns=self.genes,
         )
 
+    def variance_expression(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Sample variance (``ddof=1``) of each gene per condition: DataFrame ``(conditions,
+        genes)``, NaN for a condition of one cell; sparse data need no dense copy."""
+        names = self.conditions if names is None else list(names)
+        rows = []
+        for matrix in self._condition_matrices(names):
+            n = matrix.shape[0]
+            if sp.issparse(matrix):
+                matrix = matrix.astype(np.float64)  # one condition's cells; float32 sums drift
+                mean = np.asarray(matrix.mean(axis=0)).ravel()
+                square = np.asarray(matrix.multiply(matrix).mean(axis=0)).ravel()
+                spread = np.maximum(square - mean**2, 0.0) * n  # sum of squared deviations
+            else:
+                dense = np.asarray(matrix, dtype=np.float64)
+                spread = ((dense - dense.mean(axis=0)) ** 2).sum(axis=0)
+            rows.append(spread / (n - 1) if n > 1 else np.full(self.n_genes, np.nan))
+        return pd.DataFrame(
+            np.vstack(rows) if rows else np.zeros((0, self.n_genes)),
+            index=names,
+            columns=self.genes,
+        )
+
     def _condition_matrices(self, names: list[str]):
         """The stored cells of each of ``names`` in turn, grouping the labels once: one pass
         over the category codes instead of a mask per condition."""

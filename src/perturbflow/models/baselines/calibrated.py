@@ -246,6 +246,7 @@ class AdditiveShiftPrior:
         blend: Mapping[str, np.ndarray] | None = None,
         blend_share: float = 0.0,
         combination_effects: Mapping[str, np.ndarray] | None = None,
+        own_deltas: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if unseen not in UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {UNSEEN_MODES}, got {unseen!r}")
@@ -277,6 +278,16 @@ class AdditiveShiftPrior:
         self.mean_delta = (
             self.deltas.mean(axis=0) if self.genes else np.zeros(n_genes, np.float32)
         )  # (G,)
+        # What a seen gene contributes itself (e.g. its shrunk delta); the fallbacks, averages
+        # over many singles, are fitted on ``single_deltas``.
+        own = own_deltas or {}
+        self.own_deltas = (
+            np.vstack([np.asarray(own.get(g, single_deltas[g])) for g in self.genes]).astype(
+                np.float32
+            )
+            if self.genes
+            else self.deltas
+        )  # (S, G)
         self.prior = prior if prior is not None else pd.DataFrame(index=pd.Index([], dtype=str))
         self.unseen = unseen
         d = self.prior.shape[1]
@@ -477,7 +488,7 @@ class AdditiveShiftPrior:
         if gene in self._index:
             index = self._index[gene]
             if not hidden:
-                return self.deltas[index]
+                return self.own_deltas[index]
             delta = self.loo_deltas[index]
         elif gene in self.combination_effects and not hidden:
             return self.combination_effects[gene]
@@ -597,6 +608,13 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     combinations cannot separate it from a partner without a single, the minimum-norm split)
     instead of the unseen-gene fallback, and counts as measured in the calibration categories
     and the network map.
+    ``shrinkage``: above 0, a seen gene contributes its single's delta shrunk gene by gene towards
+    0 by its sampling noise, ``δ · max(0, 1 − k · v / δ²)`` with ``v`` the variance of the
+    difference of the condition's and the control's means and ``k`` this value (1: the
+    positive-part James–Stein factor of one entry), so a gene a single barely changes adds no
+    noise to the combinations summed from it. The fallbacks of unseen genes average many singles
+    and use them unshrunk (0: off; pooled effects of ``combination_weight`` are kept as they
+    are).
     """
 
     calibrate: bool = True
@@ -614,8 +632,14 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     combination_weight: float = 0.0
     pooled_share: float = 0.0
     combination_genes: bool = True
+    shrinkage: float = 0.0
 
     def __post_init__(self) -> None:
+        if not np.isfinite(self.shrinkage) or self.shrinkage < 0:
+            raise ValueError(
+                f"CalibratedAdditiveConfig.shrinkage must be a finite number >= 0, got "
+                f"{self.shrinkage}"
+            )
         if not 0.0 <= self.pooled_share <= 1.0:
             raise ValueError(
                 f"CalibratedAdditiveConfig.pooled_share must be in [0, 1], got {self.pooled_share}"
@@ -677,6 +701,7 @@ class CalibratedAdditive(MeanShiftModel):
         self.combination_effects_ = (
             self._combination_effects(dataset) if cfg.combination_genes else {}
         )
+        self.shrunk_ = self._shrunk_singles(dataset) if cfg.shrinkage > 0 else {}
         self.coupling_, self.coupling_held_out_ = {}, {}
         rows = self._statistics_rows(dataset, train)  # (n,) at most max_fit_cells
         if cfg.propagate and cfg.target_aware:
@@ -718,6 +743,25 @@ class CalibratedAdditive(MeanShiftModel):
             ", ".join(sorted(measured)[:10]) + (" …" if len(measured) > 10 else ""),
         )
         return {gene: effects[gene] for gene in sorted(measured)}
+
+    def _shrunk_singles(self, dataset) -> dict[str, np.ndarray]:
+        """Gene → its training single's delta ``(G,)`` shrunk by its sampling noise (see
+        ``shrinkage``); a condition of one cell has no variance estimate and is kept."""
+        names = [n for n in self.train_deltas_.index if single_gene(n) is not None]
+        if not names:
+            return {}
+        counts = dataset.cells_per_condition
+        variances = dataset.variance_expression([CONTROL_NAME, *names])  # (1 + S, G)
+        control = variances.loc[CONTROL_NAME].to_numpy() / counts[CONTROL_NAME]  # (G,)
+        shrunk = {}
+        for name in names:
+            delta = self.train_deltas_.loc[name].to_numpy(np.float64)  # (G,)
+            noise = variances.loc[name].to_numpy() / counts[name] + control  # (G,)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = 1.0 - self.config.shrinkage * noise / delta**2
+            factor = np.where(np.isnan(noise), 1.0, np.clip(np.nan_to_num(factor), 0.0, 1.0))
+            shrunk[single_gene(name)] = (delta * factor).astype(np.float32)
+        return shrunk
 
     def _statistics_rows(self, dataset, train: list[str]) -> np.ndarray:
         """Row positions of the training cells, or a seeded sorted sample of ``max_fit_cells``."""
@@ -770,6 +814,7 @@ class CalibratedAdditive(MeanShiftModel):
             blend=self.pooled_blend_,
             blend_share=self.config.pooled_share,
             combination_effects=self.combination_effects_,
+            own_deltas={g: d for g, d in self.shrunk_.items() if g not in self.pooled_},
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -786,6 +831,7 @@ class CalibratedAdditive(MeanShiftModel):
             **_slopes_state("pooled", self.pooled_, len(self.genes_)),
             **_slopes_state("pooled_blend", self.pooled_blend_, len(self.genes_)),
             **_slopes_state("combination_effects", self.combination_effects_, len(self.genes_)),
+            **_slopes_state("shrunk", self.shrunk_, len(self.genes_)),
         }
 
     def _set_state(self, arrays) -> None:
@@ -802,6 +848,7 @@ class CalibratedAdditive(MeanShiftModel):
             if "combination_effects" in arrays
             else {}
         )
+        self.shrunk_ = _slopes_from_state("shrunk", arrays) if "shrunk" in arrays else {}
         self.guide_genes_ = dict(
             zip(
                 arrays["guide_names"].astype(str).tolist(),

@@ -87,6 +87,9 @@ class ScBIGConfig:
     # ... with a gene that has no training single but is in training combinations given its
     # effect fitted on them (calibrated_additive's combination_genes), not the unseen fallback
     prior_combination_genes: bool = True
+    # ... with each training single's delta shrunk gene by gene by its sampling noise, at this
+    # factor (calibrated_additive's shrinkage; 0: off)
+    prior_shrinkage: float = 0.0
     # The flow's training combinations start from the map's residual fitted without them, so the
     # flow learns the residual a held-out combination has (off: the in-sample, smaller one).
     cross_fit_start: bool = False
@@ -184,6 +187,10 @@ class ScBIGConfig:
             raise ValueError(
                 "ScBIGConfig.prior_combination_weight must be a finite number >= 0, got "
                 f"{self.prior_combination_weight}"
+            )
+        if not 0.0 <= self.prior_shrinkage < float("inf"):
+            raise ValueError(
+                f"ScBIGConfig.prior_shrinkage must be a finite number >= 0, got {self.prior_shrinkage}"
             )
         if not 0.0 <= self.prior_pooled_share <= 1.0:
             raise ValueError(

@@ -450,6 +450,7 @@ class ScBIG:
             combination_weight=cfg.prior_combination_weight,
             pooled_share=cfg.prior_pooled_share,
             combination_genes=cfg.prior_combination_genes,
+            shrinkage=cfg.prior_shrinkage,
             seed=cfg.seed,
         )
 
