@@ -49,9 +49,11 @@ VARIANTS = {
     # The default's flow trained at 4x the learning rate, keeping its last weights (validated
     # once, at the end) rather than those with the best validation mean.
     "fast_flow": {"flow_lr": 2e-3, "val_every": 1000},
-    # The default with each single's start delta fitted on the training combinations too
-    # (pooled_additive's estimate, combinations at full weight).
+    # Each seen gene's start delta fitted on the training combinations too (pooled_additive's
+    # estimate, combinations at full weight) where the network map is not used: the default now.
     "pooled_start": {"prior_combination_weight": 1.0},
+    # Each seen gene's start delta its single's own mean.
+    "singles_start": {"prior_combination_weight": 0.0},
     # The default with seen-gene conditions started halfway to pooled_additive's mean.
     "half_pooled_start": {"prior_pooled_share": 0.5},
     # The default with each single's start delta shrunk gene by gene by its sampling noise.

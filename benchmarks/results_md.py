@@ -107,6 +107,26 @@ RUNS = (
         "stopped after 2 seeds",
     ),
     (
+        "runs/pooled_singles",
+        "Pooled effects for seen genes (`calibrated_additive`'s `combination_weight=1`, the "
+        "default), without and with the network map: variant − single means, held-out GRN "
+        "screens, combo split, 5 seeds",
+    ),
+    (
+        "runs/pooled_singles_b",
+        "The same on the simulation split of two held-out GRN screens and on the real screens",
+    ),
+    (
+        "runs/real_norman19_combo_v6",
+        "`norman19_subset`, combo split, 5 seeds, with pooled effects and `combination_genes` in "
+        "scbig's start",
+    ),
+    (
+        "runs/grn_pooled_default_s11",
+        "scbig with the pooled-effects default on DoRothEA s11 (combo split, 5 seeds): the map "
+        "is used there, so only the inner fold can move",
+    ),
+    (
         "runs/shrinkage_start",
         "Shrunk single deltas (`calibrated_additive`'s `shrinkage=1`, off by default), with and "
         "without the network map: variant − `calibrated_additive`, paired over 5 seeds, held-out "

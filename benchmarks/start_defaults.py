@@ -12,7 +12,11 @@ Variants of the one estimator, each against the default, per screen, split kind 
   when training combinations measure it (``combination_genes=False``);
 - ``shrinkage`` and ``network_shrinkage``: each training single's delta shrunk gene by gene by its
   sampling noise (``shrinkage=1``), without and with the network map (compare the latter with
-  ``network``).
+  ``network``);
+- ``pooled_singles``: each seen gene's delta is its effect fitted on the training singles and
+  combinations together (``combination_weight=1``, ``pooled_additive``'s estimate), without
+  and with the network map (``network_pooled_singles``: pooled only where the map is not used;
+  compare with ``network``).
 
 ``--drop-singles F`` removes the single of a seeded share ``F`` of the perturbed genes from each
 screen before splitting, so that some genes are measured only in combinations (as in Norman
@@ -55,6 +59,8 @@ VARIANTS = {
     "no_combination_genes": {"combination_genes": False},
     "shrinkage": {"shrinkage": 1.0},
     "network_shrinkage": {"network": True, "shrinkage": 1.0},
+    "pooled_singles": {"combination_weight": 1.0},
+    "network_pooled_singles": {"network": True, "combination_weight": 1.0},
 }
 METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
 # Higher is better for these; lower for the rest.

@@ -3,6 +3,8 @@ model behind the one interface (scbig's starting point)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from perturbflow.models import get_model, load_model
 from perturbflow.models.baselines.calibrated import (
     AdditiveShiftPrior,
     CalibratedAdditiveConfig,
+    NetworkAdditiveConfig,
     coupling_columns,
     loo_ridge_alpha,
 )
@@ -376,10 +379,11 @@ def test_calibration_switch_changes_combination_predictions(screen):
     doubles = [name for name in split.test if "+" in name]
     calibrated = get_model("calibrated_additive").fit(dataset, split).predict_delta(doubles)
     plain_model = get_model(
-        "calibrated_additive", CalibratedAdditiveConfig(calibrate=False, target_aware=False)
+        "calibrated_additive",
+        CalibratedAdditiveConfig(calibrate=False, target_aware=False, combination_weight=0.0),
     ).fit(dataset, split)
     additive = get_model("additive").fit(dataset, split).predict_delta(doubles)
-    # Without calibration or target-aware fill it is exactly the additive baseline ...
+    # Without calibration, target-aware fill or pooled effects it is exactly additive ...
     np.testing.assert_allclose(plain_model.predict_delta(doubles), additive, atol=1e-6)
     # ... and the calibration moves the combinations.
     assert np.abs(calibrated.to_numpy() - additive.to_numpy()).max() > 1e-2
@@ -431,7 +435,12 @@ def test_gene_statistics_use_a_seeded_sample_of_max_fit_cells(screen):
         np.testing.assert_array_equal(again.coupling_[gene], slopes)  # seeded
 
 
-def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(screen, tmp_path):
+def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
+    screen, tmp_path, monkeypatch
+):
+    import dataclasses
+
+    import perturbflow.models.baselines.calibrated as calibrated_module
     from perturbflow.models.baselines.pooled import pooled_effects
     from perturbflow.models.scbig import ScBIGConfig
 
@@ -447,9 +456,33 @@ def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(scree
         if gene in singles:
             np.testing.assert_array_equal(model.pooled_[gene], effect)
             row = model.estimator_.genes.index(gene)
-            np.testing.assert_allclose(model.estimator_.deltas[row], effect, rtol=1e-6)
-    plain = get_model("calibrated_additive").fit(dataset, split)
+            np.testing.assert_allclose(model.estimator_.own_deltas[row], effect, rtol=1e-6)
+    plain = get_model("calibrated_additive", CalibratedAdditiveConfig(combination_weight=0.0))
+    plain.fit(dataset, split)
     assert plain.pooled_ == {}
+    assert get_model("calibrated_additive").config.combination_weight == 1.0  # the default
+    # The fallbacks of unseen genes still average the singles' own deltas.
+    np.testing.assert_array_equal(model.estimator_.mean_delta, plain.estimator_.mean_delta)
+    # With the network map: pooled effects only where the map's choice is "no map".
+    both = CalibratedAdditiveConfig(combination_weight=1.0, network=True)
+    no_map = get_model("calibrated_additive", both).fit(dataset, split)
+    single_means = NetworkAdditiveConfig(combination_weight=0.0)
+    assert (
+        get_model("network_additive", single_means).fit(dataset, split).estimator_.network.penalty
+        is None
+    )
+    assert no_map.estimator_.network is None
+    np.testing.assert_array_equal(no_map.estimator_.own_deltas, model.estimator_.own_deltas)
+    real_fit = calibrated_module.fit_network_map
+
+    def chosen(shifts, residuals):  # a map "chosen" by its leave-one-out error
+        return dataclasses.replace(real_fit(shifts, residuals), penalty=1.0)
+
+    monkeypatch.setattr(calibrated_module, "fit_network_map", chosen)
+    mapped = get_model("calibrated_additive", both).fit(dataset, split)
+    assert mapped.estimator_.network.penalty == 1.0
+    np.testing.assert_array_equal(mapped.estimator_.own_deltas, plain.estimator_.deltas)
+    monkeypatch.undo()
     test = list(split.test)
     assert (
         np.abs(model.predict_delta(test).to_numpy() - plain.predict_delta(test).to_numpy()).max()
@@ -566,9 +599,10 @@ def test_shrinkage_shrinks_each_single_entry_by_its_sampling_noise(screen, tmp_p
     from perturbflow.models.scbig import ScBIGConfig
 
     dataset, split = screen
-    model = get_model("calibrated_additive", CalibratedAdditiveConfig(shrinkage=1.0))
+    single_means = CalibratedAdditiveConfig(combination_weight=0.0)
+    model = get_model("calibrated_additive", dataclasses.replace(single_means, shrinkage=1.0))
     model.fit(dataset, split)
-    plain = get_model("calibrated_additive").fit(dataset, split)
+    plain = get_model("calibrated_additive", single_means).fit(dataset, split)
     assert plain.shrunk_ == {}
     counts = dataset.cells_per_condition
     singles = [n for n in split.train if "+" not in n and n != "ctrl"]

@@ -598,9 +598,12 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     residual it spreads). ``max_fit_cells``: the gene–gene statistics (co-variation slopes, data
     embedding) use at most this many training cells, a seeded sample of them (all cells below
     it), so fit time stays flat in the number of cells; condition means always use every cell.
-    ``combination_weight``: above 0, each gene's single delta is replaced by its effect fitted
-    jointly on the training singles and combinations (``pooled_additive``, combinations weighted
-    by this times their cells), which carries less of one single's sampling noise.
+    ``combination_weight``: above 0, a seen gene contributes its effect fitted jointly on the
+    training singles and combinations (``pooled_additive``, combinations weighted by this times
+    their cells), which carries less of one single's sampling noise, instead of its single's
+    delta; the fallbacks of unseen genes still average the singles. With ``network``, only when
+    the map's leave-one-out choice is "no map": a chosen map is a learned departure of the
+    combinations from the singles' sum, which pooled effects would absorb into the singles.
     ``pooled_share``: a condition whose genes all have a training single (none hidden) moves
     this share of the way from the prediction to ``pooled_additive``'s (0: not at all).
     ``combination_genes``: a gene without a training single but in training combinations takes
@@ -629,7 +632,7 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     priors: str | None = None
     network: bool = False
     max_fit_cells: int = 50_000
-    combination_weight: float = 0.0
+    combination_weight: float = 1.0
     pooled_share: float = 0.0
     combination_genes: bool = True
     shrinkage: float = 0.0
@@ -796,8 +799,21 @@ class CalibratedAdditive(MeanShiftModel):
             if gene is None:
                 combos[name] = row.to_numpy()
             else:
-                singles[gene] = self.pooled_.get(gene, row.to_numpy())
-        self.estimator_ = AdditiveShiftPrior(
+                singles[gene] = row.to_numpy()
+        self.estimator_ = self._estimator(singles, combos, self.shrunk_, self.config.network)
+        if self.pooled_:
+            network = self.estimator_.network
+            if network is None or network.penalty is None:
+                own = {**self.shrunk_, **self.pooled_}
+                self.estimator_ = self._estimator(singles, combos, own, False)
+            else:
+                logger.info(
+                    "calibrated_additive: the network map is used, so seen genes keep their "
+                    "singles' deltas (not the pooled effects of combination_weight)"
+                )
+
+    def _estimator(self, singles, combos, own, network: bool) -> AdditiveShiftPrior:
+        return AdditiveShiftPrior(
             singles,
             len(self.genes_),
             self.table_,
@@ -810,11 +826,11 @@ class CalibratedAdditive(MeanShiftModel):
             calibration_genes=self.config.calibration_genes,
             coupling=self.coupling_,
             coupling_held_out=self.coupling_held_out_,
-            network=self.config.network,
+            network=network,
             blend=self.pooled_blend_,
             blend_share=self.config.pooled_share,
             combination_effects=self.combination_effects_,
-            own_deltas={g: d for g, d in self.shrunk_.items() if g not in self.pooled_},
+            own_deltas=own,
         )
 
     def _state(self) -> dict[str, np.ndarray]:

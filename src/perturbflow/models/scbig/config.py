@@ -79,9 +79,10 @@ class ScBIGConfig:
     target_aware_prior: bool = True  # calibrated_additive start: target-aware fill of unseen genes
     propagate_prior: bool = True  # ... spread to the genes co-varying with the target
     network_prior: bool = True  # ... plus the learned map of combinations (network_additive)
-    # ... with each single's delta fitted on the training combinations too, at this weight per
-    # combination cell (0: the single's own cells; pooled_additive's estimate otherwise)
-    prior_combination_weight: float = 0.0
+    # ... with each seen gene's delta fitted on the training combinations too, at this weight per
+    # combination cell, where the network map is not used (0: the single's own cells;
+    # pooled_additive's estimate otherwise)
+    prior_combination_weight: float = 1.0
     # ... with combinations of seen genes moved this share of the way to pooled_additive's mean
     prior_pooled_share: float = 0.0
     # ... with a gene that has no training single but is in training combinations given its
