@@ -34,6 +34,20 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
+        "runs/grn_accept_combo_v6",
+        "Issue 12 acceptance, combo split, with the current defaults: six GRN screens, 5 seeds. "
+        "scbig, `calibrated_additive` and `network_additive` rerun with pooled effects where the "
+        "network map is not used (`grn_v6_combo`, `grn_pooled_default_s11`, "
+        "`grn_v6_s11_network`; scbig's numbers equal v5's); the other baselines from "
+        "`grn_accept_combo_v5`",
+    ),
+    (
+        "runs/grn_accept_simulation_v6",
+        "Issue 12 acceptance, GEARS simulation split, with the current defaults: six GRN "
+        "screens, 5 seeds; scbig, `calibrated_additive` and `network_additive` rerun "
+        "(`grn_v6_simulation`), the other baselines from `grn_accept_simulation_v5`",
+    ),
+    (
         "runs/grn_accept_combo_v5",
         "Issue 12 acceptance, combo split: six GRN screens, 5 seeds, scbig whose combinations "
         "start partway to the combinator's mean, the share chosen by cross-validation on the "
