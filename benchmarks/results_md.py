@@ -35,16 +35,16 @@ from perturbflow.report.markdown import (
 RUNS = (
     (
         "runs/grn_accept_combo_v6",
-        "Issue 12 acceptance, combo split, with the current defaults: six GRN screens, 5 seeds. "
-        "scbig, `calibrated_additive` and `network_additive` rerun with pooled effects where the "
-        "network map is not used (`grn_v6_combo`, `grn_pooled_default_s11`, "
+        "Issue 12 acceptance, combo split, six GRN screens, 5 seeds, with pooled effects where "
+        "the network map is not used (`combination_weight=1`, tried as the default and not kept: "
+        "see `synthetic_defaults`): scbig, `calibrated_additive` and `network_additive` rerun (`grn_v6_combo`, `grn_pooled_default_s11`, "
         "`grn_v6_s11_network`; scbig's numbers equal v5's); the other baselines from "
         "`grn_accept_combo_v5`",
     ),
     (
         "runs/grn_accept_simulation_v6",
-        "Issue 12 acceptance, GEARS simulation split, with the current defaults: six GRN "
-        "screens, 5 seeds; scbig, `calibrated_additive` and `network_additive` rerun "
+        "Issue 12 acceptance, GEARS simulation split, six GRN screens, 5 seeds, with "
+        "`combination_weight=1` (not the default); scbig, `calibrated_additive` and `network_additive` rerun "
         "(`grn_v6_simulation`), the other baselines from `grn_accept_simulation_v5`",
     ),
     (
@@ -122,7 +122,7 @@ RUNS = (
     ),
     (
         "runs/pooled_singles",
-        "Pooled effects for seen genes (`calibrated_additive`'s `combination_weight=1`, the "
+        "Pooled effects for seen genes (`calibrated_additive`'s `combination_weight=1`, off by "
         "default), without and with the network map: variant − single means, held-out GRN "
         "screens, combo split, 5 seeds",
     ),
@@ -131,14 +131,21 @@ RUNS = (
         "The same on the simulation split of two held-out GRN screens and on the real screens",
     ),
     (
+        "runs/synthetic_defaults",
+        "Pooled effects for seen genes (`pooled_singles`) and the unseen-gene fallback for genes "
+        "seen only in doubles (`no_combination_genes`) against the defaults, on two built-in "
+        "synthetic screens (planted interactions), simulation split, 5 seeds: why "
+        "`combination_weight` stays 0",
+    ),
+    (
         "runs/real_norman19_combo_v6",
-        "`norman19_subset`, combo split, 5 seeds, with pooled effects and `combination_genes` in "
-        "scbig's start",
+        "`norman19_subset`, combo split, 5 seeds, with pooled effects (`prior_combination_weight=1`, "
+        "not the default) and `combination_genes` in scbig's start",
     ),
     (
         "runs/grn_pooled_default_s11",
-        "scbig with the pooled-effects default on DoRothEA s11 (combo split, 5 seeds): the map "
-        "is used there, so only the inner fold can move",
+        "scbig with pooled effects (`prior_combination_weight=1`) on DoRothEA s11 (combo split, "
+        "5 seeds): the map is used there, so only the inner fold can move",
     ),
     (
         "runs/shrinkage_start",

@@ -16,7 +16,8 @@ Variants of the one estimator, each against the default, per screen, split kind 
 - ``pooled_singles``: each seen gene's delta is its effect fitted on the training singles and
   combinations together (``combination_weight=1``, ``pooled_additive``'s estimate), without
   and with the network map (``network_pooled_singles``: pooled only where the map is not used;
-  compare with ``network``).
+  compare with ``network``); ``single_means``: the seen genes' single means instead
+  (``combination_weight=0``; against the default, which pools).
 
 ``--drop-singles F`` removes the single of a seeded share ``F`` of the perturbed genes from each
 screen before splitting, so that some genes are measured only in combinations (as in Norman
@@ -61,6 +62,7 @@ VARIANTS = {
     "network_shrinkage": {"network": True, "shrinkage": 1.0},
     "pooled_singles": {"combination_weight": 1.0},
     "network_pooled_singles": {"network": True, "combination_weight": 1.0},
+    "single_means": {"combination_weight": 0.0},
 }
 METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")
 # Higher is better for these; lower for the rest.

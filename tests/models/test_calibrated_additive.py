@@ -460,7 +460,7 @@ def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
     plain = get_model("calibrated_additive", CalibratedAdditiveConfig(combination_weight=0.0))
     plain.fit(dataset, split)
     assert plain.pooled_ == {}
-    assert get_model("calibrated_additive").config.combination_weight == 1.0  # the default
+    assert get_model("calibrated_additive").config.combination_weight == 0.0  # the default
     # The fallbacks of unseen genes still average the singles' own deltas.
     np.testing.assert_array_equal(model.estimator_.mean_delta, plain.estimator_.mean_delta)
     # With the network map: pooled effects only where the map's choice is "no map".

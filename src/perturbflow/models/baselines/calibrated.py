@@ -632,7 +632,7 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     priors: str | None = None
     network: bool = False
     max_fit_cells: int = 50_000
-    combination_weight: float = 1.0
+    combination_weight: float = 0.0
     pooled_share: float = 0.0
     combination_genes: bool = True
     shrinkage: float = 0.0

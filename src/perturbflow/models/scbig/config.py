@@ -82,7 +82,7 @@ class ScBIGConfig:
     # ... with each seen gene's delta fitted on the training combinations too, at this weight per
     # combination cell, where the network map is not used (0: the single's own cells;
     # pooled_additive's estimate otherwise)
-    prior_combination_weight: float = 1.0
+    prior_combination_weight: float = 0.0
     # ... with combinations of seen genes moved this share of the way to pooled_additive's mean
     prior_pooled_share: float = 0.0
     # ... with a gene that has no training single but is in training combinations given its
