@@ -435,6 +435,15 @@ def test_gene_statistics_use_a_seeded_sample_of_max_fit_cells(screen):
         np.testing.assert_array_equal(again.coupling_[gene], slopes)  # seeded
 
 
+def _moves_the_test_conditions_and_round_trips(model, plain, test, tmp_path) -> None:
+    """``model`` predicts ``test`` differently from ``plain`` and its checkpoint predicts the
+    same as itself."""
+    moved = model.predict_delta(test).to_numpy() - plain.predict_delta(test).to_numpy()
+    assert np.abs(moved).max() > 1e-3
+    loaded = load_model(model.save(tmp_path / "model.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+
+
 def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
     screen, tmp_path, monkeypatch
 ):
@@ -483,13 +492,7 @@ def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
     assert mapped.estimator_.network.penalty == 1.0
     np.testing.assert_array_equal(mapped.estimator_.own_deltas, plain.estimator_.deltas)
     monkeypatch.undo()
-    test = list(split.test)
-    assert (
-        np.abs(model.predict_delta(test).to_numpy() - plain.predict_delta(test).to_numpy()).max()
-        > 1e-3
-    )
-    loaded = load_model(model.save(tmp_path / "pooled_start.npz"))
-    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+    _moves_the_test_conditions_and_round_trips(model, plain, list(split.test), tmp_path)
     with pytest.raises(ValueError, match="combination_weight"):
         CalibratedAdditiveConfig(combination_weight=-0.5)
     with pytest.raises(ValueError, match="prior_combination_weight"):
@@ -625,13 +628,7 @@ def test_shrinkage_shrinks_each_single_entry_by_its_sampling_noise(screen, tmp_p
     assert zeroed > 0, "the screen has entries within their noise"
     # The fallback of an unseen gene averages the singles unshrunk.
     np.testing.assert_array_equal(model.estimator_.mean_delta, plain.estimator_.mean_delta)
-    test = list(split.test)
-    assert (
-        np.abs(model.predict_delta(test).to_numpy() - plain.predict_delta(test).to_numpy()).max()
-        > 1e-3
-    )
-    loaded = load_model(model.save(tmp_path / "shrunk.npz"))
-    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+    _moves_the_test_conditions_and_round_trips(model, plain, list(split.test), tmp_path)
     with pytest.raises(ValueError, match="shrinkage"):
         CalibratedAdditiveConfig(shrinkage=-1.0)
     with pytest.raises(ValueError, match="prior_shrinkage"):
