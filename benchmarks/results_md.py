@@ -34,6 +34,13 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
+        "runs/grn_accept_simulation_v7",
+        "Issue 12 acceptance, GEARS simulation split, with the current defaults "
+        "(`combination_genes` on, `combination_weight` 0): six GRN screens, 5 seeds; scbig, "
+        "`calibrated_additive` and `network_additive` rerun (`grn_v7_simulation_a`, `_b`), the "
+        "other baselines from `grn_accept_simulation_v5`",
+    ),
+    (
         "runs/grn_accept_combo_v6",
         "Issue 12 acceptance, combo split, six GRN screens, 5 seeds, with pooled effects where "
         "the network map is not used (`combination_weight=1`, tried as the default and not kept: "
