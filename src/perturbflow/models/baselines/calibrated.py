@@ -695,14 +695,20 @@ class CalibratedAdditive(MeanShiftModel):
             else ContextCalibration()
         )
         self.guide_genes_ = dataset.guide_genes
-        self.pooled_ = (
-            self._pooled_effects(dataset, cfg.combination_weight)
-            if cfg.combination_weight > 0
-            else {}
-        )
-        self.pooled_blend_ = self._pooled_effects(dataset, 1.0) if cfg.pooled_share > 0 else {}
+        fitted: dict[float, dict[str, np.ndarray]] = {}  # one least-squares fit per weight
+
+        def effects(weight: float) -> dict[str, np.ndarray]:
+            if weight not in fitted:
+                fitted[weight] = training_effects(
+                    self.train_deltas_, dataset.cells_per_condition, weight
+                )
+            return fitted[weight]
+
+        weight = cfg.combination_weight
+        self.pooled_ = self._with_single(effects(weight)) if weight > 0 else {}
+        self.pooled_blend_ = self._with_single(effects(1.0)) if cfg.pooled_share > 0 else {}
         self.combination_effects_ = (
-            self._combination_effects(dataset) if cfg.combination_genes else {}
+            self._combination_effects(effects) if cfg.combination_genes else {}
         )
         self.shrunk_ = self._shrunk_singles(dataset) if cfg.shrinkage > 0 else {}
         self.coupling_, self.coupling_held_out_ = {}, {}
@@ -721,31 +727,29 @@ class CalibratedAdditive(MeanShiftModel):
             self.table_ = table
         self._build_estimator()
 
-    def _pooled_effects(self, dataset, combination_weight: float) -> dict[str, np.ndarray]:
-        """Gene → effect ``(G,)`` fitted on every training condition (combinations at
-        ``combination_weight``), for genes with a single."""
-        effects = training_effects(
-            self.train_deltas_, dataset.cells_per_condition, combination_weight
-        )
+    def _with_single(self, effects: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``effects`` (gene → ``(G,)``, fitted on every training condition) of the genes with
+        a training single."""
         singles = {single_gene(name) for name in self.train_deltas_.index} - {None}
         return {gene: effect for gene, effect in effects.items() if gene in singles}
 
-    def _combination_effects(self, dataset) -> dict[str, np.ndarray]:
+    def _combination_effects(self, effects) -> dict[str, np.ndarray]:
         """Gene → effect ``(G,)`` of the genes without a training single that are in training
-        combinations, from the least-squares fit over every training condition."""
+        combinations, from ``effects(1.0)``: the least-squares fit over every training
+        condition."""
         names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
         singles = {single_gene(name) for name in names} - {None}
         measured = {gene for name in names for gene in parse_condition(name)} - singles
         if not measured:
             return {}
-        effects = training_effects(self.train_deltas_, dataset.cells_per_condition, 1.0)
+        fitted = effects(1.0)
         logger.info(
             "calibrated_additive: %d gene(s) without a training single take their effect from "
             "training combinations: %s",
             len(measured),
             ", ".join(sorted(measured)[:10]) + (" …" if len(measured) > 10 else ""),
         )
-        return {gene: effects[gene] for gene in sorted(measured)}
+        return {gene: fitted[gene] for gene in sorted(measured)}
 
     def _shrunk_singles(self, dataset) -> dict[str, np.ndarray]:
         """Gene → its training single's delta ``(G,)`` shrunk by its sampling noise (see
