@@ -50,7 +50,8 @@ VARIANTS = {
     # once, at the end) rather than those with the best validation mean.
     "fast_flow": {"flow_lr": 2e-3, "val_every": 1000},
     # Each seen gene's start delta fitted on the training combinations too (pooled_additive's
-    # estimate, combinations at full weight) where the network map is not used.
+    # estimate, combinations at full weight) where that predicts held-out training combinations
+    # better than the singles' deltas with the network map (prior_pooled_if_better).
     "pooled_start": {"prior_combination_weight": 1.0},
     # Each seen gene's start delta its single's own mean.
     "singles_start": {"prior_combination_weight": 0.0},

@@ -17,7 +17,11 @@ Variants of the one estimator, each against the default, per screen, split kind 
   combinations together (``combination_weight=1``, ``pooled_additive``'s estimate), without
   and with the network map (``network_pooled_singles``: pooled only where the map is not used;
   compare with ``network``); ``single_means``: the seen genes' single means instead
-  (``combination_weight=0``; against the default, which pools).
+  (``combination_weight=0``; against the default, which pools);
+- ``pooled_choice`` and ``network_pooled_choice``: pooled effects only where they predict the
+  training combinations, held out one at a time, better than the singles' deltas (with the map)
+  do (``pooled_if_better``, the default of ``combination_weight=1``; compare the latter with
+  ``network``).
 
 ``--drop-singles F`` removes the single of a seeded share ``F`` of the perturbed genes from each
 screen before splitting, so that some genes are measured only in combinations (as in Norman
@@ -60,8 +64,14 @@ VARIANTS = {
     "no_combination_genes": {"combination_genes": False},
     "shrinkage": {"shrinkage": 1.0},
     "network_shrinkage": {"network": True, "shrinkage": 1.0},
-    "pooled_singles": {"combination_weight": 1.0},
-    "network_pooled_singles": {"network": True, "combination_weight": 1.0},
+    "pooled_singles": {"combination_weight": 1.0, "pooled_if_better": False},
+    "network_pooled_singles": {
+        "network": True,
+        "combination_weight": 1.0,
+        "pooled_if_better": False,
+    },
+    "pooled_choice": {"combination_weight": 1.0},
+    "network_pooled_choice": {"network": True, "combination_weight": 1.0},
     "single_means": {"combination_weight": 0.0},
 }
 METRICS = ("pearson_delta_de20", "mse_de20", "discrimination_l1", "energy_distance")

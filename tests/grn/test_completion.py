@@ -24,6 +24,7 @@ from perturbflow.grn.completion import (
     CompletionConfig,
     CompletionInputError,
     FeatureConfig,
+    _correlations,
     complete_network,
     decoder_jacobian,
     gene_features,
@@ -310,6 +311,35 @@ def test_encoder_features_are_per_gene_and_repeat_per_seed(dataset):
     assert (first.loc["NOT_MEASURED"] == 0).all()
     pd.testing.assert_frame_equal(first, again)
     assert first.iloc[:12].drop_duplicates().shape[0] == 12  # a distinct vector per gene
+
+
+@pytest.mark.parametrize("readout", ["jacobian", "correlation"])
+def test_each_encoder_readout_gives_its_own_per_gene_vectors(dataset, readout):
+    genes = list(dataset.genes[:12])
+    config = dataclasses.replace(TINY_ENCODER, encoder_readout=readout)
+    table = gene_features("encoder", dataset, genes=genes, config=config)
+    assert list(table.columns) == [f"latent{i}_{readout}" for i in range(config.latent_dim)]
+    pd.testing.assert_frame_equal(
+        table, gene_features("encoder", dataset, genes=genes, config=config)
+    )
+    other = "correlation" if readout == "jacobian" else "jacobian"
+    elsewhere = gene_features(
+        "encoder", dataset, genes=genes, config=dataclasses.replace(config, encoder_readout=other)
+    )
+    assert not np.allclose(table.to_numpy(), elsewhere.to_numpy())
+
+
+def test_latent_correlations_are_pearson_and_zero_for_constants():
+    rng = np.random.default_rng(0)
+    expression = rng.normal(size=(40, 5))
+    expression[:, 4] = 3.0  # a constant gene
+    codes = expression[:, :2] @ rng.normal(size=(2, 3)) + rng.normal(size=(40, 3))
+    correlations = _correlations(expression, codes)  # (5, 3)
+    full = np.corrcoef(expression[:, :4].T, codes.T)  # (7, 7)
+    np.testing.assert_allclose(correlations[:4], full[:4, 4:], atol=1e-12)
+    np.testing.assert_array_equal(correlations[4], 0.0)
+    with pytest.raises(ValueError, match="encoder_readout"):
+        FeatureConfig(encoder_readout="loadings")
 
 
 def test_feature_kind_and_genes_are_checked(dataset):

@@ -4,6 +4,7 @@ model behind the one interface (scbig's starting point)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
@@ -447,14 +448,13 @@ def _moves_the_test_conditions_and_round_trips(model, plain, test, tmp_path) -> 
 def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
     screen, tmp_path, monkeypatch
 ):
-    import dataclasses
 
     import perturbflow.models.baselines.calibrated as calibrated_module
     from perturbflow.models.baselines.pooled import pooled_effects
     from perturbflow.models.scbig import ScBIGConfig
 
     dataset, split = screen
-    config = CalibratedAdditiveConfig(combination_weight=1.0)
+    config = CalibratedAdditiveConfig(combination_weight=1.0, pooled_if_better=False)
     model = get_model("calibrated_additive", config).fit(dataset, split)
     names = [n for n in model.train_deltas_.index if n != "ctrl"]
     cells = dataset.cells_per_condition.reindex(names).to_numpy(float)
@@ -472,8 +472,9 @@ def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
     assert get_model("calibrated_additive").config.combination_weight == 0.0  # the default
     # The fallbacks of unseen genes still average the singles' own deltas.
     np.testing.assert_array_equal(model.estimator_.mean_delta, plain.estimator_.mean_delta)
-    # With the network map: pooled effects only where the map's choice is "no map".
-    both = CalibratedAdditiveConfig(combination_weight=1.0, network=True)
+    # Without the held-out choice, with the network map: pooled effects only where the map's
+    # choice is "no map".
+    both = CalibratedAdditiveConfig(combination_weight=1.0, network=True, pooled_if_better=False)
     no_map = get_model("calibrated_additive", both).fit(dataset, split)
     single_means = NetworkAdditiveConfig(combination_weight=0.0)
     assert (
@@ -497,6 +498,72 @@ def test_combination_weight_starts_from_the_pooled_effects_and_round_trips(
         CalibratedAdditiveConfig(combination_weight=-0.5)
     with pytest.raises(ValueError, match="prior_combination_weight"):
         ScBIGConfig(prior_combination_weight=float("nan"))
+
+
+def _held_out_pooled_error(model, dataset) -> float:
+    """Brute force of the closed form: each training combination of seen genes predicted by the
+    calibrated sum of pooled effects refitted without it."""
+    from perturbflow.models.baselines.pooled import pooled_effects
+
+    names = [n for n in model.train_deltas_.index if n != "ctrl"]
+    singles = {n for n in names if "+" not in n}
+    combos = [n for n in names if "+" in n and set(n.split("+")) <= singles]
+    weight = model.config.combination_weight
+    errors = []
+    for held in combos:
+        rest = [n for n in names if n != held]
+        cells = dataset.cells_per_condition.reindex(rest).to_numpy(float)
+        genes, effects = pooled_effects(
+            model.train_deltas_.loc[rest].to_numpy(), rest, cells, weight
+        )
+        effect = dict(zip(genes, effects, strict=True))
+        summed = np.sum([effect[g] for g in held.split("+")], axis=0).astype(np.float64)
+        scales = model.pooled_estimator_.scale_vector(held)
+        target = model.train_deltas_.loc[held].to_numpy(np.float64)
+        changed = model.pooled_estimator_._changed_mask(target)  # its 20 most changed genes
+        assert changed.sum() == model.config.calibration_genes
+        errors.append(((target - scales * summed) ** 2)[changed])
+    return float(np.mean(errors))
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_pooled_effects_are_used_where_they_predict_held_out_training_combinations_better(
+    screen, network, tmp_path, caplog
+):
+    from perturbflow.models.scbig import ScBIGConfig
+
+    dataset, split = screen
+    config = CalibratedAdditiveConfig(combination_weight=1.0, network=network)
+    assert config.pooled_if_better  # the default
+    with caplog.at_level(logging.INFO, logger="perturbflow"):
+        model = get_model("calibrated_additive", config).fit(dataset, split)
+    errors = model.held_out_errors_
+    # The closed form equals refitting the pooled effects without each combination.
+    np.testing.assert_allclose(errors["pooled"], _held_out_pooled_error(model, dataset), rtol=1e-4)
+    singles = get_model(
+        "calibrated_additive", dataclasses.replace(config, combination_weight=0.0)
+    ).fit(dataset, split)
+    seen = {n for n in model.train_deltas_.index if "+" not in n}
+    names = sorted(n for n in model.train_deltas_.index if "+" in n and set(n.split("+")) <= seen)
+    targets = model.train_deltas_.loc[names].to_numpy(np.float64)
+    expected_singles = singles.estimator_._summed(names, [frozenset()] * len(names))
+    if network and singles.estimator_.network.penalty is not None:
+        expected_singles = expected_singles + singles.estimator_.network.held_out
+    changed = np.vstack([singles.estimator_._changed_mask(t) for t in targets])
+    np.testing.assert_allclose(
+        errors["singles"], np.mean(((targets - expected_singles) ** 2)[changed]), rtol=1e-5
+    )
+    used = model.estimator_ is model.pooled_estimator_
+    assert used == (errors["pooled"] < errors["singles"])
+    expected = model.pooled_estimator_ if used else singles.estimator_
+    test = list(split.test)
+    np.testing.assert_allclose(
+        model.estimator_.shifts(test), expected.shifts(test), rtol=1e-5, atol=1e-6
+    )
+    assert "held-out training combinations" in caplog.text
+    loaded = load_model(model.save(tmp_path / "choice.npz"))
+    pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
+    assert ScBIGConfig().prior_pooled_if_better
 
 
 def test_pooled_share_moves_seen_gene_conditions_towards_pooled_additive(screen, tmp_path):

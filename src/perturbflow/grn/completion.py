@@ -68,6 +68,7 @@ DECODERS = ("bilinear", "mlp")
 #: read backwards (target → regulator), and every gene's self-loop.
 EDGE_TYPES = ("forward", "reverse", "self")
 FEATURE_KINDS = ("expression", "encoder", "prior:<source>")
+ENCODER_READOUTS = ("jacobian", "correlation")
 _PAIR_COLUMNS = ["source", "target"]
 
 
@@ -691,6 +692,9 @@ class FeatureConfig:
         epochs: autoencoder training epochs.
         batch_size: cells per autoencoder step.
         lr: autoencoder Adam learning rate.
+        encoder_readout: how the ``encoder`` kind reads a gene's vector off the trained
+            autoencoder: ``"jacobian"`` (the decoder's cell-averaged Jacobian row) or
+            ``"correlation"`` (the gene's correlation with each latent code over the cells).
         probe_cells: cells at whose codes the decoder Jacobian is averaged.
         priors: data folder holding ``priors/`` for ``prior:<source>`` (default: the project's).
         seed: seeds programs, autoencoder and the probe cells.
@@ -707,6 +711,7 @@ class FeatureConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    encoder_readout: str = "jacobian"
     probe_cells: int = 256
     priors: str | None = None
     seed: int = 0
@@ -736,6 +741,11 @@ class FeatureConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"FeatureConfig.lr must be positive, got {self.lr}")
+        if self.encoder_readout not in ENCODER_READOUTS:
+            raise ValueError(
+                f"FeatureConfig.encoder_readout must be one of {ENCODER_READOUTS}, got "
+                f"{self.encoder_readout!r}"
+            )
 
 
 def gene_features(
@@ -757,7 +767,9 @@ def gene_features(
       sign fixed so that its largest loading is positive).
     - ``"encoder"``: the project's GCAE autoencoder (scBIG's build: GRC programs from the
       co-expression graph order the genes; a small :class:`FeatureConfig`) trained on the
-      expression, and per gene the decoder's Jacobian row ``∂ x̂_g / ∂ z`` averaged over
+      expression, and per gene (``encoder_readout="correlation"``) its Pearson correlation with
+      each latent code over the cells — the encoder's counterpart of the ``expression`` kind's
+      PCA loadings — or (``"jacobian"``) the decoder's Jacobian row ``∂ x̂_g / ∂ z`` averaged over
       ``probe_cells`` cells: how the reconstructed gene moves along every latent axis. It is the
       nonlinear counterpart of a PCA loading and is defined for each gene separately, whereas
       GCAE's chunk tokens and readout weights are shared by the genes of a chunk or a slot.
@@ -786,7 +798,7 @@ def gene_features(
         if kind == "expression":
             table = _expression_statistics(expression, measured, config.n_components)
         else:
-            table = _encoder_jacobian(expression, measured, config)
+            table = _encoder_features(expression, measured, config)
     else:
         raise CompletionInputError(
             f"unknown feature kind {kind!r}; one of 'expression', 'encoder', 'prior:<source>' "
@@ -844,10 +856,11 @@ def _expression_statistics(
     return pd.DataFrame(np.hstack([statistics, loadings]), index=genes, columns=columns)
 
 
-def _encoder_jacobian(
+def _encoder_features(
     expression: np.ndarray, genes: pd.Index, config: FeatureConfig
 ) -> pd.DataFrame:
-    """Cell-averaged decoder Jacobian (G, latent_dim) of a small GCAE trained on ``expression``."""
+    """Per-gene vectors (G, latent_dim) read off a small GCAE trained on ``expression``: the
+    cell-averaged decoder Jacobian or each gene's correlation with the latent codes."""
     cells = expression.astype(np.float32)  # (N, G)
     n_genes = cells.shape[1]
     embedding = correlation_embedding(cells, genes, min(config.n_components, n_genes))
@@ -887,6 +900,17 @@ def _encoder_jacobian(
             owner="gene_features",
         )
     autoencoder.eval()
+    if config.encoder_readout == "correlation":
+        with torch.no_grad():
+            codes = torch.cat(
+                [
+                    autoencoder.encode(torch.from_numpy(cells[start : start + 4096]))
+                    for start in range(0, len(cells), 4096)
+                ]
+            ).numpy()  # (N, L)
+        correlations = _correlations(expression, codes.astype(np.float64))  # (G, L)
+        columns = [f"latent{i}_correlation" for i in range(correlations.shape[1])]
+        return pd.DataFrame(correlations, index=genes, columns=columns)
     rng = np.random.default_rng(config.seed)
     probe = rng.choice(len(cells), min(config.probe_cells, len(cells)), replace=False)
     with torch.no_grad():
@@ -894,6 +918,18 @@ def _encoder_jacobian(
         jacobian = decoder_jacobian(autoencoder, codes)  # (G, L)
     columns = [f"latent{i}_jacobian" for i in range(jacobian.shape[1])]
     return pd.DataFrame(jacobian.numpy().astype(np.float64), index=genes, columns=columns)
+
+
+def _correlations(expression: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Pearson correlation ``(G, L)`` of every gene (columns of ``expression`` (N, G)) with every
+    latent code (columns of ``codes`` (N, L)) over the cells; 0 for a constant gene or code."""
+
+    def standardised(values: np.ndarray) -> np.ndarray:
+        centred = values - values.mean(axis=0)
+        scale = centred.std(axis=0)
+        return np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 0)
+
+    return standardised(expression).T @ standardised(codes) / len(expression)
 
 
 @torch.no_grad()

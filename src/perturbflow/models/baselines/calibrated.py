@@ -57,7 +57,7 @@ from perturbflow.data.conditions import CONTROL_NAME, parse_condition
 from perturbflow.models.base import register_model
 from perturbflow.models.baselines.context import ContextCalibration, fit_context_calibration
 from perturbflow.models.baselines.mean_shift import MeanShiftConfig, MeanShiftModel, single_gene
-from perturbflow.models.baselines.pooled import training_effects
+from perturbflow.models.baselines.pooled import pooled_leverages, training_effects
 from perturbflow.programs.priors import (
     check_embedding_spec,
     correlation_embedding,
@@ -351,7 +351,7 @@ class AdditiveShiftPrior:
         names = [
             name
             for name in sorted(combo_deltas)
-            if len(parse_condition(name)) >= 2 and self._index.keys() >= parse_condition(name)
+            if len(parse_condition(name)) >= 2 and self.genes_all_seen(name)
         ]
         shifts = self._summed(names, [frozenset()] * len(names))  # (D, G)
         targets = np.vstack([combo_deltas[n] for n in names]) if names else shifts
@@ -455,6 +455,19 @@ class AdditiveShiftPrior:
         """``(genes, genes without a training single)`` of a condition; ``hide`` counts as without."""
         genes = parse_condition(name)
         return len(genes), sum(1 for g in genes if g in hide or not self.measured(g))
+
+    def genes_all_seen(self, name: str) -> bool:
+        """Whether every gene of ``name`` has a training single (where the network map applies)."""
+        return self._index.keys() >= parse_condition(name)
+
+    def scale_vector(self, name: str) -> np.ndarray:
+        """``(G,)`` the calibration scale of each column of ``name``'s summed deltas: the
+        category's downstream scale, its target scale on the perturbed genes' own columns."""
+        genes = sorted(parse_condition(name))
+        key = self.category(name)
+        scales = np.full(len(self.mean_delta), self.scale(*key), np.float64)  # (G,)
+        scales[self._own_mask(genes)] = self.target_scale(*key)
+        return scales
 
     def measured(self, gene: str) -> bool:
         """Whether ``gene`` has an effect of its own: a training single or, with
@@ -601,9 +614,14 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     ``combination_weight``: above 0, a seen gene contributes its effect fitted jointly on the
     training singles and combinations (``pooled_additive``, combinations weighted by this times
     their cells), which carries less of one single's sampling noise, instead of its single's
-    delta; the fallbacks of unseen genes still average the singles. With ``network``, only when
-    the map's leave-one-out choice is "no map": a chosen map is a learned departure of the
-    combinations from the singles' sum, which pooled effects would absorb into the singles.
+    delta; the fallbacks of unseen genes still average the singles. ``pooled_if_better``: use
+    them only when they predict the training combinations whose genes all have a training single
+    better, held out one at a time (closed form) and scored on each one's ``calibration_genes``
+    most changed genes, than the singles' deltas do (with ``network``, plus the map fitted
+    without the combination, when its leave-one-out choice is a map). Without it, pooled effects are
+    always used, but with ``network`` only when the map's choice is "no map": a chosen map is a
+    learned departure of the combinations from the singles' sum, which pooled effects would
+    absorb into the singles.
     ``pooled_share``: a condition whose genes all have a training single (none hidden) moves
     this share of the way from the prediction to ``pooled_additive``'s (0: not at all).
     ``combination_genes``: a gene without a training single but in training combinations takes
@@ -633,6 +651,7 @@ class CalibratedAdditiveConfig(MeanShiftConfig):
     network: bool = False
     max_fit_cells: int = 50_000
     combination_weight: float = 0.0
+    pooled_if_better: bool = True
     pooled_share: float = 0.0
     combination_genes: bool = True
     shrinkage: float = 0.0
@@ -706,6 +725,9 @@ class CalibratedAdditive(MeanShiftModel):
 
         weight = cfg.combination_weight
         self.pooled_ = self._with_single(effects(weight)) if weight > 0 else {}
+        self.pooled_leverage_ = (
+            self._pooled_leverage(dataset.cells_per_condition, weight) if weight > 0 else {}
+        )
         self.pooled_blend_ = self._with_single(effects(1.0)) if cfg.pooled_share > 0 else {}
         self.combination_effects_ = (
             self._combination_effects(effects) if cfg.combination_genes else {}
@@ -726,6 +748,17 @@ class CalibratedAdditive(MeanShiftModel):
                 table = with_data_embedding(prior, table)
             self.table_ = table
         self._build_estimator()
+
+    def _pooled_leverage(self, cells: pd.Series, weight: float) -> dict[str, float]:
+        """Training combination → its leverage in the pooled fit at ``weight``
+        (:func:`~perturbflow.models.baselines.pooled.pooled_leverages`)."""
+        names = [name for name in self.train_deltas_.index if name != CONTROL_NAME]
+        leverage = pooled_leverages(names, cells.reindex(names).to_numpy(np.float64), weight)
+        return {
+            name: float(h)
+            for name, h in zip(names, leverage, strict=True)
+            if single_gene(name) is None
+        }
 
     def _with_single(self, effects: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``effects`` (gene → ``(G,)``, fitted on every training condition) of the genes with
@@ -805,16 +838,74 @@ class CalibratedAdditive(MeanShiftModel):
             else:
                 singles[gene] = row.to_numpy()
         self.estimator_ = self._estimator(singles, combos, self.shrunk_, self.config.network)
-        if self.pooled_:
+        self.held_out_errors_: dict[str, float] = {}
+        self.pooled_estimator_: AdditiveShiftPrior | None = None
+        if not self.pooled_:
+            return
+        pooled = self._estimator(singles, combos, {**self.shrunk_, **self.pooled_}, False)
+        self.pooled_estimator_ = pooled
+        if self.config.pooled_if_better:
+            errors = self._held_out_errors(self.estimator_, pooled, combos)
+            self.held_out_errors_ = errors
+            use = errors["pooled"] < errors["singles"]
+            logger.info(
+                "calibrated_additive: seen genes take their %s (mean squared error on held-out "
+                "training combinations: pooled effects %.4g, singles' deltas%s %.4g)",
+                "pooled effects" if use else "singles' deltas",
+                errors["pooled"],
+                " with the network map" if self.config.network else "",
+                errors["singles"],
+            )
+        else:
             network = self.estimator_.network
-            if network is None or network.penalty is None:
-                own = {**self.shrunk_, **self.pooled_}
-                self.estimator_ = self._estimator(singles, combos, own, False)
-            else:
+            use = network is None or network.penalty is None
+            if not use:
                 logger.info(
                     "calibrated_additive: the network map is used, so seen genes keep their "
                     "singles' deltas (not the pooled effects of combination_weight)"
                 )
+        if use:
+            self.estimator_ = pooled
+
+    def _held_out_errors(
+        self,
+        singles: AdditiveShiftPrior,
+        pooled: AdditiveShiftPrior,
+        combos: dict[str, np.ndarray],
+    ) -> dict[str, float]:
+        """Mean squared error of each estimator on the training combinations whose genes all have
+        a training single, each predicted without itself, on each combination's
+        ``calibration_genes`` most changed genes (all with 0), the columns the scales are fitted
+        on: the singles' deltas' calibrated sum (plus the network map's residual fitted without
+        the combination, when a map is used) and the calibrated sum of pooled effects fitted
+        without it (closed form). ``nan`` for both under 3 combinations."""
+        names = [
+            name
+            for name in sorted(combos)
+            if len(parse_condition(name)) >= 2 and singles.genes_all_seen(name)
+        ]
+        if len(names) < 3:
+            return {"singles": float("nan"), "pooled": float("nan")}
+        targets = np.vstack([combos[name] for name in names]).astype(np.float64)  # (D, G)
+        changed = np.vstack([singles._changed_mask(target) for target in targets])  # (D, G)
+        hidden = [frozenset()] * len(names)
+        from_singles = singles._summed(names, hidden).astype(np.float64)  # (D, G)
+        network = singles.network
+        if network is not None and network.held_out is not None:
+            rows = [singles._network_rows[name] for name in names]
+            from_singles += network.held_out[rows]
+        summed = np.vstack(
+            [np.sum([self.pooled_[g] for g in parse_condition(n)], axis=0) for n in names]
+        )  # (D, G) uncalibrated in-sample sums of pooled effects
+        h = np.array([self.pooled_leverage_[name] for name in names])[:, None]  # (D, 1)
+        # Without the combination its sum moves by what the fit gave up to it: e h / (1 − h).
+        moved = -(targets - summed) * h / np.maximum(1.0 - h, 1e-6)  # (D, G)
+        scales = np.vstack([pooled.scale_vector(name) for name in names])  # (D, G)
+        from_pooled = pooled._summed(names, hidden) + scales * moved  # (D, G)
+        return {
+            "singles": float(np.mean(((targets - from_singles) ** 2)[changed])),
+            "pooled": float(np.mean(((targets - from_pooled) ** 2)[changed])),
+        }
 
     def _estimator(self, singles, combos, own, network: bool) -> AdditiveShiftPrior:
         return AdditiveShiftPrior(
@@ -852,6 +943,8 @@ class CalibratedAdditive(MeanShiftModel):
             **_slopes_state("pooled_blend", self.pooled_blend_, len(self.genes_)),
             **_slopes_state("combination_effects", self.combination_effects_, len(self.genes_)),
             **_slopes_state("shrunk", self.shrunk_, len(self.genes_)),
+            "pooled_leverage_names": np.asarray(list(self.pooled_leverage_), dtype=str),
+            "pooled_leverage": np.asarray(list(self.pooled_leverage_.values()), np.float64),
         }
 
     def _set_state(self, arrays) -> None:
@@ -869,6 +962,13 @@ class CalibratedAdditive(MeanShiftModel):
             else {}
         )
         self.shrunk_ = _slopes_from_state("shrunk", arrays) if "shrunk" in arrays else {}
+        self.pooled_leverage_ = dict(
+            zip(
+                arrays["pooled_leverage_names"].astype(str).tolist(),
+                arrays["pooled_leverage"].tolist(),
+                strict=True,
+            )
+        )
         self.guide_genes_ = dict(
             zip(
                 arrays["guide_names"].astype(str).tolist(),

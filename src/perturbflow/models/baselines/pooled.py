@@ -51,6 +51,34 @@ def pooled_effects(
     ``cells`` ``(C,)`` counts the cells behind each delta (its weight, times
     ``combination_weight`` for a condition of two or more genes).
     """
+    genes, design, weight = _weighted_design(conditions, cells, combination_weight)
+    keep = weight > 0
+    root = np.sqrt(weight[keep])[:, None]
+    effects, *_ = np.linalg.lstsq(  # (P, G), minimum norm where effects are not separable
+        design[keep] * root, np.asarray(deltas, dtype=np.float64)[keep] * root, rcond=None
+    )
+    return genes, effects.astype(np.float32)
+
+
+def pooled_leverages(
+    conditions: list[str], cells: np.ndarray, combination_weight: float
+) -> np.ndarray:
+    """``(C,)`` leverage ``h_cc`` of each condition in :func:`pooled_effects`' weighted fit.
+
+    A condition's fitted sum minus its delta, divided by ``1 − h_cc``, is what the sum misses
+    when the effects are fitted without that condition (closed-form leave-one-out); 0 for a
+    condition of weight 0.
+    """
+    _, design, weight = _weighted_design(conditions, cells, combination_weight)
+    gram = design.T @ (weight[:, None] * design)  # (P, P)
+    spread = design @ np.linalg.pinv(gram, hermitian=True)  # (C, P)
+    return weight * np.einsum("cp,cp->c", spread, design)
+
+
+def _weighted_design(
+    conditions: list[str], cells: np.ndarray, combination_weight: float
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Genes, the ``(C, P)`` indicator design of ``conditions`` and their ``(C,)`` weights."""
     genes = sorted({gene for name in conditions for gene in parse_condition(name)})
     column = {gene: index for index, gene in enumerate(genes)}
     design = np.zeros((len(conditions), len(genes)))  # (C, P)
@@ -60,12 +88,7 @@ def pooled_effects(
     weight = np.asarray(cells, dtype=np.float64) * np.array(
         [1.0 if single_gene(name) is not None else combination_weight for name in conditions]
     )  # (C,)
-    keep = weight > 0
-    root = np.sqrt(weight[keep])[:, None]
-    effects, *_ = np.linalg.lstsq(  # (P, G), minimum norm where effects are not separable
-        design[keep] * root, np.asarray(deltas, dtype=np.float64)[keep] * root, rcond=None
-    )
-    return genes, effects.astype(np.float32)
+    return genes, design, weight
 
 
 def training_effects(

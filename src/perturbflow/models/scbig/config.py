@@ -83,6 +83,8 @@ class ScBIGConfig:
     # combination cell, where the network map is not used (0: the single's own cells;
     # pooled_additive's estimate otherwise)
     prior_combination_weight: float = 0.0
+    # ... only where that beats the singles' deltas with the map on held-out training combinations
+    prior_pooled_if_better: bool = True
     # ... with combinations of seen genes moved this share of the way to pooled_additive's mean
     prior_pooled_share: float = 0.0
     # ... with a gene that has no training single but is in training combinations given its

@@ -448,6 +448,7 @@ class ScBIG:
             max_control_cells=cfg.max_control_cells,
             max_fit_cells=cfg.max_fit_cells,
             combination_weight=cfg.prior_combination_weight,
+            pooled_if_better=cfg.prior_pooled_if_better,
             pooled_share=cfg.prior_pooled_share,
             combination_genes=cfg.prior_combination_genes,
             shrinkage=cfg.prior_shrinkage,
