@@ -12,7 +12,8 @@ network the representations recover.
 - :class:`LinkPredictor`: the torch module (graph attention encoder + pair decoder).
 - :func:`complete_network`: split, train, score; returns a :class:`CompletionResult`.
 - :func:`gene_features`: a ``genes × dims`` feature table of one kind
-  (:func:`decoder_jacobian` gives the ``encoder`` kind's per-gene vectors).
+  (the ``encoder`` kind reads each gene's correlations with the latent codes, or with
+  :func:`decoder_jacobian` its decoder Jacobian row).
 
 Pairs are directed: ``source`` is the regulator, ``target`` the regulated gene. Edge signs are
 not used.
@@ -693,8 +694,9 @@ class FeatureConfig:
         batch_size: cells per autoencoder step.
         lr: autoencoder Adam learning rate.
         encoder_readout: how the ``encoder`` kind reads a gene's vector off the trained
-            autoencoder: ``"jacobian"`` (the decoder's cell-averaged Jacobian row) or
-            ``"correlation"`` (the gene's correlation with each latent code over the cells).
+            autoencoder: ``"correlation"`` (the gene's correlation with each latent code over
+            the cells; the default, measured in docs/method.md §8) or ``"jacobian"`` (the
+            decoder's cell-averaged Jacobian row).
         probe_cells: cells at whose codes the decoder Jacobian is averaged.
         priors: data folder holding ``priors/`` for ``prior:<source>`` (default: the project's).
         seed: seeds programs, autoencoder and the probe cells.
@@ -711,7 +713,7 @@ class FeatureConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    encoder_readout: str = "jacobian"
+    encoder_readout: str = "correlation"
     probe_cells: int = 256
     priors: str | None = None
     seed: int = 0
