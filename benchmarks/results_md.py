@@ -34,6 +34,44 @@ from perturbflow.report.markdown import (
 # (run folder, section title); each folder's own command.txt says how to remake it.
 RUNS = (
     (
+        "runs/grn_accept_simulation_v8",
+        "Issue 12 acceptance, GEARS simulation split, with the current defaults (scbig's start "
+        "takes pooled effects where held-out training combinations prefer them, "
+        "`prior_combination_weight=1`): six GRN screens, 5 seeds; scbig rerun (`grn_v8_simulation`), "
+        "the baselines from `grn_accept_simulation_v7`",
+    ),
+    (
+        "runs/grn_accept_combo_v8",
+        "Issue 12 acceptance, combo split, with the current defaults: six GRN screens, 5 seeds; "
+        "scbig rerun (`grn_v8_combo`), the baselines from `grn_accept_combo_v5`",
+    ),
+    (
+        "runs/pooled_choice_scbig",
+        "scbig with the start's pooled-effects choice (`pooled_start`, now the default) against "
+        "the previous default (`scbig_default` here), on two GRN screens made for this check "
+        "(DoRothEA s13, CollecTRI s19), simulation and combo splits, 5 seeds",
+    ),
+    (
+        "runs/pooled_choice_heldout",
+        "The start's pooled-effects choice (`network_pooled_choice`) against the map with single "
+        "means (`network`), both as variants − `calibrated_additive`, on DoRothEA s13 and "
+        "CollecTRI s19, 5 seeds",
+    ),
+    (
+        "runs/pooled_choice_grn",
+        "The same on the six GRN screens of the acceptance, simulation split, 5 seeds "
+        "(`network_pooled_singles`: the previous rule, pooled only where the map says no map)",
+    ),
+    (
+        "runs/pooled_choice_synth_norman",
+        "The same on two built-in synthetic screens (planted interactions; simulation split) and "
+        "`norman19_subset` (combo split), 5 seeds",
+    ),
+    (
+        "runs/real_norman19_combo_v7",
+        "`norman19_subset`, combo split, 5 seeds, with the current defaults",
+    ),
+    (
         "runs/grn_accept_simulation_v7",
         "Issue 12 acceptance, GEARS simulation split, with the current defaults "
         "(`combination_genes` on, `combination_weight` 0): six GRN screens, 5 seeds; scbig, "
@@ -383,6 +421,17 @@ RUNS = (
         "Calibration of prediction intervals on the three GRN screens (combo split)",
     ),
     ("runs/grn", "Gene regulatory networks from screens, expression and graph completion"),
+    (
+        "runs/grn_dorothea",
+        "Gene regulatory networks on three DoRothEA screens (s7, s11, s13): screen-derived, "
+        "in-silico and completion edges, 5 seeds, the encoder with its correlation readout",
+    ),
+    (
+        "runs/grn_readout",
+        "Graph completion with the encoder's two readouts (`gat_encoder`: the decoder Jacobian, "
+        "then the default; `gat_encoder_correlation`: each gene's correlation with the latent "
+        "codes, now the default) and expression features, four GRN screens, 5 seeds",
+    ),
     ("runs/program_quality", "Gene-program quality"),
     ("runs/speed", "Speed and memory (the run was stopped after 10k cells and one 50k model)"),
     (

@@ -563,7 +563,7 @@ def test_pooled_effects_are_used_where_they_predict_held_out_training_combinatio
     assert "held-out training combinations" in caplog.text
     loaded = load_model(model.save(tmp_path / "choice.npz"))
     pd.testing.assert_frame_equal(loaded.predict_delta(test), model.predict_delta(test))
-    assert ScBIGConfig().prior_pooled_if_better
+    assert ScBIGConfig().prior_pooled_if_better and ScBIGConfig().prior_combination_weight == 1.0
 
 
 def test_pooled_share_moves_seen_gene_conditions_towards_pooled_additive(screen, tmp_path):

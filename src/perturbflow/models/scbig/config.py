@@ -31,7 +31,8 @@ class ScBIGConfig:
     answer. scBIG's published components are ``autoencoder="gcae"``, ``alignment=True`` and
     ``ot_pairing=True``; the other switches are ``programs="random"``, ``autoencoder="mlp"``,
     ``start="control"``, ``calibrate_prior=False``, ``target_aware_prior=False``,
-    ``propagate_prior=False``, ``network_prior=False``, ``delta_conditioning=False`` and
+    ``propagate_prior=False``, ``network_prior=False``, ``prior_combination_weight=0``,
+    ``delta_conditioning=False`` and
     ``combinator_weight=0``. Defaults fit a CPU budget of minutes.
     """
 
@@ -80,10 +81,10 @@ class ScBIGConfig:
     propagate_prior: bool = True  # ... spread to the genes co-varying with the target
     network_prior: bool = True  # ... plus the learned map of combinations (network_additive)
     # ... with each seen gene's delta fitted on the training combinations too, at this weight per
-    # combination cell, where the network map is not used (0: the single's own cells;
-    # pooled_additive's estimate otherwise)
-    prior_combination_weight: float = 0.0
-    # ... only where that beats the singles' deltas with the map on held-out training combinations
+    # combination cell (0: the single's own cells; pooled_additive's estimate otherwise) ...
+    prior_combination_weight: float = 1.0
+    # ... where that predicts held-out training combinations better than the singles' deltas with
+    # the network map (False: wherever the map's own choice is "no map")
     prior_pooled_if_better: bool = True
     # ... with combinations of seen genes moved this share of the way to pooled_additive's mean
     prior_pooled_share: float = 0.0
