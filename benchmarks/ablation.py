@@ -8,7 +8,8 @@ names or ``.h5ad`` paths), split kind and seed; evaluates every held-out conditi
 - ``summary.csv``: mean ± sd over conditions and seeds per screen × split × subgroup × model
 - ``timings.csv``: fit and predict seconds per model, screen, split and seed
 - ``mean_weights.csv``: the flow mean and shape weights scbig chose per condition kind, with
-  the cross-validation error of every candidate mean weight
+  the cross-validation error of every candidate mean weight, and whether its start took pooled
+  effects for the seen genes (``start_pooled``)
 - ``table.md``: per screen, split and subgroup the mean ± sd over seeds of the per-seed subgroup
   means of the headline metrics; the acceptance checks; and the paired differences (with a
   bootstrap CI over seeds) of each ablation variant against the full model
@@ -162,6 +163,7 @@ def main() -> None:
                                 "weight": model.mean_weights_[condition_kind],
                                 "shape_weight": model.shape_weights_[condition_kind],
                                 "combinator_weight": blends.get(condition_kind, float("nan")),
+                                "start_pooled": _start_pooled(model),
                                 "n_conditions": row["n_conditions"],
                                 **{f"mse_w{w}": e for w, e in row["mse"].items()},
                             }
@@ -198,23 +200,31 @@ def main() -> None:
 
 def weights_table(weights: pd.DataFrame) -> str:
     """The flow mean and shape weights and the combinator's share in the start that each fit
-    chose per condition kind (its inner cross-validation); runs made before a weight existed show
-    "-" for it."""
+    chose per condition kind (its inner cross-validation), and whether its start took pooled
+    effects; runs made before a column existed show "-" for it."""
     if weights.empty:
         return ""
     lines = [
         "\n### Flow mean and shape weights chosen by cross-validation, per condition kind\n",
         "| screen | split | model | kind | weights over seeds | shape weights over seeds "
-        "| combinator shares over seeds | held-out training conditions |",
-        "|---|---|---|---|---|---|---|---|",
+        "| combinator shares over seeds | pooled start over seeds | held-out training conditions |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     keys = ["screen", "split", "model", "kind"]
     for key, group in weights.sort_values([*keys, "seed"]).groupby(keys, sort=False):
         chosen = ", ".join(f"{w:g}" for w in group["weight"])
         shaped = ", ".join(f"{w:g}" for w in _column(group, "shape_weight").dropna()) or "-"
         shares = ", ".join(f"{w:g}" for w in _column(group, "combinator_weight").dropna()) or "-"
+        pooled = ", ".join(
+            "yes" if p is True or p == "True" else "no"
+            for p in _column(group, "start_pooled")
+            if not pd.isna(p)
+        )
         held = ", ".join(str(int(n)) for n in group["n_conditions"])
-        lines.append(f"| {' | '.join(map(str, key))} | {chosen} | {shaped} | {shares} | {held} |")
+        lines.append(
+            f"| {' | '.join(map(str, key))} | {chosen} | {shaped} | {shares} | {pooled or '-'} "
+            f"| {held} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -447,6 +457,13 @@ def markdown_acceptance(table: pd.DataFrame) -> str:
             f"| {row.subgroup} | {row.check} | {row.scbig:.3f} | {row.reference} | {holds} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _start_pooled(model) -> bool | None:
+    """Whether scbig's start took pooled effects for the seen genes (None: no such start)."""
+    start = getattr(model, "start_", None)
+    additive = getattr(start, "additive", None)
+    return None if additive is None else additive.uses_pooled_effects
 
 
 if __name__ == "__main__":

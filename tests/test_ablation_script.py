@@ -136,12 +136,14 @@ def test_merge_keeps_the_first_folder_s_cells_and_states_every_command(tmp_path,
     table = (out / "table.md").read_text()
     assert "energy ≤ 0.5 × additive" in table  # the checks are about the named reference
     # Shape weights and combinator shares where a run recorded them, "-" where it predates them.
-    row = "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 0.5, 0.5 | 6, 6, 6 |"
+    row = (
+        "| screen | combo | scbig_default | combo_seen2 | 0, 0, 0 | 3, 3 | 0.5, 0.5 | - | 6, 6, 6 |"
+    )
     assert row in table
     assert (
         _load()
         .weights_table(pd.read_csv(second / "mean_weights.csv"))
-        .endswith("| screen | combo | scbig_default | combo_seen2 | 0, 0 | - | - | 6, 6 |\n")
+        .endswith("| screen | combo | scbig_default | combo_seen2 | 0, 0 | - | - | - | 6, 6 |\n")
     )
 
 
@@ -155,3 +157,27 @@ def test_combo_acceptance_of_a_variant_alone_skips_the_comparison_with_baselines
     table = ablation.acceptance(results, "combo").set_index("check")
     assert "energy below every mean-shift model" not in table.index
     assert table.loc["pearson_delta_de20 ≥ 0.95", "holds"]
+
+
+def test_weights_table_says_per_seed_whether_the_start_took_pooled_effects():
+    ablation = _load()
+    rows = [
+        {
+            "screen": "s",
+            "split": "combo",
+            "model": "scbig_default",
+            "kind": "combo_seen2",
+            "seed": seed,
+            "weight": 0.0,
+            "shape_weight": 1.0,
+            "combinator_weight": 0.5,
+            "start_pooled": pooled,
+            "n_conditions": 4,
+        }
+        for seed, pooled in ((1, True), (2, False))
+    ]
+    table = ablation.weights_table(pd.DataFrame(rows))
+    assert "| pooled start over seeds |" in table
+    assert "| 0, 0 | 1, 1 | 0.5, 0.5 | yes, no | 4, 4 |" in table
+    older = ablation.weights_table(pd.DataFrame(rows).drop(columns="start_pooled"))
+    assert "| 0.5, 0.5 | - | 4, 4 |" in older

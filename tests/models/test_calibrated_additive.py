@@ -554,7 +554,8 @@ def test_pooled_effects_are_used_where_they_predict_held_out_training_combinatio
         errors["singles"], np.mean(((targets - expected_singles) ** 2)[changed]), rtol=1e-5
     )
     used = model.estimator_ is model.pooled_estimator_
-    assert used == (errors["pooled"] < errors["singles"])
+    assert used == (errors["pooled"] < errors["singles"]) == model.uses_pooled_effects
+    assert not singles.uses_pooled_effects
     expected = model.pooled_estimator_ if used else singles.estimator_
     test = list(split.test)
     np.testing.assert_allclose(

@@ -867,6 +867,13 @@ class CalibratedAdditive(MeanShiftModel):
         if use:
             self.estimator_ = pooled
 
+    @property
+    def uses_pooled_effects(self) -> bool:
+        """Whether the seen genes contribute their pooled effects (``combination_weight``) rather
+        than their singles' deltas."""
+        self._check_fitted()
+        return self.pooled_estimator_ is not None and self.estimator_ is self.pooled_estimator_
+
     def _held_out_errors(
         self,
         singles: AdditiveShiftPrior,
