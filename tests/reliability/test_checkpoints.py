@@ -207,6 +207,17 @@ def test_scbig_checkpoint_missing_an_array(scbig_checkpoint, tmp_path):
         load_model(_write(tmp_path, _npz(**members)))
 
 
+@pytest.mark.parametrize("model", ["additive", "calibrated_additive"])
+def test_mean_shift_checkpoint_missing_an_array(screen_data, tmp_path, model):
+    dataset, split = screen_data()
+    blob = get_model(model).fit(dataset, split).save(tmp_path / "fitted.npz").read_bytes()
+    member = "array/control_mean" if model == "additive" else "array/pooled_leverage"
+    members = _members(blob)
+    del members[member]
+    with pytest.raises(CheckpointError, match=f"lacks the array '{member.split('/')[1]}'.*refit"):
+        load_model(_write(tmp_path, _npz(**members)))
+
+
 def test_scbig_checkpoint_with_weights_of_the_wrong_shape(scbig_checkpoint, tmp_path):
     members = _members(scbig_checkpoint)
     key = next(k for k in members if k.startswith("array/velocity/"))

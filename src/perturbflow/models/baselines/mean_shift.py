@@ -261,7 +261,14 @@ class MeanShiftModel:
         header, arrays = read_checkpoint(path)
         if header["model"] != cls.name:
             raise CheckpointError(f"{path}: holds a {header['model']!r} model, not {cls.name!r}")
-        return cls.from_state_arrays(config_from_dict(cls.config_class, header["config"]), arrays)
+        config = config_from_dict(cls.config_class, header["config"])
+        try:
+            return cls.from_state_arrays(config, arrays)
+        except KeyError as error:
+            raise CheckpointError(
+                f"{path}: lacks the array {error} that a {cls.name!r} checkpoint of this "
+                "perturbflow holds; it was written by another version or altered: refit the model"
+            ) from error
 
 
 def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
