@@ -38,18 +38,35 @@ RUNS = (
         "Issue 12 acceptance, GEARS simulation split, with the current defaults (scbig's start "
         "takes pooled effects where held-out training combinations prefer them, "
         "`prior_combination_weight=1`): six GRN screens, 5 seeds; scbig rerun (`grn_v8_simulation`), "
-        "the baselines from `grn_accept_simulation_v7`",
+        "the baselines from `grn_accept_simulation_v7`; made with 20 integration steps (the default "
+        "is now 5, which moved scbig by at most 0.0002 of Pearson in `ode5`)",
     ),
     (
         "runs/grn_accept_combo_v8",
         "Issue 12 acceptance, combo split, with the current defaults: six GRN screens, 5 seeds; "
-        "scbig rerun (`grn_v8_combo`), the baselines from `grn_accept_combo_v5`",
+        "scbig rerun (`grn_v8_combo`), the baselines from `grn_accept_combo_v5`; 20 integration "
+        "steps (see `ode5`)",
     ),
     (
         "runs/pooled_choice_scbig",
         "scbig with the start's pooled-effects choice (`pooled_start`, now the default) against "
         "the previous default (`scbig_default` here), on two GRN screens made for this check "
         "(DoRothEA s13, CollecTRI s19), simulation and combo splits, 5 seeds",
+    ),
+    (
+        "runs/ode5",
+        "scbig integrating its flow in 5 midpoint steps (`ode5`, now the default) against 20 "
+        "(`scbig_default` here), DoRothEA s13 and CollecTRI s19, simulation split, 5 seeds",
+    ),
+    (
+        "runs/real_norman19_combo_ode5",
+        "`norman19_subset`, combo split, 5 seeds, scbig with 5 integration steps (compare "
+        "`real_norman19_combo_v7`, 20 steps)",
+    ),
+    (
+        "runs/speed_predict_ode5",
+        "scbig's prediction throughput with 5 integration steps (quiet machine, one thread; "
+        "compare `speed_predict_after`, 20 steps)",
     ),
     (
         "runs/pooled_choice_heldout",
