@@ -69,6 +69,10 @@ RUNS = (
         "compare `speed_predict_after`, 20 steps)",
     ),
     (
+        "runs/speed_predict_ode5_2threads",
+        "The same with two threads (compare `speed_predict_after_2threads`)",
+    ),
+    (
         "runs/pooled_choice_heldout",
         "The start's pooled-effects choice (`network_pooled_choice`) against the map with single "
         "means (`network`), both as variants − `calibrated_additive`, on DoRothEA s13 and "
