@@ -52,11 +52,12 @@ VARIANTS = {
     "fast_flow": {"flow_lr": 2e-3, "val_every": 1000},
     # Each seen gene's start delta fitted on the training combinations too (pooled_additive's
     # estimate, combinations at full weight) where that predicts held-out training combinations
-    # better than the singles' deltas with the network map (prior_pooled_if_better).
+    # better than the singles' deltas with the network map (prior_pooled_if_better). The default
+    # since it was measured; the name labels the runs that measured it against singles_start.
     "pooled_start": {"prior_combination_weight": 1.0},
-    # The default integrating the flow in 5 midpoint steps instead of 20 (prediction speed).
+    # The flow integrated in 5 midpoint steps (the default since it was measured against 20).
     "ode5": {"ode_steps": 5},
-    # Each seen gene's start delta its single's own mean.
+    # Each seen gene's start delta its single's own mean (the default before pooled_start).
     "singles_start": {"prior_combination_weight": 0.0},
     # The default with seen-gene conditions started halfway to pooled_additive's mean.
     "half_pooled_start": {"prior_pooled_share": 0.5},
@@ -218,7 +219,7 @@ def weights_table(weights: pd.DataFrame) -> str:
         shaped = ", ".join(f"{w:g}" for w in _column(group, "shape_weight").dropna()) or "-"
         shares = ", ".join(f"{w:g}" for w in _column(group, "combinator_weight").dropna()) or "-"
         pooled = ", ".join(
-            "yes" if p is True or p == "True" else "no"
+            "yes" if str(p) == "True" else "no"
             for p in _column(group, "start_pooled")
             if not pd.isna(p)
         )
